@@ -1,0 +1,35 @@
+//! # parlor-protocol
+//!
+//! The wire protocol of Parlor, compatible with Metered's Realtime Messaging clients
+//! (`metered-realtime` for Python, `@metered-ca/realtime` for browsers). The contract is
+//! `wire-protocol.md` (shared spec); section numbers in the docs refer to it.
+//!
+//! This crate is **pure**: no sockets, no clock, no async. It is the one seam the server and
+//! the peer SDK share:
+//!
+//! * [`parse_client_frame`] turns one client text frame into a validated [`ClientFrame`], or the
+//!   [`FrameError`] the protocol prescribes (code + correlation);
+//! * [`event`] encodes every server frame (`welcome`, `ack`, `error`, `message`, `direct`,
+//!   `presence`, `going_away`, `pong`), forwarding payloads byte for byte;
+//! * [`validate`] holds the field rules (channel, peer id, request id, reserved prefixes,
+//!   channel-pattern globs);
+//! * [`ErrorCode`] and [`CloseCode`] are the protocol's codes.
+//!
+//! ```
+//! use parlor_protocol::{event, parse_client_frame, ClientRequest};
+//!
+//! let frame = parse_client_frame(r#"{"type":"subscribe","channel":"room-42","requestId":"r1"}"#)?;
+//! let ClientRequest::Subscribe { channel, .. } = frame.request else { unreachable!() };
+//! assert_eq!(event::ack(frame.request_id.as_deref().unwrap()), r#"{"type":"ack","requestId":"r1"}"#);
+//! assert_eq!(channel, "room-42");
+//! # Ok::<(), parlor_protocol::FrameError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod codes;
+pub mod event;
+mod request;
+pub mod validate;
+
+pub use codes::{CloseCode, ErrorCode};
+pub use request::{parse_client_frame, ClientFrame, ClientRequest, FrameError};
