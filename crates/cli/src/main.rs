@@ -1,1 +1,183 @@
-fn main() {}
+//! The `parlor` command.
+//!
+//! * `parlor serve` — run the room server (see `--help`; `--dev-key` needs no config file);
+//! * `parlor token` — mint an HS256 JWT from a secret key, for testing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::value::RawValue;
+
+use parlor_server::auth::{Claims, mint_token};
+use parlor_server::config::{Action, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "parlor",
+    version,
+    about = "Self-hostable realtime rooms for AI voice agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the room server (WebSocket /v1, admin API, /healthz, /metrics).
+    Serve(ServeArgs),
+    /// Mint a JWT signed with a secret key (HS256), for tests and development.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    listen: SocketAddr,
+    /// TOML configuration file (keys, secrets, accounts, limits).
+    #[arg(long, env = "PARLOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// A development publishable key allowed every action on every channel (repeatable).
+    #[arg(long = "dev-key")]
+    dev_keys: Vec<String>,
+    /// Bearer secret for the admin HTTP API (overrides the config file).
+    #[arg(long, env = "PARLOR_ADMIN_SECRET", hide_env_values = true)]
+    admin_secret: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The secret key that signs the token.
+    #[arg(long, env = "PARLOR_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Key id put in the JWT header (selects the secret on the server).
+    #[arg(long, default_value = "main")]
+    kid: String,
+    /// Lifetime in seconds (negative values mint an already-expired token, for tests).
+    #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+    ttl_secs: i64,
+    /// Channel glob pattern (repeatable; all channels when absent).
+    #[arg(long = "channel")]
+    channels: Vec<String>,
+    /// Allowed action: subscribe, publish, presence, send (repeatable; all when absent).
+    #[arg(long = "permission")]
+    permissions: Vec<String>,
+    /// Public peer metadata (a JSON object), shown to others.
+    #[arg(long)]
+    peer_metadata: Option<String>,
+    /// Private metadata (a JSON object) echoed in welcome, e.g. iceServers.
+    #[arg(long)]
+    metadata: Option<String>,
+}
+
+fn json_object(flag: &str, text: Option<String>) -> anyhow::Result<Option<Box<RawValue>>> {
+    let Some(text) = text else { return Ok(None) };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("--{flag} is not valid JSON"))?;
+    if !value.is_object() {
+        bail!("--{flag} must be a JSON object");
+    }
+    Ok(Some(serde_json::value::to_raw_value(&value)?))
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    for p in &args.permissions {
+        if Action::parse(p).is_none() {
+            bail!("unknown permission {p:?} (use subscribe, publish, presence or send)");
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let exp = u64::try_from(now + args.ttl_secs).context("expiry before 1970")?;
+    let claims = Claims {
+        exp,
+        channels: (!args.channels.is_empty()).then_some(args.channels),
+        permissions: (!args.permissions.is_empty()).then_some(args.permissions),
+        peer_metadata: json_object("peer-metadata", args.peer_metadata)?,
+        metadata: json_object("metadata", args.metadata)?,
+    };
+    let jwt = mint_token(&args.secret, &args.kid, &claims).map_err(anyhow::Error::msg)?;
+    println!("{jwt}");
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    for key in &args.dev_keys {
+        config.add_dev_key(key);
+    }
+    if args.admin_secret.is_some() {
+        config.admin_secret = args.admin_secret;
+    }
+    config.validate()?;
+    if config.keys.is_empty() && config.secrets.is_empty() {
+        bail!(
+            "no credentials configured: pass --dev-key KEY or a --config file with keys or secrets"
+        );
+    }
+    let listen = match (&args.config, config.listen) {
+        // An explicit --listen on the command line wins over the file.
+        (Some(_), Some(addr)) if args.listen == default_listen() => addr,
+        _ => args.listen,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The stable readiness line (CLI contract): printed once the socket accepts.
+    println!("listening on ws://{addr}");
+    tracing::info!(%addr, "parlor serve ready");
+    parlor_server::serve(listener, config, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7800))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PARLOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Token(args) => token(args),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(args)),
+    }
+}

@@ -44,7 +44,8 @@ struct Tagged<'a, T: Serialize> {
 
 fn to_json<T: Serialize>(value: &T) -> String {
     // Serializing these plain structs (strings, integers, RawValue) cannot fail.
-    serde_json::to_string(value).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal_error"}"#))
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal_error"}"#))
 }
 
 /// `{"type":"welcome",…}`.

@@ -32,4 +32,4 @@ mod request;
 pub mod validate;
 
 pub use codes::{CloseCode, ErrorCode};
-pub use request::{parse_client_frame, ClientFrame, ClientRequest, FrameError};
+pub use request::{ClientFrame, ClientRequest, FrameError, parse_client_frame};

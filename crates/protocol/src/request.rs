@@ -455,7 +455,9 @@ mod tests {
             (ErrorCode::InvalidPeerId, rid("r"))
         );
         assert_eq!(
-            err(r#"{"type":"subscribe","channel":"c","includeSenderMetadata":"yes","requestId":"r"}"#),
+            err(
+                r#"{"type":"subscribe","channel":"c","includeSenderMetadata":"yes","requestId":"r"}"#
+            ),
             (ErrorCode::MalformedMessage, rid("r"))
         );
     }

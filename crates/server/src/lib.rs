@@ -1,1 +1,245 @@
-//! placeholder
+//! # parlor-server
+//!
+//! The Parlor room server: WebSocket `/v1` compatible with Metered's Realtime Messaging
+//! clients, with keys and JWT auth, channels, presence, broadcast and direct messages,
+//! quotas and limits, an admin API, `/healthz`, Prometheus `/metrics` and graceful shutdown.
+//!
+//! Layout (see `docs/architecture.md`):
+//!
+//! * [`config`]: the TOML configuration and its defaults;
+//! * [`auth`]: `?key=` / `?token=` → a [`auth::Grant`], or a close code;
+//! * [`hub`]: the sans-IO core (tenants, channels, presence, routing, quotas);
+//! * `outbox`: each connection's bounded FIFO queue (the slow-consumer policy);
+//! * `conn`: the per-connection IO driver (reader + writer futures, timers);
+//! * this file: the HTTP router and [`serve`].
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let mut config = parlor_server::config::Config::default();
+//! config.add_dev_key("pk_test_x");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7800").await?;
+//! parlor_server::serve(listener, config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+mod conn;
+pub mod hub;
+pub mod metrics;
+mod outbox;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Bytes allowed around a maximal `data` payload in one client frame (channel, ids, keys),
+/// so that every payload a client accepted locally also passes the server (spec §1.14).
+pub const ENVELOPE_ALLOWANCE: usize = 4096;
+
+/// Shared state of a running server.
+struct App {
+    config: Config,
+    auth: Authenticator,
+    hub: Mutex<Hub>,
+    metrics: Arc<Metrics>,
+    /// Upgraded connections still running (axum's graceful shutdown does not track them).
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl App {
+    /// The hub lock. Never held across an `.await`.
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        // The hub never panics while holding the lock in a way that breaks its invariants
+        // more than the panic itself did; keep serving the other connections.
+        self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Serve until `shutdown` resolves, then drain gracefully: every connection gets
+/// `going_away` and close 1001, and this returns once they are gone (or after
+/// `limits.shutdown_grace_secs`).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let metrics = Arc::new(Metrics::new());
+    let app = Arc::new(App {
+        auth: Authenticator::new(&config),
+        hub: Mutex::new(Hub::new(&config, metrics.clone())),
+        metrics,
+        config,
+        active: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    let router = router(app.clone());
+    let drain = app.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: sending going_away to every connection");
+            drain.hub().shutdown();
+        })
+        .await?;
+    let grace = Duration::from_secs(app.config.limits.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async {
+        loop {
+            let notified = app.idle.notified();
+            if app.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = app.active.load(Ordering::SeqCst),
+            "grace period over; dropping remaining connections"
+        );
+    }
+    Ok(())
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1", get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .route("/admin/peers", get(admin_peers))
+        .route("/admin/channels", get(admin_channels))
+        .route("/admin/peers/{peer_id}/disconnect", post(admin_disconnect))
+        .with_state(app)
+}
+
+/// Counts a running connection task; wakes the shutdown drain when the last one ends.
+struct Active(Arc<App>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+async fn upgrade(
+    State(app): State<Arc<App>>,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let cap = app.config.limits.max_message_size + ENVELOPE_ALLOWANCE;
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .read_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| async move {
+            app.active.fetch_add(1, Ordering::SeqCst);
+            let guard = Active(app.clone());
+            conn::run(app, query, socket).await;
+            drop(guard);
+        })
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Constant-time comparison, so the admin secret cannot be guessed byte by byte.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `Authorization: Bearer <admin_secret>`; the API does not exist without a secret.
+fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), StatusCode> {
+    let Some(secret) = app.config.admin_secret.as_deref() else {
+        return Err(StatusCode::NOT_FOUND);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if ct_eq(given.as_bytes(), secret.as_bytes()) {
+        Ok(())
+    } else {
+        Err(StatusCode::UNAUTHORIZED)
+    }
+}
+
+async fn admin_peers(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match admin_check(&app, &headers) {
+        Ok(()) => axum::Json(app.hub().peers()).into_response(),
+        Err(s) => s.into_response(),
+    }
+}
+
+async fn admin_channels(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match admin_check(&app, &headers) {
+        Ok(()) => axum::Json(app.hub().channels()).into_response(),
+        Err(s) => s.into_response(),
+    }
+}
+
+async fn admin_disconnect(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(peer_id): Path<String>,
+) -> Response {
+    if let Err(s) = admin_check(&app, &headers) {
+        return s.into_response();
+    }
+    if app.hub().admin_disconnect(&peer_id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}

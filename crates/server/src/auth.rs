@@ -1,0 +1,434 @@
+//! Credentials → a [`Grant`] (spec §1.2). Failures become close codes after the upgrade.
+//!
+//! Nothing here logs or returns the credential itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use parlor_protocol::CloseCode;
+use parlor_protocol::validate::glob_match;
+
+use crate::config::{Action, Config};
+
+/// A bit set of [`Action`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Actions(u8);
+
+impl Actions {
+    /// Every action.
+    pub const ALL: Actions = Actions(0b1111);
+
+    fn bit(a: Action) -> u8 {
+        match a {
+            Action::Subscribe => 1,
+            Action::Publish => 2,
+            Action::Presence => 4,
+            Action::Send => 8,
+        }
+    }
+
+    /// Whether `a` is allowed.
+    pub fn allows(self, a: Action) -> bool {
+        self.0 & Self::bit(a) != 0
+    }
+}
+
+impl FromIterator<Action> for Actions {
+    fn from_iter<I: IntoIterator<Item = Action>>(iter: I) -> Self {
+        Actions(iter.into_iter().fold(0, |acc, a| acc | Self::bit(a)))
+    }
+}
+
+/// What an authenticated connection may do, and what it carries.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The tenant.
+    pub account: Arc<str>,
+    /// Channel glob patterns.
+    pub channels: Arc<[String]>,
+    /// Allowed actions.
+    pub actions: Actions,
+    /// Public metadata shown to others (JWT `peerMetadata`), always a JSON object.
+    pub peer_metadata: Option<Box<RawValue>>,
+    /// Private metadata echoed in `welcome` (JWT `metadata`, or the key's configured bag).
+    pub welcome_metadata: Option<Arc<RawValue>>,
+    /// Token expiry (Unix seconds); `None` for keys.
+    pub expires_at: Option<u64>,
+}
+
+impl Grant {
+    /// Whether the channel patterns cover `channel`.
+    pub fn channel_allowed(&self, channel: &str) -> bool {
+        self.channels.iter().any(|p| glob_match(p, channel))
+    }
+}
+
+/// Why a credential was refused: the close code and a short reason, never the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct AuthError {
+    /// The close code to send after the upgrade.
+    pub code: CloseCode,
+    /// A short ASCII reason.
+    pub reason: &'static str,
+}
+
+const fn invalid(reason: &'static str) -> AuthError {
+    AuthError {
+        code: CloseCode::INVALID_TOKEN,
+        reason,
+    }
+}
+
+/// The JWT claims Parlor reads (spec §1.2).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// Expiry, Unix seconds (required).
+    pub exp: u64,
+    /// Channel glob patterns; all channels when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Allowed actions; all four when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    /// Public per-peer bag.
+    #[serde(
+        rename = "peerMetadata",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub peer_metadata: Option<Box<RawValue>>,
+    /// Private bag echoed in `welcome.metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Box<RawValue>>,
+}
+
+/// Mint an HS256 JWT with header `kid` (used by `parlor token` and by tests).
+pub fn mint_token(secret: &str, kid: &str, claims: &Claims) -> Result<String, String> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("cannot sign token: {e}"))
+}
+
+struct KeyEntry {
+    account: Arc<str>,
+    channels: Arc<[String]>,
+    actions: Actions,
+    metadata: Option<Arc<RawValue>>,
+}
+
+struct SecretEntry {
+    account: Arc<str>,
+    key: DecodingKey,
+}
+
+/// Checks `?key=` and `?token=` credentials against the configuration.
+pub struct Authenticator {
+    keys: HashMap<String, KeyEntry>,
+    secrets: HashMap<String, SecretEntry>,
+    suspended: Vec<String>,
+    max_peer_metadata_bytes: usize,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print keys or secrets.
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Build from a validated configuration.
+    pub fn new(config: &Config) -> Authenticator {
+        let keys = config
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.key.clone(),
+                    KeyEntry {
+                        account: Arc::from(k.account.as_str()),
+                        channels: k.channels.clone().into(),
+                        actions: k.actions.iter().copied().collect(),
+                        metadata: k.metadata.as_deref().map(|m| Arc::from(m.to_owned())),
+                    },
+                )
+            })
+            .collect();
+        let secrets = config
+            .secrets
+            .iter()
+            .map(|s| {
+                (
+                    s.kid.clone(),
+                    SecretEntry {
+                        account: Arc::from(s.account.as_str()),
+                        key: DecodingKey::from_secret(s.secret.as_bytes()),
+                    },
+                )
+            })
+            .collect();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.set_required_spec_claims(&["exp"]);
+        Authenticator {
+            keys,
+            secrets,
+            suspended: config
+                .accounts
+                .iter()
+                .filter(|a| a.suspended)
+                .map(|a| a.id.clone())
+                .collect(),
+            max_peer_metadata_bytes: config.limits.max_peer_metadata_bytes,
+            validation,
+        }
+    }
+
+    /// Authenticate the raw query string of a `/v1` upgrade at `now` (Unix seconds).
+    pub fn authenticate(&self, query: Option<&str>, now: u64) -> Result<Grant, AuthError> {
+        let mut key = None;
+        let mut token = None;
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match name.as_ref() {
+                "key" => &mut key,
+                "token" => &mut token,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(invalid("duplicate credential parameter"));
+            }
+        }
+        let grant = match (key, token) {
+            (Some(k), None) => self.from_key(&k)?,
+            (None, Some(t)) => self.from_token(&t, now)?,
+            (None, None) => return Err(invalid("missing key or token")),
+            (Some(_), Some(_)) => return Err(invalid("pass either key or token, not both")),
+        };
+        if self.suspended.iter().any(|a| **a == *grant.account) {
+            return Err(AuthError {
+                code: CloseCode::ACCOUNT_SUSPENDED,
+                reason: "account suspended",
+            });
+        }
+        Ok(grant)
+    }
+
+    fn from_key(&self, key: &str) -> Result<Grant, AuthError> {
+        let k = self.keys.get(key).ok_or(invalid("invalid key"))?;
+        Ok(Grant {
+            account: k.account.clone(),
+            channels: k.channels.clone(),
+            actions: k.actions,
+            peer_metadata: None,
+            welcome_metadata: k.metadata.clone(),
+            expires_at: None,
+        })
+    }
+
+    fn from_token(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+        let secret = match header.kid.as_deref() {
+            Some(kid) => self.secrets.get(kid),
+            // Without a kid, a single configured secret is unambiguous.
+            None if self.secrets.len() == 1 => self.secrets.values().next(),
+            None => None,
+        }
+        .ok_or(invalid("unknown token key id"))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &secret.key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError {
+                        code: CloseCode::TOKEN_EXPIRED,
+                        reason: "token expired",
+                    },
+                    ErrorKind::InvalidSignature => invalid("invalid token signature"),
+                    _ => invalid("invalid token"),
+                }
+            })?;
+        let claims = data.claims;
+        // jsonwebtoken checks exp against its own clock; check against ours too so a
+        // caller-supplied `now` (tests, skew handling) is honoured.
+        if claims.exp <= now {
+            return Err(AuthError {
+                code: CloseCode::TOKEN_EXPIRED,
+                reason: "token expired",
+            });
+        }
+        let actions = match &claims.permissions {
+            None => Actions::ALL,
+            Some(list) => list
+                .iter()
+                .map(|p| Action::parse(p).ok_or(invalid("unknown permission in token")))
+                .collect::<Result<Actions, _>>()?,
+        };
+        if let Some(m) = &claims.peer_metadata {
+            if !m.get().starts_with('{') {
+                return Err(invalid("peerMetadata must be an object"));
+            }
+            if m.get().len() > self.max_peer_metadata_bytes {
+                return Err(invalid("peerMetadata too large"));
+            }
+        }
+        let welcome_metadata = match claims.metadata {
+            Some(m) if m.get().starts_with('{') => Some(Arc::from(m)),
+            Some(_) => return Err(invalid("metadata must be an object")),
+            None => None,
+        };
+        Ok(Grant {
+            account: secret.account.clone(),
+            channels: claims
+                .channels
+                .unwrap_or_else(|| vec!["*".to_owned()])
+                .into(),
+            actions,
+            peer_metadata: claims.peer_metadata,
+            welcome_metadata,
+            expires_at: Some(claims.exp),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "sk_test_0123456789abcdef";
+
+    fn auth() -> Authenticator {
+        let mut c = Config::from_toml(&format!(
+            r#"
+[[accounts]]
+id = "gone"
+suspended = true
+[[keys]]
+key = "pk_room"
+account = "acme"
+channels = ["room-*"]
+actions = ["subscribe"]
+metadata = {{ iceServers = [] }}
+[[keys]]
+key = "pk_gone"
+account = "gone"
+[[secrets]]
+kid = "main"
+secret = "{SECRET}"
+account = "acme"
+"#
+        ))
+        .expect("config");
+        c.add_dev_key("pk_test_x");
+        Authenticator::new(&c)
+    }
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            exp,
+            channels: None,
+            permissions: None,
+            peer_metadata: None,
+            metadata: None,
+        }
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    #[test]
+    fn keys() {
+        let a = auth();
+        let g = a
+            .authenticate(Some("key=pk_test_x"), now())
+            .expect("dev key");
+        assert_eq!(&*g.account, "dev");
+        assert!(g.channel_allowed("anything") && g.actions == Actions::ALL);
+        assert_eq!(g.expires_at, None);
+        let g = a.authenticate(Some("key=pk_room"), now()).expect("key");
+        assert!(g.channel_allowed("room-1") && !g.channel_allowed("lobby"));
+        assert!(g.actions.allows(Action::Subscribe) && !g.actions.allows(Action::Publish));
+        assert_eq!(
+            g.welcome_metadata.as_deref().map(RawValue::get),
+            Some(r#"{"iceServers":[]}"#)
+        );
+        let code = |q: Option<&str>| a.authenticate(q, now()).map(|_| ()).unwrap_err().code.0;
+        assert_eq!(code(Some("key=nope")), 4001);
+        assert_eq!(code(None), 4001);
+        assert_eq!(code(Some("")), 4001);
+        assert_eq!(code(Some("key=pk_test_x&key=pk_test_x")), 4001);
+        assert_eq!(code(Some("key=pk_test_x&token=x")), 4001);
+        assert_eq!(code(Some("key=pk_gone")), 4012);
+    }
+
+    #[test]
+    fn tokens() {
+        let a = auth();
+        let mut c = claims(now() + 60);
+        c.channels = Some(vec!["team-*".into()]);
+        c.permissions = Some(vec!["subscribe".into(), "send".into()]);
+        c.peer_metadata = Some(RawValue::from_string(r#"{"name":"alice"}"#.into()).expect("j"));
+        c.metadata = Some(RawValue::from_string(r#"{"iceServers":[]}"#.into()).expect("j"));
+        let t = mint_token(SECRET, "main", &c).expect("mint");
+        let g = a
+            .authenticate(Some(&format!("token={t}")), now())
+            .expect("valid token");
+        assert_eq!(&*g.account, "acme");
+        assert_eq!(g.expires_at, Some(now() + 60));
+        assert!(g.channel_allowed("team-a") && !g.channel_allowed("room-a"));
+        assert!(g.actions.allows(Action::Send) && !g.actions.allows(Action::Publish));
+        assert_eq!(
+            g.peer_metadata.as_deref().map(RawValue::get),
+            Some(r#"{"name":"alice"}"#)
+        );
+
+        let code = |t: &str| {
+            a.authenticate(Some(&format!("token={t}")), now())
+                .map(|_| ())
+                .unwrap_err()
+                .code
+                .0
+        };
+        // Expired (our clock): 4002, retryable with a fresh token.
+        let expired = mint_token(SECRET, "main", &claims(now() - 1)).expect("mint");
+        assert_eq!(code(&expired), 4002);
+        assert_eq!(
+            code(&mint_token("sk_wrong_0123456789abcdef", "main", &claims(now() + 60)).expect("m")),
+            4001
+        );
+        assert_eq!(
+            code(&mint_token(SECRET, "other", &claims(now() + 60)).expect("m")),
+            4001
+        );
+        assert_eq!(code("not.a.jwt"), 4001);
+        let mut bad = claims(now() + 60);
+        bad.permissions = Some(vec!["fly".into()]);
+        assert_eq!(code(&mint_token(SECRET, "main", &bad).expect("m")), 4001);
+        let mut big = claims(now() + 60);
+        big.peer_metadata =
+            Some(RawValue::from_string(format!(r#"{{"x":"{}"}}"#, "a".repeat(3000))).expect("j"));
+        assert_eq!(code(&mint_token(SECRET, "main", &big).expect("m")), 4001);
+        let mut arr = claims(now() + 60);
+        arr.peer_metadata = Some(RawValue::from_string("[1]".into()).expect("j"));
+        assert_eq!(code(&mint_token(SECRET, "main", &arr).expect("m")), 4001);
+    }
+
+    #[test]
+    fn debug_does_not_leak_secrets() {
+        let s = format!("{:?}", auth());
+        assert!(!s.contains(SECRET) && !s.contains("pk_test_x"));
+    }
+}

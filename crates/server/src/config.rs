@@ -1,0 +1,374 @@
+//! Server configuration: a TOML file, the `--dev-key` shortcut, and defaults (spec §1.16).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use parlor_protocol::event::{DEFAULT_MAX_MESSAGE_SIZE, MAX_OUTBOUND_FRAME};
+
+/// A configuration error, reported at startup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown fields.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// An action a credential may be allowed (spec §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Subscribe to channels.
+    Subscribe,
+    /// Publish to channels.
+    Publish,
+    /// Receive presence (roster snapshots and deltas).
+    Presence,
+    /// Send direct messages (needed for WebRTC signalling).
+    Send,
+}
+
+impl Action {
+    /// All four actions.
+    pub const ALL: [Action; 4] = [
+        Action::Subscribe,
+        Action::Publish,
+        Action::Presence,
+        Action::Send,
+    ];
+
+    /// Parse the wire/JWT spelling.
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "subscribe" => Some(Action::Subscribe),
+            "publish" => Some(Action::Publish),
+            "presence" => Some(Action::Presence),
+            "send" => Some(Action::Send),
+            _ => None,
+        }
+    }
+}
+
+/// Bounds applied to every connection. Defaults follow spec §1.16.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Cap on a serialized `data` value (advertised in `welcome`); larger → close 1009.
+    pub max_message_size: usize,
+    /// Subscriptions per connection (`channel_limit_exceeded`).
+    pub max_subscriptions_per_connection: usize,
+    /// Members per channel (`channel_limit_exceeded`); snapshots are also bounded to 1 MiB.
+    pub max_channel_members: usize,
+    /// Per-connection token bucket: sustained messages per second (close 4011 when empty).
+    pub rate_per_sec: f64,
+    /// Per-connection token bucket: burst size.
+    pub rate_burst: f64,
+    /// WebSocket protocol ping interval; a connection silent for two intervals is dropped.
+    pub ping_interval_secs: u64,
+    /// Bytes of frames queued to one connection before it is dropped as a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// Largest serialized `peerMetadata` a token may carry.
+    pub max_peer_metadata_bytes: usize,
+    /// How long a graceful shutdown waits for connections to close.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_subscriptions_per_connection: 100,
+            max_channel_members: 4096,
+            rate_per_sec: 50.0,
+            rate_burst: 300.0,
+            ping_interval_secs: 30,
+            outbound_queue_bytes: 4 << 20,
+            max_peer_metadata_bytes: 2048,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+/// A tenant: the scope of channels, peer ids and direct routing, and of quotas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Account id, referenced by keys and secrets.
+    pub id: String,
+    /// Concurrent connections (close 4010 at connect when exceeded). Unlimited when absent.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Messages (publish + send) per quota window (`over_message_quota`). Unlimited when absent.
+    #[serde(default)]
+    pub message_quota: Option<u64>,
+    /// Length of the quota window.
+    #[serde(default = "default_quota_window")]
+    pub quota_window_secs: u64,
+    /// Suspended accounts are refused at connect with close 4012.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+fn default_quota_window() -> u64 {
+    30 * 24 * 3600
+}
+
+/// A publishable key (`?key=`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key itself, e.g. `pk_live_…`.
+    pub key: String,
+    /// The owning account.
+    pub account: String,
+    /// Channel glob patterns (`*` = any run of characters).
+    #[serde(default = "all_channels")]
+    pub channels: Vec<String>,
+    /// Allowed actions.
+    #[serde(default = "all_actions")]
+    pub actions: Vec<Action>,
+    /// Sent as `welcome.metadata` (e.g. `iceServers`).
+    #[serde(default, deserialize_with = "json_bag")]
+    pub metadata: Option<Box<RawValue>>,
+}
+
+/// A secret key that signs HS256 JWTs (`?token=`); the JWT header `kid` selects it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// Key id, matched against the JWT header `kid`.
+    pub kid: String,
+    /// The HMAC secret, e.g. `sk_live_…`.
+    pub secret: String,
+    /// The owning account.
+    pub account: String,
+}
+
+fn all_channels() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn all_actions() -> Vec<Action> {
+    Action::ALL.to_vec()
+}
+
+fn json_bag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    if !v.is_object() {
+        return Err(serde::de::Error::custom("metadata must be a table"));
+    }
+    serde_json::value::to_raw_value(&v)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (the CLI's `--listen` wins).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Bearer secret for the admin HTTP API; the API is off when absent.
+    #[serde(default)]
+    pub admin_secret: Option<String>,
+    /// Whether a subscribed publisher receives its own broadcast (spec §1.9, open question 1).
+    #[serde(default = "yes")]
+    pub echo_publisher: bool,
+    /// Per-connection bounds.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Tenants.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    /// Publishable keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// JWT signing secrets.
+    #[serde(default)]
+    pub secrets: Vec<SecretConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: None,
+            admin_secret: None,
+            echo_publisher: true,
+            limits: Limits::default(),
+            accounts: Vec::new(),
+            keys: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// The account that `--dev-key` keys belong to.
+pub const DEV_ACCOUNT: &str = "dev";
+
+impl Config {
+    /// Parse a TOML document and validate it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Add a development key: a publishable key allowed every action on every channel.
+    pub fn add_dev_key(&mut self, key: &str) {
+        self.keys.push(KeyConfig {
+            key: key.to_owned(),
+            account: DEV_ACCOUNT.to_owned(),
+            channels: all_channels(),
+            actions: all_actions(),
+            metadata: None,
+        });
+    }
+
+    /// Check ranges and cross-references.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        // A message frame carries data plus an envelope (channel, ids, fromMetadata) and must
+        // stay under the 1 MiB outbound cap.
+        let max_data = MAX_OUTBOUND_FRAME - 16 * 1024 - l.max_peer_metadata_bytes;
+        if l.max_message_size == 0 || l.max_message_size > max_data {
+            return bad(format!("limits.max_message_size must be in 1..={max_data}"));
+        }
+        if l.max_peer_metadata_bytes > 64 * 1024 {
+            return bad("limits.max_peer_metadata_bytes must be at most 65536".into());
+        }
+        if !(l.rate_per_sec > 0.0 && l.rate_burst >= 1.0) {
+            return bad("limits.rate_per_sec must be > 0 and limits.rate_burst >= 1".into());
+        }
+        if l.ping_interval_secs == 0 {
+            return bad("limits.ping_interval_secs must be > 0".into());
+        }
+        if l.max_subscriptions_per_connection == 0 || l.max_channel_members == 0 {
+            return bad("subscription and member limits must be > 0".into());
+        }
+        if l.outbound_queue_bytes < MAX_OUTBOUND_FRAME {
+            return bad(format!(
+                "limits.outbound_queue_bytes must be at least {MAX_OUTBOUND_FRAME}"
+            ));
+        }
+        let mut ids = HashSet::new();
+        for a in &self.accounts {
+            if !ids.insert(a.id.as_str()) {
+                return bad(format!("duplicate account {:?}", a.id));
+            }
+            if a.quota_window_secs == 0 {
+                return bad(format!("account {:?}: quota_window_secs must be > 0", a.id));
+            }
+        }
+        let mut keys = HashSet::new();
+        for k in &self.keys {
+            if k.key.is_empty() || !keys.insert(k.key.as_str()) {
+                // Never echo the key itself.
+                return bad("keys must be non-empty and unique".into());
+            }
+        }
+        let mut kids = HashSet::new();
+        for s in &self.secrets {
+            if s.secret.len() < 16 {
+                return bad(format!("secret {:?}: must be at least 16 bytes", s.kid));
+            }
+            if !kids.insert(s.kid.as_str()) {
+                return bad(format!("duplicate secret kid {:?}", s.kid));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration of an account, if declared.
+    pub fn account(&self, id: &str) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::from_toml(
+            r#"
+admin_secret = "adm"
+echo_publisher = false
+[limits]
+max_message_size = 1024
+rate_per_sec = 5
+[[accounts]]
+id = "acme"
+max_connections = 2
+message_quota = 10
+quota_window_secs = 60
+[[keys]]
+key = "pk_live_abc"
+account = "acme"
+channels = ["room-*"]
+actions = ["subscribe", "presence"]
+metadata = { iceServers = [{ urls = "stun:stun.example.org:3478" }] }
+[[secrets]]
+kid = "main"
+secret = "sk_test_0123456789abcdef"
+account = "acme"
+"#,
+        )
+        .expect("valid");
+        assert!(!c.echo_publisher);
+        assert_eq!(c.limits.max_message_size, 1024);
+        assert_eq!(c.limits.rate_burst, 300.0);
+        assert_eq!(c.keys[0].actions, vec![Action::Subscribe, Action::Presence]);
+        assert_eq!(
+            c.keys[0].metadata.as_ref().map(|m| m.get()),
+            Some(r#"{"iceServers":[{"urls":"stun:stun.example.org:3478"}]}"#)
+        );
+        assert_eq!(c.account("acme").and_then(|a| a.max_connections), Some(2));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        for bad in [
+            "nope = 1",
+            "[limits]\nmax_message_size = 0",
+            "[limits]\nmax_message_size = 2000000",
+            "[limits]\nrate_per_sec = 0",
+            "[[keys]]\nkey = \"a\"\naccount = \"x\"\n[[keys]]\nkey = \"a\"\naccount = \"y\"",
+            "[[keys]]\nkey = \"a\"\naccount = \"x\"\nactions = [\"fly\"]",
+            "[[secrets]]\nkid = \"k\"\nsecret = \"short\"\naccount = \"a\"",
+            "[[keys]]\nkey = \"a\"\naccount = \"x\"\nmetadata = 5",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+    }
+}
