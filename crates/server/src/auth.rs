@@ -214,8 +214,8 @@ impl Authenticator {
             }
         }
         let grant = match (key, token) {
-            (Some(k), None) => self.from_key(&k)?,
-            (None, Some(t)) => self.from_token(&t, now)?,
+            (Some(k), None) => self.grant_for_key(&k)?,
+            (None, Some(t)) => self.grant_for_token(&t, now)?,
             (None, None) => return Err(invalid("missing key or token")),
             (Some(_), Some(_)) => return Err(invalid("pass either key or token, not both")),
         };
@@ -228,7 +228,7 @@ impl Authenticator {
         Ok(grant)
     }
 
-    fn from_key(&self, key: &str) -> Result<Grant, AuthError> {
+    fn grant_for_key(&self, key: &str) -> Result<Grant, AuthError> {
         let k = self.keys.get(key).ok_or(invalid("invalid key"))?;
         Ok(Grant {
             account: k.account.clone(),
@@ -240,7 +240,7 @@ impl Authenticator {
         })
     }
 
-    fn from_token(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
+    fn grant_for_token(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         let secret = match header.kid.as_deref() {
             Some(kid) => self.secrets.get(kid),

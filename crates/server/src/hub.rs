@@ -160,13 +160,14 @@ impl Hub {
         }
         let limits = self.account_limits(&grant.account);
         let tenant = self.tenants.entry(grant.account.clone()).or_default();
-        if let Some(max) = limits.max_connections {
-            if tenant.connections >= max {
-                return Err(AuthError {
-                    code: CloseCode::OVER_CONCURRENT_LIMIT,
-                    reason: "too many concurrent connections",
-                });
-            }
+        if limits
+            .max_connections
+            .is_some_and(|max| tenant.connections >= max)
+        {
+            return Err(AuthError {
+                code: CloseCode::OVER_CONCURRENT_LIMIT,
+                reason: "too many concurrent connections",
+            });
         }
         let peer_id: Arc<str> = loop {
             let id = new_peer_id().map_err(|_| AuthError {
@@ -289,16 +290,14 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        if let Some(ch) = channel {
-            if !c.grant.channel_allowed(ch) {
-                self.reply_error(
-                    conn,
-                    ErrorCode::ChannelNotAuthorized,
-                    rid,
-                    "channel not authorized for this credential",
-                );
-                return false;
-            }
+        if channel.is_some_and(|ch| !c.grant.channel_allowed(ch)) {
+            self.reply_error(
+                conn,
+                ErrorCode::ChannelNotAuthorized,
+                rid,
+                "channel not authorized for this credential",
+            );
+            return false;
         }
         if !c.grant.actions.allows(action) {
             self.reply_error(
@@ -417,13 +416,11 @@ impl Hub {
     }
 
     fn unsubscribe(&mut self, conn: ConnId, channel: &str, rid: Option<&str>) {
-        let removed = self.remove_member(conn, channel);
-        if removed {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                if c.subs.remove(channel) == Some(true) {
-                    c.sender_metadata_subs -= 1;
-                }
-            }
+        self.remove_member(conn, channel);
+        if let Some(c) = self.conns.get_mut(&conn)
+            && c.subs.remove(channel) == Some(true)
+        {
+            c.sender_metadata_subs -= 1;
         }
         // Idempotent: acked whether or not it was subscribed (spec §1.8.4).
         self.ack(conn, rid);
