@@ -1,0 +1,192 @@
+//! Black-box checks of the `parlor` binary's stable CLI contract.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_parlor");
+const SECRET: &str = "sk_test_cli_0123456789abcdef";
+
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+fn serve(args: &[&str]) -> Serve {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("PARLOR_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn parlor");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("readiness line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && !url.ends_with(":0"),
+        "{url}"
+    );
+    Serve { child, url }
+}
+
+async fn next_text(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Result<serde_json::Value, Option<u16>> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("timeout");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("json")),
+            Some(Ok(Message::Close(f))) => return Err(f.map(|f| f.code.into())),
+            Some(Ok(_)) => continue,
+            _ => return Err(None),
+        }
+    }
+}
+
+fn token(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--secret", SECRET, "--kid", "main"])
+        .args(args)
+        .output()
+        .expect("parlor token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn dev_mode_tokens_sigterm_and_no_credentials_in_logs() {
+    let dir = std::env::temp_dir().join(format!("parlor-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let config = dir.join("parlor.toml");
+    std::fs::write(
+        &config,
+        format!("[[secrets]]\nkid = \"main\"\nsecret = \"{SECRET}\"\naccount = \"acme\"\n"),
+    )
+    .expect("write config");
+    let mut s = serve(&[
+        "--dev-key",
+        "pk_test_secretish",
+        "--config",
+        config.to_str().expect("p"),
+    ]);
+
+    // Dev key: every action on every channel.
+    let (mut a, _) = connect_async(format!("{}/v1?key=pk_test_secretish", s.url))
+        .await
+        .expect("upgrade");
+    let w = next_text(&mut a).await.expect("welcome");
+    assert_eq!(w["type"], "welcome");
+    a.send(Message::text(
+        r#"{"type":"subscribe","channel":"any/thing","requestId":"1"}"#,
+    ))
+    .await
+    .expect("send");
+    assert_eq!(next_text(&mut a).await.expect("ack")["type"], "ack");
+    assert_eq!(next_text(&mut a).await.expect("snap")["type"], "presence");
+
+    // A token minted by `parlor token` is accepted, with its claims.
+    let jwt = token(&[
+        "--peer-metadata",
+        r#"{"name":"bob"}"#,
+        "--channel",
+        "room-*",
+    ]);
+    let (mut b, _) = connect_async(format!("{}/v1?token={jwt}", s.url))
+        .await
+        .expect("upgrade");
+    let w = next_text(&mut b).await.expect("welcome");
+    assert!(w["expiresAt"].as_u64().is_some(), "{w}");
+    // An expired one is refused with 4002; a bad key with 4001.
+    let old = token(&["--ttl-secs", "-30"]);
+    let (mut c, _) = connect_async(format!("{}/v1?token={old}", s.url))
+        .await
+        .expect("upgrade");
+    assert_eq!(next_text(&mut c).await.err(), Some(Some(4002)));
+    let (mut d, _) = connect_async(format!("{}/v1?key=pk_wrong_guess", s.url))
+        .await
+        .expect("upgrade");
+    assert_eq!(next_text(&mut d).await.err(), Some(Some(4001)));
+
+    // SIGTERM: going_away, then 1001, then the process exits 0.
+    let pid = s.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    for ws in [&mut a, &mut b] {
+        let g = next_text(ws).await.expect("going_away");
+        assert_eq!(g["type"], "going_away");
+        assert_eq!(next_text(ws).await.err(), Some(Some(1001)));
+    }
+    drop((a, b, c, d));
+    let status = s.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    s.child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    assert!(logs.contains("shutting down"), "{logs}");
+    for secret in ["pk_test_secretish", "pk_wrong_guess", &jwt, &old, SECRET] {
+        assert!(
+            !logs.contains(secret),
+            "credential leaked into logs:\n{logs}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn serve_without_credentials_fails_clearly() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dev-key"), "{err}");
+}
+
+#[test]
+fn token_rejects_bad_input() {
+    for args in [
+        vec!["--permission", "fly"],
+        vec!["--peer-metadata", "[1]"],
+        vec!["--metadata", "{nope"],
+    ] {
+        let out = Command::new(BIN)
+            .args(["token", "--secret", SECRET])
+            .args(&args)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?}");
+    }
+}
