@@ -13,6 +13,7 @@
 //!   `presence`, `going_away`, `pong`), forwarding payloads byte for byte;
 //! * [`validate`] holds the field rules (channel, peer id, request id, reserved prefixes,
 //!   channel-pattern globs);
+//! * [`client`] is the client side: request builders and strict server-frame parsing;
 //! * [`ErrorCode`] and [`CloseCode`] are the protocol's codes.
 //!
 //! ```
@@ -26,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod client;
 mod codes;
 pub mod event;
 mod request;
