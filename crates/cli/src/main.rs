@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::value::RawValue;
 
 use parlor_server::auth::{Claims, mint_token};
-use parlor_server::config::{Action, Config};
+use parlor_server::config::{Action, Config, MIN_SECRET_LEN};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -84,6 +84,11 @@ fn json_object(flag: &str, text: Option<String>) -> anyhow::Result<Option<Box<Ra
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
+    if args.secret.len() < MIN_SECRET_LEN {
+        bail!(
+            "--secret must be at least {MIN_SECRET_LEN} bytes (the server refuses shorter secrets)"
+        );
+    }
     for p in &args.permissions {
         if Action::parse(p).is_none() {
             bail!("unknown permission {p:?} (use subscribe, publish, presence or send)");

@@ -176,6 +176,16 @@ fn serve_without_credentials_fails_clearly() {
 }
 
 #[test]
+fn token_refuses_short_secrets_like_the_server() {
+    let out = Command::new(BIN)
+        .args(["token", "--secret", "sk_short"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"));
+}
+
+#[test]
 fn token_rejects_bad_input() {
     for args in [
         vec!["--permission", "fly"],

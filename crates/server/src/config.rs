@@ -222,6 +222,9 @@ impl Default for Config {
     }
 }
 
+/// The shortest accepted HS256 secret, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// The account that `--dev-key` keys belong to.
 pub const DEV_ACCOUNT: &str = "dev";
 
@@ -298,8 +301,11 @@ impl Config {
         }
         let mut kids = HashSet::new();
         for s in &self.secrets {
-            if s.secret.len() < 16 {
-                return bad(format!("secret {:?}: must be at least 16 bytes", s.kid));
+            if s.secret.len() < MIN_SECRET_LEN {
+                return bad(format!(
+                    "secret {:?}: must be at least {MIN_SECRET_LEN} bytes",
+                    s.kid
+                ));
             }
             if !kids.insert(s.kid.as_str()) {
                 return bad(format!("duplicate secret kid {:?}", s.kid));
