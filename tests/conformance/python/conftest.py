@@ -48,7 +48,7 @@ LISTEN_RE = re.compile(r"^listening on ws://127\.0\.0\.1:(\d+)\s*$")
 DEV_KEY = "pk_test_x"
 ADMIN_SECRET = "adm_secret"
 JWT_KID = "main"
-JWT_SECRET = "sk_test_secret"
+JWT_SECRET = "sk_test_secret_0123456789"  # >= 16 bytes: see FINDINGS.md #1
 
 # Keys defined in the base config (all in account "acme" unless noted).
 KEY_ALL = "pk_live_all"  # every channel, every action
@@ -193,8 +193,8 @@ class ParlorServer:
             self.kill()
             raise RuntimeError(
                 f"parlor did not print 'listening on ws://127.0.0.1:PORT' within {WAIT}s "
-                f"(args={self.args}); stdout={self.stdout_lines!r}; stderr="
-                f"{self.stderr_path.read_text(errors='replace')[-4000:]!r}"
+                f"(exit={self.proc.returncode}, args={self.args}); stdout={self.stdout_lines!r}; "
+                f"stderr (head)={self.stderr_path.read_text(errors='replace')[:1500]!r}"
             )
         return found["port"]
 
@@ -378,12 +378,22 @@ class Recorder:
     def of(self, etype: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, etype)]
 
+    def index(self, ev: Any) -> int:
+        for i, e in enumerate(self.events):
+            if e is ev:
+                return i
+        raise ValueError(f"event not recorded: {ev!r}")
+
     async def wait_for(self, etype: type, pred: Callable[[Any], bool] = lambda e: True, *,
-                       timeout: float = WAIT, what: str = "") -> Any:
-        """Return the first not-yet-returned event of `etype` matching `pred`."""
+                       timeout: float = WAIT, what: str = "", after: Any = None) -> Any:
+        """Return the first not-yet-returned event of `etype` matching `pred` (only among
+        events recorded after the event `after`, when given)."""
         deadline = asyncio.get_running_loop().time() + timeout
+        start = 0 if after is None else self.index(after) + 1
         while True:
             for i, ev in enumerate(self.events):
+                if i < start:
+                    continue
                 if i not in self._consumed and isinstance(ev, etype) and pred(ev):
                     self._consumed.add(i)
                     return ev

@@ -10,6 +10,7 @@ from conftest import (
     ICE_URL,
     KEY_ALL,
     KEY_ICE,
+    KEY_QUOTA,
     TURN_URL,
     WAIT,
     build_config,
@@ -323,3 +324,98 @@ async def test_max_message_size_boundary_and_1009(server, make_client):
     assert dis.code == 1009, dis
     assert dis.will_reconnect is True
     await a.rec.wait_for(Connected, lambda e: e.is_reconnect, what="(reconnect after 1009)")
+
+
+async def test_subscribe_atomic_with_fanout(server, make_client):
+    """§1.8.3: once the subscriber has its ack + snapshot, every later publish to the
+    channel reaches it, and the `joined` delta reaches existing members before the
+    subscriber is acked (presence happens-before anything they send in reaction)."""
+    b = await connect(make_client, server.url, name="b")
+    ch_base = "room-atomic"
+    for i in range(25):
+        ch = f"{ch_base}-{i}"
+        await b.sc.subscribe(ch)
+        a = await connect(make_client, server.url, name=f"a{i}")
+        await a.sc.subscribe(ch)
+        await a.rec.wait_for(Presence, lambda e, ch=ch: e.channel == ch)
+        # b publishes right after a's subscribe resolved (a is a member now).
+        await b.sc.publish(ch, f"m{i}")
+        got = await a.rec.wait_for(Message, lambda e, ch=ch: e.channel == ch,
+                                   what=f"(publish issued after a's subscribe ack, round {i})")
+        assert got.data == f"m{i}"
+        # b must have seen a join before its own echo of m{i}.
+        await b.rec.wait_for(Message, lambda e, ch=ch: e.channel == ch)
+        b_events = [e for e in b.rec.events if getattr(e, "channel", None) == ch]
+        kinds = [k for k in (("joined" if isinstance(e, Presence) and a.peer_id in
+                               [p.peer_id for p in e.joined] else
+                               "echo" if isinstance(e, Message) and e.data == f"m{i}" else None)
+                              for e in b_events) if k]
+        assert kinds[:1] == ["joined"], (
+            f"round {i}: b saw {kinds}; the joined delta must be queued to members before "
+            f"the subscriber is acked (§1.8.3)")
+        await a.sc.close()
+
+
+async def test_snapshot_carries_peer_metadata(server, make_client):
+    ch = "room-snapmeta"
+    tok = mint_token(ttl_secs=600, peer_metadata={"name": "carol"})
+    carol = await connect(make_client, server.url, token=tok, name="carol")
+    await carol.sc.subscribe(ch)
+    a = await connect(make_client, server.url, api_key=KEY_ALL, name="a")
+    await a.sc.subscribe(ch)
+    snap = await a.rec.wait_for(Presence, lambda e: e.channel == ch)
+    (entry,) = [p for p in snap.joined if p.peer_id == carol.peer_id]
+    assert entry.metadata == {"name": "carol"}, snap
+
+
+async def test_direct_sender_metadata_follows_recipient_opt_in(server, make_client):
+    """§1.9 [REC]: fromMetadata on a direct iff the recipient holds a subscription with
+    includeSenderMetadata."""
+    alice = await connect(make_client, server.url, name="alice",
+                          token=mint_token(ttl_secs=600, peer_metadata={"name": "alice"}))
+    b = await connect(make_client, server.url, api_key=KEY_ALL, name="b")
+    c = await connect(make_client, server.url, api_key=KEY_ALL, name="c")
+    await b.sc.subscribe("room-dm", SubscribeOptions(include_sender_metadata=True))
+    await alice.sc.send(b.peer_id, "to-b")
+    await alice.sc.send(c.peer_id, "to-c")
+    db = await b.rec.wait_for(Direct)
+    dc = await c.rec.wait_for(Direct)
+    assert db.sender_metadata == {"name": "alice"}, db
+    assert dc.sender_metadata is None, dc
+
+
+async def test_unicode_channel_names(server, make_client):
+    # The Python SDK sends ensure_ascii JSON (\\u escapes, surrogate pairs); the server
+    # must decode them so the channel is the same as raw UTF-8 (§1.1).
+    ch = "room-é😀"
+    a = await connect(make_client, server.url, name="a")
+    b = await connect(make_client, server.url, name="b")
+    await b.sc.subscribe(ch)
+    await a.sc.publish(ch, "uni")
+    got = await b.rec.wait_for(Message, lambda e: e.data == "uni")
+    assert got.channel == ch
+    # 256 astral code points = 512 UTF-16 units: within the Python client's 256 cap;
+    # the spec recommends counting Unicode scalar values (§1.10).
+    long_astral = "😀" * 256
+    await b.sc.subscribe(long_astral)
+    await a.sc.publish(long_astral, "astral")
+    got2 = await b.rec.wait_for(Message, lambda e: e.data == "astral")
+    assert got2.channel == long_astral
+
+
+async def test_tenant_isolation(server, make_client):
+    ch = "room-iso"
+    acme = await connect(make_client, server.url, api_key=KEY_ALL, name="acme")
+    other = await connect(make_client, server.url, api_key=KEY_QUOTA, name="other")
+    await acme.sc.subscribe(ch)
+    await other.sc.subscribe(ch)
+    snap = await other.rec.wait_for(Presence, lambda e: e.channel == ch)
+    assert acme.peer_id not in [p.peer_id for p in snap.joined], \
+        f"presence must not cross tenants: {snap}"
+    await acme.sc.publish(ch, "acme-only")
+    await other.sc.publish(ch, "other-echo")
+    await other.rec.wait_for(Message, lambda e: e.data == "other-echo")
+    leaked = [e for e in other.rec.of(Message) if e.data == "acme-only"]
+    assert leaked == [], "a publish must not reach another tenant's subscribers"
+    assert not [e for e in acme.rec.of(Presence) if e.channel == ch and
+                other.peer_id in [p.peer_id for p in e.joined]]
