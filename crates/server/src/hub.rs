@@ -968,6 +968,37 @@ quota_window_secs = 1
     }
 
     #[test]
+    fn snapshots_never_exceed_the_outbound_cap() {
+        let mut c = config();
+        c.limits.max_subscriptions_per_connection = 10;
+        c.limits.max_channel_members = 100_000;
+        let mut hub = Hub::new(&c, Arc::new(Metrics::new()));
+        let meta = format!(r#"{{"pad":"{}"}}"#, "m".repeat(2000));
+        let mut refused = None;
+        for i in 0..1000 {
+            let cl = join(&mut hub, "dev", Some(&meta));
+            req(
+                &mut hub,
+                &cl,
+                r#"{"type":"subscribe","channel":"big","requestId":"s"}"#,
+            );
+            // ack + snapshot are queued; measure without parsing a megabyte per member.
+            let queued = cl.c.outbox.queued_bytes();
+            if i > 0 && queued < 200 {
+                let out = cl.drain();
+                assert_eq!(out[0]["code"], "channel_limit_exceeded");
+                refused = Some((i, cl));
+                break;
+            }
+            let ack_len = event::ack("s").len();
+            assert!(queued - ack_len <= MAX_OUTBOUND_FRAME, "{i}: {queued}");
+        }
+        let (members, _) = refused.expect("the roster cap must refuse at some point");
+        assert!(members > 400, "{members}");
+        assert_eq!(hub.channels()[0].members.len(), members);
+    }
+
+    #[test]
     fn peer_ids_are_ascii_and_distinct() {
         let a = new_peer_id().expect("rng");
         let b = new_peer_id().expect("rng");
