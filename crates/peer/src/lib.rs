@@ -26,4 +26,5 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod rtc;
 pub mod signalling;

@@ -1,0 +1,125 @@
+//! Small, bounded SDP readers (spec §2.5, §2.8): ICE ufrag, DTLS fingerprint, and the
+//! msid → track mapping per media section. Input comes from the network: every read is capped.
+
+use std::collections::HashMap;
+
+/// Most msid entries read from one SDP.
+pub const MAX_MSID_ENTRIES: usize = 256;
+/// Longest accepted stream/track id or ufrag.
+pub const MAX_ID_LEN: usize = 256;
+
+fn attribute<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(name))
+        .map(str::trim)
+}
+
+/// The first `a=ice-ufrag:` value (session or media level).
+pub fn ice_ufrag(sdp: &str) -> Option<String> {
+    attribute(sdp, "a=ice-ufrag:")
+        .filter(|u| !u.is_empty() && u.len() <= MAX_ID_LEN)
+        .map(str::to_owned)
+}
+
+/// The first `a=fingerprint:` value (`sha-256 AB:CD:…`).
+pub fn fingerprint(sdp: &str) -> Option<String> {
+    attribute(sdp, "a=fingerprint:")
+        .filter(|f| !f.is_empty() && f.len() <= 512)
+        .map(str::to_owned)
+}
+
+/// `(stream id, track id)` announced for a media section; stream `-` means none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msid {
+    /// Stream id, `None` for `-`.
+    pub stream_id: Option<String>,
+    /// Track id.
+    pub track_id: String,
+}
+
+/// msid by `mid`, from `a=msid:` or the ssrc-level `a=ssrc:N msid:` form, read before the
+/// description is applied (spec §2.8). At most [`MAX_MSID_ENTRIES`] entries.
+pub fn msids_by_mid(sdp: &str) -> HashMap<String, Msid> {
+    let mut out = HashMap::new();
+    let mut mid: Option<String> = None;
+    let mut pending: Option<Msid> = None;
+    let flush =
+        |mid: &Option<String>, pending: &mut Option<Msid>, out: &mut HashMap<String, Msid>| {
+            if let (Some(m), Some(p)) = (mid, pending.take())
+                && out.len() < MAX_MSID_ENTRIES
+            {
+                out.entry(m.clone()).or_insert(p);
+            }
+        };
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") {
+            flush(&mid, &mut pending, &mut out);
+            mid = None;
+            continue;
+        }
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            if m.len() <= MAX_ID_LEN {
+                mid = Some(m.trim().to_owned());
+            }
+            continue;
+        }
+        let value = line.strip_prefix("a=msid:").or_else(|| {
+            line.strip_prefix("a=ssrc:")
+                .and_then(|r| r.split_once(" msid:").map(|(_, v)| v))
+        });
+        if let (Some(v), None) = (value, &pending) {
+            let mut parts = v.split_whitespace();
+            if let (Some(stream), Some(track)) = (parts.next(), parts.next())
+                && stream.len() <= MAX_ID_LEN
+                && track.len() <= MAX_ID_LEN
+            {
+                pending = Some(Msid {
+                    stream_id: (stream != "-").then(|| stream.to_owned()),
+                    track_id: track.to_owned(),
+                });
+            }
+        }
+    }
+    flush(&mid, &mut pending, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\na=group:BUNDLE 0 1\r\na=msid-semantic: WMS s1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:AbCd\r\na=ice-pwd:xyz\r\na=fingerprint:sha-256 AA:BB\r\na=mid:0\r\na=msid:s1 t-audio\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=ssrc:42 msid:- t-video\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+
+    #[test]
+    fn reads_ufrag_fingerprint_and_msids() {
+        assert_eq!(ice_ufrag(CHROME).as_deref(), Some("AbCd"));
+        assert_eq!(fingerprint(CHROME).as_deref(), Some("sha-256 AA:BB"));
+        let m = msids_by_mid(CHROME);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m["0"],
+            Msid {
+                stream_id: Some("s1".into()),
+                track_id: "t-audio".into()
+            }
+        );
+        assert_eq!(m["1"].stream_id, None);
+        assert!(!m.contains_key("2"));
+    }
+
+    #[test]
+    fn bounded_against_hostile_input() {
+        assert_eq!(ice_ufrag(&format!("a=ice-ufrag:{}", "u".repeat(300))), None);
+        let mut big = String::new();
+        for i in 0..1000 {
+            big.push_str(&format!(
+                "m=audio 9 RTP 0\r\na=mid:{i}\r\na=msid:s t{i}\r\n"
+            ));
+        }
+        assert_eq!(msids_by_mid(&big).len(), MAX_MSID_ENTRIES);
+        assert!(msids_by_mid("garbage\nwithout\nstructure").is_empty());
+    }
+}
