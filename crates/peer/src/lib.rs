@@ -26,5 +26,6 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod room;
 pub mod rtc;
 pub mod signalling;
