@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 echo "==== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "==== cargo doc -D warnings"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
+
 echo "==== cargo test (unit, doc and integration tests)"
 cargo test --workspace
 

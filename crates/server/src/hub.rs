@@ -2,7 +2,7 @@
 //!
 //! The hub is a plain `&mut self` state machine. Connection tasks call it under one
 //! `std::sync::Mutex` (held for microseconds, never across an `.await`), and it queues every
-//! frame it produces into the recipients' [`Outbox`]es *while the lock is held*. That single
+//! frame it produces into the recipients' outboxes *while the lock is held*. That single
 //! serialization point is what gives the ordering rules of spec §1.8.3 and §1.15:
 //!
 //! * `joined` deltas to the other members are queued before the subscriber's `ack`, so any
