@@ -26,6 +26,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod events;
 pub mod room;
 pub mod rtc;
 pub mod signalling;

@@ -77,12 +77,13 @@ pub enum FatalError {
     ReconcileTimeout,
 }
 
-/// What the core asks of the driver or reports to the app.
+/// Room events (spec §3.2).
 #[derive(Debug, Clone)]
-pub enum Output {
+#[non_exhaustive]
+pub enum RoomEvent {
     /// The room state changed.
-    State(RoomState),
-    /// Joined (first snapshot arrived or join acked).
+    StateChange(RoomState),
+    /// Joined the channel (the subscribe was acked).
     Joined {
         /// Our peer id.
         peer_id: String,
@@ -96,18 +97,19 @@ pub enum Output {
         /// Its public metadata.
         metadata: Option<Map<String, Value>>,
     },
-    /// A remote peer left (its connection must be closed).
+    /// A remote peer left (its connection is closed).
     PeerLeft {
         /// Its id.
         peer_id: String,
     },
-    /// A surviving peer after a reconnect: build a fresh connection in the same remote peer,
-    /// re-send track metadata, re-attach tracks (spec §2.7 step 3).
-    Rebuild {
+    /// A surviving remote peer gets a fresh connection after a signalling reconnect: track
+    /// metadata is re-sent, tracks re-attached, app data channels must be re-created
+    /// (`connection-reset`, spec §2.7 step 3).
+    ConnectionReset {
         /// Its id.
         peer_id: String,
     },
-    /// Application data from a known member (direct) or the channel (broadcast).
+    /// Application data from the channel (broadcast) or a known member (direct).
     Data {
         /// Sender.
         sender_peer_id: String,
@@ -118,11 +120,22 @@ pub enum Output {
         /// Sender's public metadata, when the server stamped it.
         sender_metadata: Option<Map<String, Value>>,
     },
+    /// We left the room.
+    Left,
+    /// The room peer failed for good and is closed.
+    Fatal(FatalError),
+}
+
+/// What the core reports: app events, and commands for the driver.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// For the application.
+    Event(RoomEvent),
     /// A WebRTC signal for a known peer's connection.
     Signal {
         /// From.
         peer_id: String,
-        /// The classified signal (`Description` or `Candidate`).
+        /// The classified signal (`Description`, `Candidate` or `Malformed`).
         signal: Inbound,
     },
     /// Track metadata for a known peer.
@@ -134,8 +147,6 @@ pub enum Output {
     },
     /// Re-issue the channel subscribe (reconcile watchdog).
     Resubscribe,
-    /// Fatal: the room peer is closed.
-    Fatal(FatalError),
 }
 
 /// What the core remembers of a remote peer.
@@ -199,10 +210,14 @@ impl RoomCore {
         self.peers.contains_key(peer_id)
     }
 
+    fn emit(&mut self, e: RoomEvent) {
+        self.out.push_back(Output::Event(e));
+    }
+
     fn set_state(&mut self, s: RoomState) {
         if self.state != s {
             self.state = s;
-            self.out.push_back(Output::State(s));
+            self.emit(RoomEvent::StateChange(s));
         }
     }
 
@@ -243,7 +258,7 @@ impl RoomCore {
         if self.state == RoomState::Joining {
             self.set_state(RoomState::Joined);
             if let (Some(peer_id), Some(channel)) = (self.local_id.clone(), self.channel.clone()) {
-                self.out.push_back(Output::Joined { peer_id, channel });
+                self.emit(RoomEvent::Joined { peer_id, channel });
             }
         }
     }
@@ -268,7 +283,7 @@ impl RoomCore {
         ids.sort();
         for peer_id in ids {
             self.peers.remove(&peer_id);
-            self.out.push_back(Output::PeerLeft { peer_id });
+            self.emit(RoomEvent::PeerLeft { peer_id });
         }
     }
 
@@ -288,11 +303,10 @@ impl RoomCore {
                 self.drop_all_peers();
                 self.reconcile = None;
                 self.set_state(RoomState::Closed);
-                self.out
-                    .push_back(Output::Fatal(FatalError::SignallingClosed {
-                        code,
-                        reason: reason.to_owned(),
-                    }));
+                self.emit(RoomEvent::Fatal(FatalError::SignallingClosed {
+                    code,
+                    reason: reason.to_owned(),
+                }));
             }
         }
     }
@@ -305,8 +319,7 @@ impl RoomCore {
             self.drop_all_peers();
             self.reconcile = None;
             self.set_state(RoomState::Closed);
-            self.out
-                .push_back(Output::Fatal(FatalError::Server(code.to_owned())));
+            self.emit(RoomEvent::Fatal(FatalError::Server(code.to_owned())));
         }
     }
 
@@ -327,7 +340,7 @@ impl RoomCore {
                 metadata: p.metadata.clone(),
             },
         );
-        self.out.push_back(Output::PeerJoined {
+        self.emit(RoomEvent::PeerJoined {
             peer_id: p.peer_id.clone(),
             metadata: p.metadata.clone(),
         });
@@ -366,12 +379,12 @@ impl RoomCore {
             departed.sort();
             for peer_id in departed {
                 self.peers.remove(&peer_id);
-                self.out.push_back(Output::PeerLeft { peer_id });
+                self.emit(RoomEvent::PeerLeft { peer_id });
             }
             for p in roster {
                 if let Some(info) = self.peers.get_mut(&p.peer_id) {
                     info.metadata = p.metadata.clone();
-                    self.out.push_back(Output::Rebuild {
+                    self.emit(RoomEvent::ConnectionReset {
                         peer_id: p.peer_id.clone(),
                     });
                 } else {
@@ -384,7 +397,7 @@ impl RoomCore {
         self.expect_snapshot = false;
         for p in left {
             if self.peers.remove(&p.peer_id).is_some() {
-                self.out.push_back(Output::PeerLeft {
+                self.emit(RoomEvent::PeerLeft {
                     peer_id: p.peer_id.clone(),
                 });
             }
@@ -405,7 +418,7 @@ impl RoomCore {
         if self.channel.as_deref() != Some(channel) || Some(from) == self.local_id.as_deref() {
             return; // another channel, or our own echo
         }
-        self.out.push_back(Output::Data {
+        self.emit(RoomEvent::Data {
             sender_peer_id: from.to_owned(),
             data,
             kind: DataKind::Broadcast,
@@ -426,7 +439,7 @@ impl RoomCore {
         match signal::classify(&value) {
             Inbound::Data => {
                 if known {
-                    self.out.push_back(Output::Data {
+                    self.emit(RoomEvent::Data {
                         sender_peer_id: from.to_owned(),
                         data,
                         kind: DataKind::Direct,
@@ -470,8 +483,7 @@ impl RoomCore {
             self.reconcile = None;
             self.drop_all_peers();
             self.set_state(RoomState::Closed);
-            self.out
-                .push_back(Output::Fatal(FatalError::ReconcileTimeout));
+            self.emit(RoomEvent::Fatal(FatalError::ReconcileTimeout));
         }
     }
 }
@@ -495,20 +507,23 @@ mod tests {
     fn drain(c: &mut RoomCore) -> Vec<String> {
         std::iter::from_fn(|| c.poll_output())
             .map(|o| match o {
-                Output::State(s) => format!("state:{s:?}"),
-                Output::Joined { .. } => "joined".into(),
-                Output::PeerJoined { peer_id, .. } => format!("+{peer_id}"),
-                Output::PeerLeft { peer_id } => format!("-{peer_id}"),
-                Output::Rebuild { peer_id } => format!("rebuild:{peer_id}"),
-                Output::Data {
+                Output::Event(RoomEvent::StateChange(s)) => format!("state:{s:?}"),
+                Output::Event(RoomEvent::Joined { .. }) => "joined".into(),
+                Output::Event(RoomEvent::PeerJoined { peer_id, .. }) => format!("+{peer_id}"),
+                Output::Event(RoomEvent::PeerLeft { peer_id }) => format!("-{peer_id}"),
+                Output::Event(RoomEvent::ConnectionReset { peer_id }) => {
+                    format!("rebuild:{peer_id}")
+                }
+                Output::Event(RoomEvent::Data {
                     sender_peer_id,
                     kind,
                     ..
-                } => format!("data:{kind:?}:{sender_peer_id}"),
+                }) => format!("data:{kind:?}:{sender_peer_id}"),
+                Output::Event(RoomEvent::Left) => "left".into(),
+                Output::Event(RoomEvent::Fatal(e)) => format!("fatal:{e}"),
                 Output::Signal { peer_id, .. } => format!("signal:{peer_id}"),
                 Output::TrackMeta { peer_id, .. } => format!("meta:{peer_id}"),
                 Output::Resubscribe => "resubscribe".into(),
-                Output::Fatal(e) => format!("fatal:{e}"),
             })
             .collect()
     }

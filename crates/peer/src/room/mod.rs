@@ -10,14 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use crate::rtc::track_cache::TrackMetaCache;
 use crate::signalling::{self, ClientState, SignallingClient, SignallingError, SubscribeOptions};
 
-pub use self::core::{DataKind, FatalError, RoomState};
+pub use self::core::{DataKind, FatalError, RoomEvent, RoomState};
 use self::core::{Output, RoomCore};
 
 /// Errors of room-peer calls.
@@ -44,53 +43,6 @@ pub enum RoomError {
     /// A signalling failure (server error, oversized payload, timeout, …).
     #[error(transparent)]
     Signalling(#[from] SignallingError),
-}
-
-/// Room events (spec §3.2).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum RoomEvent {
-    /// State changed.
-    StateChange(RoomState),
-    /// Joined the channel.
-    Joined {
-        /// Our peer id.
-        peer_id: String,
-        /// The channel.
-        channel: String,
-    },
-    /// A remote peer arrived.
-    PeerJoined {
-        /// Its id.
-        peer_id: String,
-        /// Its public metadata.
-        metadata: Option<Map<String, Value>>,
-    },
-    /// A remote peer left.
-    PeerLeft {
-        /// Its id.
-        peer_id: String,
-    },
-    /// A surviving remote peer got a fresh connection after a reconnect (`connection-reset`).
-    ConnectionReset {
-        /// Its id.
-        peer_id: String,
-    },
-    /// Application data.
-    Data {
-        /// Sender.
-        sender_peer_id: String,
-        /// Payload, verbatim.
-        data: Arc<RawValue>,
-        /// Broadcast or direct.
-        kind: DataKind,
-        /// Sender metadata when stamped by the server.
-        sender_metadata: Option<Map<String, Value>>,
-    },
-    /// We left the room.
-    Left,
-    /// The room peer failed for good.
-    Fatal(FatalError),
 }
 
 struct Inner {
@@ -121,26 +73,8 @@ impl std::fmt::Debug for RoomPeer {
     }
 }
 
-/// A bounded stream of [`RoomEvent`]s.
-#[derive(Debug)]
-pub struct RoomEvents {
-    rx: broadcast::Receiver<RoomEvent>,
-}
-
-impl RoomEvents {
-    /// The next event; `None` once the room peer is dropped.
-    pub async fn recv(&mut self) -> Option<RoomEvent> {
-        loop {
-            match self.rx.recv().await {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(dropped = n, "room event receiver lagged");
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-}
+/// The room peer's event stream.
+pub type RoomEvents = crate::events::EventStream<RoomEvent>;
 
 impl RoomPeer {
     /// A room peer over a (not yet connected) signalling client.
@@ -160,9 +94,7 @@ impl RoomPeer {
 
     /// Subscribe to events (before `join` to see them all).
     pub fn events(&self) -> RoomEvents {
-        RoomEvents {
-            rx: self.inner.events.subscribe(),
-        }
+        RoomEvents::new(self.inner.events.subscribe())
     }
 
     /// Current state.
@@ -319,31 +251,17 @@ impl RoomPeer {
     }
 
     fn act(&self, o: Output) {
-        let emit = |e| {
-            let _ = self.inner.events.send(e);
-        };
         match o {
-            Output::State(s) => emit(RoomEvent::StateChange(s)),
-            Output::Joined { peer_id, channel } => emit(RoomEvent::Joined { peer_id, channel }),
-            Output::PeerJoined { peer_id, metadata } => {
-                emit(RoomEvent::PeerJoined { peer_id, metadata })
+            Output::Event(e) => {
+                match &e {
+                    RoomEvent::PeerLeft { peer_id } => {
+                        lock(&self.inner.track_meta).remove(peer_id);
+                    }
+                    RoomEvent::Fatal(err) => tracing::error!(error = %err, "room peer failed"),
+                    _ => {}
+                }
+                let _ = self.inner.events.send(e);
             }
-            Output::PeerLeft { peer_id } => {
-                lock(&self.inner.track_meta).remove(&peer_id);
-                emit(RoomEvent::PeerLeft { peer_id })
-            }
-            Output::Rebuild { peer_id } => emit(RoomEvent::ConnectionReset { peer_id }),
-            Output::Data {
-                sender_peer_id,
-                data,
-                kind,
-                sender_metadata,
-            } => emit(RoomEvent::Data {
-                sender_peer_id,
-                data,
-                kind,
-                sender_metadata,
-            }),
             Output::TrackMeta { peer_id, meta } => {
                 lock(&self.inner.track_meta)
                     .entry(peer_id)
@@ -366,10 +284,6 @@ impl RoomPeer {
                         }
                     });
                 }
-            }
-            Output::Fatal(e) => {
-                tracing::error!(error = %e, "room peer failed");
-                emit(RoomEvent::Fatal(e))
             }
         }
     }

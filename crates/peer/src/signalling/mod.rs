@@ -421,27 +421,8 @@ impl std::fmt::Debug for SignallingClient {
     }
 }
 
-/// A bounded stream of [`Event`]s. A receiver that falls behind by more than the capacity
-/// loses the oldest events (and a warning is logged).
-#[derive(Debug)]
-pub struct Events {
-    rx: broadcast::Receiver<Event>,
-}
-
-impl Events {
-    /// The next event; `None` once the client is dropped.
-    pub async fn recv(&mut self) -> Option<Event> {
-        loop {
-            match self.rx.recv().await {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(dropped = n, "event receiver lagged; oldest events dropped");
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-}
+/// The signalling client's event stream.
+pub type Events = crate::events::EventStream<Event>;
 
 impl SignallingClient {
     /// Start building a client.
@@ -466,9 +447,7 @@ impl SignallingClient {
 
     /// Subscribe to events. Subscribe before `connect` to see every event.
     pub fn events(&self) -> Events {
-        Events {
-            rx: self.shared.events.subscribe(),
-        }
+        Events::new(self.shared.events.subscribe())
     }
 
     /// Connect; resolves at the first `welcome`. Allowed from `Idle` or `Closed`. A failure of
