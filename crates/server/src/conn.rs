@@ -168,7 +168,11 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
                     );
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
-                Message::Close(_) => return false,
+                Message::Close(_) => {
+                    // tungstenite queued the close reply; have the writer flush it.
+                    outbox.close(CloseCode::NORMAL, "");
+                    return true;
+                }
             }
         }
         false
@@ -202,7 +206,10 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
                     Next::Close(code, reason) => {
                         tracing::debug!(code = code.0, reason, "closing connection");
                         let frame = CloseFrame { code: code.0, reason: reason.into() };
+                        // After the client's own close, tungstenite refuses a second close
+                        // frame but still holds its automatic reply: flush pushes it out.
                         let _ = sink.send(Message::Close(Some(frame))).await;
+                        let _ = sink.flush().await;
                         return;
                     }
                     Next::Kill => return,

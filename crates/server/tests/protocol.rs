@@ -452,3 +452,33 @@ async fn plain_http_on_v1_and_unknown_paths_are_4xx() {
     let (status, body) = http(server.addr, "GET", "/healthz", &[]).await;
     assert_eq!((status, body.trim()), (200, "ok"));
 }
+
+#[tokio::test]
+async fn client_close_is_answered_with_a_close_frame() {
+    let server = Server::dev().await;
+    let mut c = Client::dev(&server).await;
+    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "client requested close".into(),
+    }))
+    .await
+    .expect("send close");
+    let started = std::time::Instant::now();
+    // The server's answer arrives (tungstenite surfaces it as the end of the stream).
+    loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws))
+            .await
+            .expect("server answered the close")
+        {
+            // A clean end after our close means the server's close frame arrived.
+            None | Some(Ok(Message::Close(_))) => break,
+            Some(Err(e)) => panic!("connection dropped without a close reply: {e}"),
+            Some(Ok(_)) => continue,
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
