@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use parlor_peer::room::{DataKind, RoomError, RoomEvent, RoomEvents, RoomPeer, RoomState};
 use parlor_peer::signalling::{ReconnectOptions, SignallingClient};
@@ -12,22 +11,11 @@ use parlor_server::config::Config;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn server_on(
-    addr: &str,
-) -> (
-    String,
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
+async fn server_on(addr: &str) -> parlor_server::ServerHandle {
     let mut config = Config::default();
     config.add_dev_key("pk_test_x");
     let listener = TcpListener::bind(addr).await.expect("bind");
-    let url = format!("ws://{}", listener.local_addr().expect("addr"));
-    let (stop, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(parlor_server::serve(listener, config, async move {
-        let _ = rx.await;
-    }));
-    (url, stop, task)
+    parlor_server::spawn(listener, config).expect("spawn")
 }
 
 fn peer(url: &str) -> RoomPeer {
@@ -60,7 +48,8 @@ async fn wait_for<T>(ev: &mut RoomEvents, mut f: impl FnMut(&RoomEvent) -> Optio
 
 #[tokio::test]
 async fn two_peers_meet_exchange_data_and_leave() {
-    let (url, stop, _task) = server_on("127.0.0.1:0").await;
+    let server = server_on("127.0.0.1:0").await;
+    let url = server.url();
     let a = peer(&url);
     let b = peer(&url);
     let mut ea = a.events();
@@ -125,13 +114,14 @@ async fn two_peers_meet_exchange_data_and_leave() {
     assert_eq!(left, b_id);
     assert_eq!(b.state(), RoomState::Closed);
     a.close().await;
-    let _ = stop.send(());
+    server.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
 async fn remote_peers_survive_a_server_restart() {
-    let (url, stop, task) = server_on("127.0.0.1:0").await;
-    let addr = url.trim_start_matches("ws://").to_owned();
+    let server = server_on("127.0.0.1:0").await;
+    let url = server.url();
+    let addr = server.local_addr().to_string();
     let a = peer(&url);
     let b = peer(&url);
     let mut ea = a.events();
@@ -142,13 +132,12 @@ async fn remote_peers_survive_a_server_restart() {
     })
     .await;
     let started = std::time::Instant::now();
-    let _ = stop.send(());
-    let _ = task.await;
+    server.shutdown().await.expect("shutdown");
     wait_for(&mut ea, |e| {
         matches!(e, RoomEvent::StateChange(RoomState::Reconnecting)).then_some(())
     })
     .await;
-    let (_url2, stop2, _task2) = server_on(&addr).await;
+    let server2 = server_on(&addr).await;
     // Both reconnect with new ids: A sees B's old id leave and B's new id join (a reconnect
     // is not a continuation on the wire), and returns to Joined.
     let mut saw_left = false;
@@ -175,5 +164,5 @@ async fn remote_peers_survive_a_server_restart() {
     );
     a.close().await;
     b.close().await;
-    let _ = stop2.send(());
+    server2.shutdown().await.expect("shutdown");
 }

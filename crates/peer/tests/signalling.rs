@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use parlor_peer::signalling::{
     ClientState, Event, Events, ReconnectOptions, SignallingClient, SignallingError,
@@ -22,8 +21,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Server {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    handle: parlor_server::ServerHandle,
 }
 
 impl Server {
@@ -31,15 +29,10 @@ impl Server {
         let mut config = Config::from_toml(toml).expect("config");
         config.add_dev_key(KEY);
         let listener = TcpListener::bind(addr).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(parlor_server::serve(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let handle = parlor_server::spawn(listener, config).expect("spawn");
         Server {
-            addr,
-            stop: Some(stop),
-            task,
+            addr: handle.local_addr(),
+            handle,
         }
     }
 
@@ -48,14 +41,11 @@ impl Server {
     }
 
     fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        self.handle.url()
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+    async fn stop(self) {
+        let _ = tokio::time::timeout(WAIT, self.handle.shutdown()).await;
     }
 }
 

@@ -131,6 +131,73 @@ pub async fn serve(
     Ok(())
 }
 
+/// A server running on a background task (tests, and embedding in `parlor demo`).
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The base URL clients connect to (`ws://HOST:PORT`).
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Begin a graceful shutdown (going_away, close 1001) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shut down gracefully and wait until the server has stopped.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.begin_shutdown();
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Serve on a background task until [`ServerHandle::shutdown`] (or the handle's drop, which
+/// also triggers a graceful shutdown).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let mut config = parlor_server::config::Config::default();
+/// config.add_dev_key("pk_test_x");
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let server = parlor_server::spawn(listener, config)?;
+/// assert!(server.url().starts_with("ws://127.0.0.1:"));
+/// server.shutdown().await
+/// # }
+/// ```
+pub fn spawn(listener: TcpListener, config: Config) -> std::io::Result<ServerHandle> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, config, async move {
+        // A dropped handle also stops the server.
+        let _ = stopped.await;
+    }));
+    Ok(ServerHandle {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1", get(upgrade))

@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
@@ -20,8 +19,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    handle: Option<parlor_server::ServerHandle>,
 }
 
 impl Server {
@@ -32,15 +30,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(parlor_server::serve(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let handle = parlor_server::spawn(listener, config).expect("spawn");
         Server {
-            addr,
-            stop: Some(stop),
-            task,
+            addr: handle.local_addr(),
+            handle: Some(handle),
         }
     }
 
@@ -52,21 +45,16 @@ impl Server {
         format!("ws://{}/v1?{}", self.addr, query)
     }
 
-    pub fn http(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
     /// Begin a graceful shutdown and wait for `serve` to return.
     pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), h.shutdown()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.task).await;
     }
 
     pub fn stop_signal(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        if let Some(h) = self.handle.as_mut() {
+            h.begin_shutdown();
         }
     }
 }
