@@ -80,6 +80,19 @@ async fn wait_for<T>(events: &mut Events, mut pred: impl FnMut(&Event) -> Option
     .expect("timed out waiting for an event")
 }
 
+/// Wait for the next `Disconnected`: (close code, will_reconnect).
+async fn disconnected(events: &mut Events) -> (Option<u16>, bool) {
+    wait_for(events, |e| match e {
+        Event::Disconnected {
+            code,
+            will_reconnect,
+            ..
+        } => Some((*code, *will_reconnect)),
+        _ => None,
+    })
+    .await
+}
+
 #[tokio::test]
 async fn pubsub_presence_direct_and_errors() {
     let server = Server::start("").await;
@@ -229,15 +242,7 @@ async fn reconnects_after_server_restart_and_replays_subscriptions() {
     })
     .await;
     assert_eq!(ga, 1000);
-    let (code, will) = wait_for(&mut ea, |e| match e {
-        Event::Disconnected {
-            code,
-            will_reconnect,
-            ..
-        } => Some((*code, *will_reconnect)),
-        _ => None,
-    })
-    .await;
+    let (code, will) = disconnected(&mut ea).await;
     assert_eq!((code, will), (Some(1001), true));
 
     // Same port, new process state.
@@ -289,15 +294,7 @@ async fn terminal_close_codes_stop_reconnecting() {
     tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
         .await
         .expect("write");
-    let (code, will) = wait_for(&mut ea, |e| match e {
-        Event::Disconnected {
-            code,
-            will_reconnect,
-            ..
-        } => Some((*code, *will_reconnect)),
-        _ => None,
-    })
-    .await;
+    let (code, will) = disconnected(&mut ea).await;
     assert_eq!((code, will), (Some(4020), false));
     wait_for(&mut ea, |e| match e {
         Event::StateChange {
@@ -399,15 +396,7 @@ async fn inactivity_watchdog_closes_4000_and_reconnects() {
     let mut ev = c.events();
     c.connect().await.expect("welcome from the silent server");
     let started = std::time::Instant::now();
-    let (code, will) = wait_for(&mut ev, |e| match e {
-        Event::Disconnected {
-            code,
-            will_reconnect,
-            ..
-        } => Some((*code, *will_reconnect)),
-        _ => None,
-    })
-    .await;
+    let (code, will) = disconnected(&mut ev).await;
     assert_eq!((code, will), (Some(4000), true));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(2500), "{took:?}");

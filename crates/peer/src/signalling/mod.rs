@@ -957,7 +957,7 @@ fn dispatch(shared: &Shared, ev: ServerEvent) {
         ServerEvent::GoingAway { retry_after_ms } => {
             shared.emit(Event::GoingAway { retry_after_ms })
         }
-        ServerEvent::Pong | ServerEvent::Welcome { .. } => {}
+        // Pong only feeds the watchdog (already done); welcome is handled by the caller.
         _ => {}
     }
 }
