@@ -1,7 +1,10 @@
 //! The `parlor` command.
 //!
 //! * `parlor serve` — run the room server (see `--help`; `--dev-key` needs no config file);
-//! * `parlor token` — mint an HS256 JWT from a secret key, for testing.
+//! * `parlor token` — mint an HS256 JWT from a secret key, for testing;
+//! * `parlor echo` — a Rust room peer that echoes data channels and loops audio back.
+
+mod echo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +33,8 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a JWT signed with a secret key (HS256), for tests and development.
     Token(TokenArgs),
+    /// Join a room as a Rust peer that echoes data-channel messages and loops audio back.
+    Echo(echo::EchoArgs),
 }
 
 #[derive(Args, Debug)]
@@ -148,7 +153,7 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7800))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -184,5 +189,9 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(serve(args)),
+        Command::Echo(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(echo::run(args)),
     }
 }

@@ -120,6 +120,36 @@ pub enum RoomEvent {
         /// Sender's public metadata, when the server stamped it.
         sender_metadata: Option<Map<String, Value>>,
     },
+    /// A remote peer's media track arrived (the first frame on it). Read it with
+    /// [`RemoteTrack::recv`](crate::track::RemoteTrack::recv); it ends with the track or peer.
+    Track {
+        /// The sender.
+        peer_id: String,
+        /// The track.
+        track: crate::track::RemoteTrack,
+    },
+    /// A remote peer opened a data channel to us.
+    DataChannelOpened {
+        /// The remote peer.
+        peer_id: String,
+        /// The channel.
+        channel: crate::connection::data_channel::DataChannel,
+    },
+    /// A remote peer's WebRTC connection changed state.
+    ConnectionState {
+        /// The remote peer.
+        peer_id: String,
+        /// The new state.
+        state: crate::connection::PeerConnectionState,
+    },
+    /// Negotiation with a remote peer failed (bad SDP, ICE restarts exhausted, …); the
+    /// connection may recover on the next exchange.
+    NegotiationError {
+        /// The remote peer.
+        peer_id: String,
+        /// What went wrong (`ice_restart_exhausted` when the restart ladder ran out).
+        message: String,
+    },
     /// We left the room.
     Left,
     /// The room peer failed for good and is closed.
@@ -521,6 +551,7 @@ mod tests {
                 }) => format!("data:{kind:?}:{sender_peer_id}"),
                 Output::Event(RoomEvent::Left) => "left".into(),
                 Output::Event(RoomEvent::Fatal(e)) => format!("fatal:{e}"),
+                Output::Event(e) => format!("other:{e:?}"),
                 Output::Signal { peer_id, .. } => format!("signal:{peer_id}"),
                 Output::TrackMeta { peer_id, .. } => format!("meta:{peer_id}"),
                 Output::Resubscribe => "resubscribe".into(),

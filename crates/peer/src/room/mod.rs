@@ -1,11 +1,14 @@
-//! The room peer: the `MeteredPeer` equivalent. Today it carries membership (presence →
-//! remote peers, reconcile after reconnects) and data over signalling (`send` = broadcast,
-//! `send_to` = direct). WebRTC connections per remote peer attach to the core's `Signal`,
-//! `Rebuild` and `TrackMeta` outputs (issue #3, next step).
+//! The room peer: the `MeteredPeer` equivalent. Membership (presence → remote peers,
+//! reconcile after reconnects) and data over signalling (`send` = broadcast, `send_to` =
+//! direct) come from the sans-IO [`core::RoomCore`]; every remote peer gets a WebRTC
+//! connection ([`crate::connection`]) fed by the core's `Signal` outputs, carrying the room's
+//! tracks, the remote's tracks and data channels both ways.
 
 pub mod core;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -13,8 +16,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use crate::connection::data_channel::DataChannel;
+use crate::connection::{self as conn, Command, ConnHandle, ConnParams, ConnectionError};
+use crate::rtc::negotiation::is_polite;
 use crate::rtc::track_cache::TrackMetaCache;
 use crate::signalling::{self, ClientState, SignallingClient, SignallingError, SubscribeOptions};
+use crate::track::LocalTrack;
 
 pub use self::core::{DataKind, FatalError, RoomEvent, RoomState};
 use self::core::{Output, RoomCore};
@@ -43,13 +50,133 @@ pub enum RoomError {
     /// A signalling failure (server error, oversized payload, timeout, …).
     #[error(transparent)]
     Signalling(#[from] SignallingError),
+    /// A WebRTC connection failure.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+}
+
+/// Options of a room peer's WebRTC connections.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RoomOptions {
+    /// Address the UDP sockets bind to and announce as host candidates. Default: the address
+    /// of the interface holding the default route, else loopback.
+    pub bind_ip: Option<IpAddr>,
+}
+
+impl RoomOptions {
+    /// Bind to (and announce) this address.
+    pub fn bind_ip(mut self, ip: IpAddr) -> Self {
+        self.bind_ip = Some(ip);
+        self
+    }
+}
+
+/// The address of the interface holding the default route (no packet is sent), else loopback.
+fn default_bind_ip() -> IpAddr {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return loopback;
+    };
+    if s.connect("192.0.2.1:9").is_err() {
+        return loopback;
+    }
+    match s.local_addr() {
+        Ok(a) if !a.ip().is_unspecified() => a.ip(),
+        _ => loopback,
+    }
+}
+
+struct RemoteShared {
+    peer_id: String,
+    metadata: Mutex<Option<Map<String, Value>>>,
+    conn: Mutex<Option<ConnHandle>>,
+    /// Tracks added to this remote only (survive connection resets).
+    tracks: Mutex<Vec<LocalTrack>>,
+}
+
+/// A remote member of the room. The same object lives across signalling reconnects and
+/// connection resets (compare with [`RemotePeer::same_as`]). Cheap to clone.
+#[derive(Clone)]
+pub struct RemotePeer {
+    shared: Arc<RemoteShared>,
+}
+
+impl std::fmt::Debug for RemotePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePeer")
+            .field("peer_id", &self.shared.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemotePeer {
+    /// Its peer id.
+    pub fn id(&self) -> &str {
+        &self.shared.peer_id
+    }
+
+    /// Its public metadata (from presence).
+    pub fn metadata(&self) -> Option<Map<String, Value>> {
+        lock(&self.shared.metadata).clone()
+    }
+
+    /// Whether both handles are the same remote peer object.
+    pub fn same_as(&self, other: &RemotePeer) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    fn command(&self, c: Command) -> bool {
+        lock(&self.shared.conn).as_ref().is_some_and(|h| h.send(c))
+    }
+
+    /// Send `track` to this peer only (renegotiating as needed). It stays attached across
+    /// connection resets until [`remove_track`](RemotePeer::remove_track).
+    pub fn add_track(&self, track: &LocalTrack) {
+        {
+            let mut tracks = lock(&self.shared.tracks);
+            if tracks.iter().any(|t| t.same(track)) {
+                return;
+            }
+            tracks.push(track.clone());
+        }
+        self.command(Command::AddTrack(track.clone()));
+    }
+
+    /// Stop sending `track` to this peer.
+    pub fn remove_track(&self, track: &LocalTrack) {
+        lock(&self.shared.tracks).retain(|t| !t.same(track));
+        self.command(Command::RemoveTrack(track.id().to_owned()));
+    }
+
+    /// Open a data channel to this peer; resolves once it is open (within
+    /// [`conn::CHANNEL_OPEN_TIMEOUT`]).
+    pub async fn create_data_channel(&self, label: &str) -> Result<DataChannel, ConnectionError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !self.command(Command::CreateChannel {
+            label: label.to_owned(),
+            reply,
+        }) {
+            return Err(ConnectionError::Closed);
+        }
+        match tokio::time::timeout(conn::CHANNEL_OPEN_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ConnectionError::Closed),
+            Err(_) => Err(ConnectionError::ChannelTimeout),
+        }
+    }
 }
 
 struct Inner {
     client: SignallingClient,
     core: Mutex<RoomCore>,
     events: broadcast::Sender<RoomEvent>,
-    track_meta: Mutex<HashMap<String, TrackMetaCache>>,
+    track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
+    remotes: Mutex<HashMap<String, RemotePeer>>,
+    /// Tracks sent to every current and future remote peer.
+    tracks: Mutex<Vec<LocalTrack>>,
+    bind_ip: IpAddr,
+    next_conn: AtomicU64,
     include_sender_metadata: Mutex<bool>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -79,13 +206,22 @@ pub type RoomEvents = crate::events::EventStream<RoomEvent>;
 impl RoomPeer {
     /// A room peer over a (not yet connected) signalling client.
     pub fn new(client: SignallingClient) -> RoomPeer {
+        RoomPeer::with_options(client, RoomOptions::default())
+    }
+
+    /// A room peer with connection options.
+    pub fn with_options(client: SignallingClient, options: RoomOptions) -> RoomPeer {
         let (events, _) = broadcast::channel(4096);
         RoomPeer {
             inner: Arc::new(Inner {
                 client,
                 core: Mutex::new(RoomCore::new()),
                 events,
-                track_meta: Mutex::new(HashMap::new()),
+                track_meta: Arc::new(Mutex::new(HashMap::new())),
+                remotes: Mutex::new(HashMap::new()),
+                tracks: Mutex::new(Vec::new()),
+                bind_ip: options.bind_ip.unwrap_or_else(default_bind_ip),
+                next_conn: AtomicU64::new(1),
                 include_sender_metadata: Mutex::new(false),
                 pump: Mutex::new(None),
             }),
@@ -117,6 +253,52 @@ impl RoomPeer {
         let mut v: Vec<String> = lock(&self.inner.core).peers().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// The remote peer `peer_id`, while it is in the room.
+    pub fn remote(&self, peer_id: &str) -> Option<RemotePeer> {
+        lock(&self.inner.remotes).get(peer_id).cloned()
+    }
+
+    /// Send `track` to every current and future remote peer (renegotiating as needed).
+    pub fn add_track(&self, track: &LocalTrack) {
+        {
+            let mut tracks = lock(&self.inner.tracks);
+            if tracks.iter().any(|t| t.same(track)) {
+                return;
+            }
+            tracks.push(track.clone());
+        }
+        for r in lock(&self.inner.remotes).values() {
+            r.command(Command::AddTrack(track.clone()));
+        }
+    }
+
+    /// Stop sending `track` to the room.
+    pub fn remove_track(&self, track: &LocalTrack) {
+        lock(&self.inner.tracks).retain(|t| !t.same(track));
+        for r in lock(&self.inner.remotes).values() {
+            r.command(Command::RemoveTrack(track.id().to_owned()));
+        }
+    }
+
+    /// Replace `old` with `new` on every connection (the same as removing one and adding the
+    /// other; the freed m-line is reused, so no extra renegotiation round trip is needed).
+    pub fn replace_track(&self, old: &LocalTrack, new: &LocalTrack) {
+        self.remove_track(old);
+        self.add_track(new);
+    }
+
+    /// Open a data channel to `peer_id`; resolves once it is open.
+    pub async fn create_data_channel(
+        &self,
+        peer_id: &str,
+        label: &str,
+    ) -> Result<DataChannel, RoomError> {
+        let remote = self
+            .remote(peer_id)
+            .ok_or_else(|| RoomError::UnknownPeer(peer_id.to_owned()))?;
+        Ok(remote.create_data_channel(label).await?)
     }
 
     /// The signalling client underneath.
@@ -254,8 +436,33 @@ impl RoomPeer {
         match o {
             Output::Event(e) => {
                 match &e {
+                    RoomEvent::PeerJoined { peer_id, metadata } => {
+                        let remote = RemotePeer {
+                            shared: Arc::new(RemoteShared {
+                                peer_id: peer_id.clone(),
+                                metadata: Mutex::new(metadata.clone()),
+                                conn: Mutex::new(None),
+                                tracks: Mutex::new(Vec::new()),
+                            }),
+                        };
+                        lock(&self.inner.remotes).insert(peer_id.clone(), remote.clone());
+                        self.connect_remote(&remote);
+                    }
+                    RoomEvent::ConnectionReset { peer_id } => {
+                        lock(&self.inner.track_meta).remove(peer_id);
+                        if let Some(remote) = self.remote(peer_id) {
+                            if let Some(info) = lock(&self.inner.core).peers().get(peer_id) {
+                                *lock(&remote.shared.metadata) = info.metadata.clone();
+                            }
+                            self.connect_remote(&remote);
+                        }
+                    }
                     RoomEvent::PeerLeft { peer_id } => {
                         lock(&self.inner.track_meta).remove(peer_id);
+                        let gone = lock(&self.inner.remotes).remove(peer_id);
+                        if let Some(r) = gone {
+                            lock(&r.shared.conn).take();
+                        }
                     }
                     RoomEvent::Fatal(err) => tracing::error!(error = %err, "room peer failed"),
                     _ => {}
@@ -268,8 +475,10 @@ impl RoomPeer {
                     .or_default()
                     .apply(meta);
             }
-            Output::Signal { peer_id, .. } => {
-                tracing::debug!(peer = %peer_id, "rtc signal received (no WebRTC engine attached yet)");
+            Output::Signal { peer_id, signal } => {
+                if let Some(r) = self.remote(&peer_id) {
+                    r.command(Command::Signal(signal));
+                }
             }
             Output::Resubscribe => {
                 if let Some(channel) = self.channel() {
@@ -284,6 +493,47 @@ impl RoomPeer {
                         }
                     });
                 }
+            }
+        }
+    }
+
+    /// Start (or restart, after a reset) the WebRTC connection to `remote`.
+    fn connect_remote(&self, remote: &RemotePeer) {
+        let Some(local_id) = self.peer_id() else {
+            return;
+        };
+        // Close the old connection first (its socket and tracks go with it).
+        lock(&remote.shared.conn).take();
+        let (signals, mut signal_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let client = self.inner.client.clone();
+        let to = remote.id().to_owned();
+        // One ordered sender per connection: signals reach the remote in the order made.
+        tokio::spawn(async move {
+            while let Some(v) = signal_rx.recv().await {
+                if let Err(e) = client.send(&to, &v).await {
+                    tracing::debug!(peer = %to, error = %e, "signal not sent");
+                }
+            }
+        });
+        let mut tracks = lock(&self.inner.tracks).clone();
+        tracks.extend(lock(&remote.shared.tracks).iter().cloned());
+        let params = ConnParams {
+            id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
+            remote_id: remote.id().to_owned(),
+            polite: is_polite(&local_id, remote.id()),
+            bind_ip: self.inner.bind_ip,
+            events: self.inner.events.clone(),
+            signals,
+            track_meta: self.inner.track_meta.clone(),
+        };
+        match conn::spawn(params, tracks) {
+            Ok(h) => *lock(&remote.shared.conn) = Some(h),
+            Err(e) => {
+                tracing::error!(peer = %remote.id(), error = %e, "cannot open a WebRTC connection");
+                let _ = self.inner.events.send(RoomEvent::NegotiationError {
+                    peer_id: remote.id().to_owned(),
+                    message: format!("socket: {e}"),
+                });
             }
         }
     }

@@ -112,6 +112,12 @@ impl Negotiator {
         self.making_offer = false;
     }
 
+    /// Our unanswered offer was rolled back (answer watchdog): back to stable.
+    pub fn local_offer_rolled_back(&mut self) {
+        self.making_offer = false;
+        self.state = SignalingState::Stable;
+    }
+
     fn new_generation(&mut self) {
         self.have_remote = true;
         self.candidates = 0;

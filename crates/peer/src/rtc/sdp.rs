@@ -28,6 +28,32 @@ pub fn fingerprint(sdp: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The first `a=mid:` value.
+pub fn first_mid(sdp: &str) -> Option<String> {
+    attribute(sdp, "a=mid:")
+        .filter(|m| !m.is_empty() && m.len() <= MAX_ID_LEN)
+        .map(str::to_owned)
+}
+
+/// The mids of the `m=audio` sections, in order (at most [`MAX_MSID_ENTRIES`]).
+pub fn audio_mids(sdp: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_audio = false;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio ");
+        } else if let Some(mid) = line.strip_prefix("a=mid:")
+            && in_audio
+            && !mid.is_empty()
+            && mid.len() <= MAX_ID_LEN
+            && out.len() < MAX_MSID_ENTRIES
+        {
+            out.push(mid.trim().to_owned());
+        }
+    }
+    out
+}
+
 /// `(stream id, track id)` announced for a media section; stream `-` means none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Msid {
@@ -87,6 +113,13 @@ pub fn msids_by_mid(sdp: &str) -> HashMap<String, Msid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_mids_and_first_mid() {
+        let sdp = "v=0\r\nm=audio 9 UDP 111\r\na=mid:0\r\nm=application 9 x\r\na=mid:1\r\nm=audio 9 UDP 111\r\na=mid:a2\r\n";
+        assert_eq!(audio_mids(sdp), vec!["0".to_string(), "a2".to_string()]);
+        assert_eq!(first_mid(sdp), Some("0".into()));
+    }
 
     const CHROME: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\na=group:BUNDLE 0 1\r\na=msid-semantic: WMS s1\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:AbCd\r\na=ice-pwd:xyz\r\na=fingerprint:sha-256 AA:BB\r\na=mid:0\r\na=msid:s1 t-audio\r\n\

@@ -1,0 +1,123 @@
+//! `parlor echo`: a Rust room peer for black-box checks. For every remote peer it sends back
+//! each data-channel message on the channel it came from, and loops each inbound audio track
+//! back to that peer as an outbound track.
+//!
+//! stdout carries one line per milestone, for scripts: `echo joined ROOM as PEER_ID`,
+//! `peer-joined ID`, `peer-left ID`, `connection ID STATE`, `channel-open ID LABEL`,
+//! `track ID KIND TRACK_ID`. Logs go to stderr.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use anyhow::Context;
+use clap::Args;
+
+use parlor_peer::room::{RoomEvent, RoomOptions, RoomPeer};
+use parlor_peer::signalling::{ReconnectOptions, SignallingClient};
+use parlor_peer::{DataChannel, LocalTrack, RemoteTrack, TrackKind};
+
+#[derive(Args, Debug)]
+pub(crate) struct EchoArgs {
+    /// Server URL, e.g. ws://127.0.0.1:7800.
+    #[arg(long)]
+    url: String,
+    /// Publishable key.
+    #[arg(long, env = "PARLOR_KEY", hide_env_values = true)]
+    key: String,
+    /// Room (channel) to join.
+    #[arg(long)]
+    room: String,
+    /// Address for the WebRTC sockets and host candidates (default: the default-route
+    /// interface's address).
+    #[arg(long)]
+    bind_ip: Option<IpAddr>,
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
+    let client = SignallingClient::builder()
+        .url(args.url)
+        .api_key(args.key)
+        .reconnect(Some(ReconnectOptions::daemon()))
+        .build()
+        .context("bad signalling options")?;
+    let mut options = RoomOptions::default();
+    if let Some(ip) = args.bind_ip {
+        options = options.bind_ip(ip);
+    }
+    let room = RoomPeer::with_options(client, options);
+    let mut events = room.events();
+    room.join(&args.room, false)
+        .await
+        .context("cannot join the room")?;
+    say(&format!(
+        "echo joined {} as {}",
+        args.room,
+        room.peer_id().unwrap_or_default()
+    ));
+    let result = tokio::select! {
+        r = pump(&room, &mut events) => r,
+        _ = crate::shutdown_signal() => Ok(()),
+    };
+    room.close().await;
+    result
+}
+
+async fn pump(room: &RoomPeer, events: &mut parlor_peer::room::RoomEvents) -> anyhow::Result<()> {
+    while let Some(e) = events.recv().await {
+        match e {
+            RoomEvent::PeerJoined { peer_id, .. } => say(&format!("peer-joined {peer_id}")),
+            RoomEvent::PeerLeft { peer_id } => say(&format!("peer-left {peer_id}")),
+            RoomEvent::ConnectionState { peer_id, state } => {
+                say(&format!("connection {peer_id} {state:?}"))
+            }
+            RoomEvent::DataChannelOpened { peer_id, channel } => {
+                say(&format!("channel-open {peer_id} {}", channel.label()));
+                tokio::spawn(echo_channel(channel));
+            }
+            RoomEvent::Track { peer_id, track } => {
+                say(&format!(
+                    "track {peer_id} {} {}",
+                    track.kind().as_str(),
+                    track.id()
+                ));
+                if track.kind() == TrackKind::Audio {
+                    tokio::spawn(loop_back(room.clone(), track));
+                }
+            }
+            RoomEvent::NegotiationError { peer_id, message } => {
+                tracing::warn!(peer = %peer_id, %message, "negotiation error");
+            }
+            RoomEvent::Fatal(err) => anyhow::bail!("room failed: {err}"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn echo_channel(channel: DataChannel) {
+    while let Some(msg) = channel.recv().await {
+        if let Err(e) = channel.send(msg).await {
+            tracing::debug!(error = %e, "echo send failed");
+            return;
+        }
+    }
+}
+
+/// Send an inbound audio track's frames back to its sender on a track of our own.
+async fn loop_back(room: RoomPeer, track: RemoteTrack) {
+    let Some(remote) = room.remote(track.peer_id()) else {
+        return;
+    };
+    let out = LocalTrack::audio();
+    remote.add_track(&out);
+    while let Some(frame) = track.recv().await {
+        out.push(frame);
+    }
+    remote.remove_track(&out);
+}

@@ -1,0 +1,939 @@
+//! One WebRTC connection to one remote peer: a tokio task that owns a str0m `Rtc` (sans-IO)
+//! and a UDP socket (the IO), fed by commands from the room peer. Every negotiation decision
+//! comes from the pure rules in [`crate::rtc`]; this module only moves bytes and events.
+//!
+//! Offer timing: the impolite side offers after [`IMPOLITE_OFFER_DELAY`] unless the remote
+//! offered first; the polite side waits [`POLITE_OFFER_DELAY`]. The short wait lets a browser
+//! that offers at `peer-joined` go first, which avoids glare where the browser would have to
+//! roll back an offer carrying a data channel (see `docs/decisions/webrtc-stack.md`).
+
+pub mod data_channel;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+
+use self::data_channel::{
+    BUFFERED_AMOUNT_LOW_THRESHOLD, DataChannel, DataMessage, MAX_BUFFERED_AMOUNT,
+};
+use crate::room::RoomEvent;
+use crate::rtc::negotiation::{
+    CandidateAction, LadderEvent, Negotiator, RemoteAction, RestartLadder, SignalingState,
+};
+use crate::rtc::sdp::{self, Msid};
+use crate::rtc::signal::{self, Inbound, SdpKind, TrackMeta};
+use crate::rtc::track_cache::TrackMetaCache;
+use crate::track::{
+    DEFAULT_FRAME_SAMPLES, EncodedFrame, FrameSink, LocalTrack, OUTBOUND_BUFFER, RemoteTrack,
+    RemoteTrackSink, TrackKind, opus_packet_samples,
+};
+
+/// How long the impolite side waits for the remote's first offer before offering itself.
+pub const IMPOLITE_OFFER_DELAY: Duration = Duration::from_millis(250);
+/// How long the polite side waits for the remote's first offer before offering itself.
+pub const POLITE_OFFER_DELAY: Duration = Duration::from_millis(600);
+/// An offer unanswered this long is rolled back and made again.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Offers a connection makes on its own (initial, follow-ups, retries) before giving up.
+pub const MAX_AUTO_OFFERS: u32 = 8;
+/// How long `create_data_channel` waits for the channel to open.
+pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// First SCTP stream id used for the hidden out-of-band channel that puts `m=application` in
+/// our offers (no DCEP is sent for it, so the remote application never sees it).
+const HIDDEN_STREAM_BASE: u16 = 1023;
+
+/// A connection's state, as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerConnectionState {
+    /// Negotiating / checking connectivity.
+    Connecting,
+    /// ICE and DTLS are up; media and data flow.
+    Connected,
+    /// Connectivity was lost; the ICE-restart ladder is running.
+    Disconnected,
+    /// The ICE-restart ladder is exhausted.
+    Failed,
+    /// Closed (the peer left, or the room closed).
+    Closed,
+}
+
+/// Errors of connection calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The connection is closed (or being replaced after a reset).
+    #[error("connection closed")]
+    Closed,
+    /// The data channel did not open within [`CHANNEL_OPEN_TIMEOUT`].
+    #[error("data channel did not open in time")]
+    ChannelTimeout,
+    /// The WebRTC stack refused the operation.
+    #[error("webrtc: {0}")]
+    Rtc(String),
+}
+
+pub(crate) struct ConnParams {
+    pub(crate) id: u64,
+    pub(crate) remote_id: String,
+    pub(crate) polite: bool,
+    pub(crate) bind_ip: IpAddr,
+    pub(crate) events: broadcast::Sender<RoomEvent>,
+    pub(crate) signals: mpsc::UnboundedSender<Value>,
+    pub(crate) track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
+}
+
+pub(crate) enum Command {
+    Signal(Inbound),
+    AddTrack(LocalTrack),
+    RemoveTrack(String),
+    CreateChannel {
+        label: String,
+        reply: oneshot::Sender<Result<DataChannel, ConnectionError>>,
+    },
+}
+
+/// The room's handle on a connection task; dropping it closes the connection.
+pub(crate) struct ConnHandle {
+    cmd: mpsc::UnboundedSender<Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle").finish_non_exhaustive()
+    }
+}
+
+impl ConnHandle {
+    pub(crate) fn send(&self, c: Command) -> bool {
+        self.cmd.send(c).is_ok()
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bind the socket and start the connection task.
+pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<ConnHandle> {
+    let std_sock = std::net::UdpSocket::bind(SocketAddr::new(p.bind_ip, 0))?;
+    std_sock.set_nonblocking(true)?;
+    let sock = UdpSocket::from_std(std_sock)?;
+    let local = sock.local_addr()?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (media_tx, media_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let now = Instant::now();
+    let delay = if p.polite {
+        POLITE_OFFER_DELAY
+    } else {
+        IMPOLITE_OFFER_DELAY
+    };
+    let mut conn = Conn {
+        rtc: new_rtc(local, now),
+        neg: Negotiator::new(p.polite),
+        p,
+        sock: Arc::new(sock),
+        local,
+        had_remote: false,
+        pending: None,
+        app: false,
+        hidden_channels: Vec::new(),
+        first_offer_at: Some(now + delay),
+        auto_offers: 0,
+        offer_wanted: false,
+        tracks: Vec::new(),
+        media_tx,
+        audio_mids: Vec::new(),
+        remote_tracks: HashMap::new(),
+        remote_msids: HashMap::new(),
+        local_msids: HashMap::new(),
+        channels: HashMap::new(),
+        waiting_channels: HashMap::new(),
+        queued_channels: Vec::new(),
+        flush: Arc::new(Notify::new()),
+        ladder: RestartLadder::default(),
+        dtls_up: false,
+        state: PeerConnectionState::Connecting,
+    };
+    for t in tracks {
+        conn.add_track(t);
+    }
+    let task = tokio::spawn(run(conn, cmd_rx, media_rx));
+    Ok(ConnHandle { cmd: cmd_tx, task })
+}
+
+fn new_rtc(local: SocketAddr, now: Instant) -> Rtc {
+    let mut rtc = Rtc::builder().build(now);
+    match Candidate::host(local, "udp") {
+        Ok(c) => {
+            rtc.add_local_candidate(c);
+        }
+        Err(e) => tracing::warn!(error = %e, "no host candidate"),
+    }
+    rtc
+}
+
+struct PendingOffer {
+    offer: SdpPendingOffer,
+    sent_at: Instant,
+    adds: Vec<(Arc<str>, Mid)>,
+    has_app: bool,
+}
+
+struct Attached {
+    track: LocalTrack,
+    mid: Option<Mid>,
+    pt: Option<Pt>,
+    rtp: u64,
+}
+
+struct ChanEntry {
+    dc: DataChannel,
+    inbound: mpsc::Sender<DataMessage>,
+}
+
+struct Conn {
+    p: ConnParams,
+    rtc: Rtc,
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    /// A remote description was seen (the remote is negotiating with us).
+    had_remote: bool,
+    neg: Negotiator,
+    pending: Option<PendingOffer>,
+    /// `m=application` is negotiated.
+    app: bool,
+    hidden_channels: Vec<ChannelId>,
+    first_offer_at: Option<Instant>,
+    auto_offers: u32,
+    /// Changes wait for the current exchange to finish.
+    offer_wanted: bool,
+    tracks: Vec<Attached>,
+    media_tx: FrameSink,
+    audio_mids: Vec<Mid>,
+    remote_tracks: HashMap<Mid, RemoteTrackSink>,
+    remote_msids: HashMap<String, Msid>,
+    local_msids: HashMap<String, Msid>,
+    channels: HashMap<ChannelId, ChanEntry>,
+    waiting_channels: HashMap<
+        ChannelId,
+        (
+            String,
+            oneshot::Sender<Result<DataChannel, ConnectionError>>,
+        ),
+    >,
+    queued_channels: Vec<(
+        String,
+        oneshot::Sender<Result<DataChannel, ConnectionError>>,
+    )>,
+    flush: Arc<Notify>,
+    ladder: RestartLadder,
+    dtls_up: bool,
+    state: PeerConnectionState,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for a in &self.tracks {
+            a.track.detach(self.p.id);
+        }
+        for c in self.channels.values() {
+            c.dc.shared.close();
+        }
+        for (_, (_, reply)) in self.waiting_channels.drain() {
+            let _ = reply.send(Err(ConnectionError::Closed));
+        }
+        for (_, reply) in self.queued_channels.drain(..) {
+            let _ = reply.send(Err(ConnectionError::Closed));
+        }
+        self.rtc.disconnect();
+        self.set_state(PeerConnectionState::Closed);
+    }
+}
+
+async fn run(
+    mut c: Conn,
+    mut cmd_rx: mpsc::UnboundedReceiver<Command>,
+    mut media_rx: mpsc::Receiver<(Arc<str>, EncodedFrame)>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let flush = c.flush.clone();
+    let sock = c.sock.clone();
+    loop {
+        c.on_timers(Instant::now());
+        let rtc_deadline = c.drive().await;
+        let wake = [
+            Some(rtc_deadline),
+            c.first_offer_at,
+            c.answer_deadline(),
+            c.ladder.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rtc_deadline);
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, source)) => {
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(
+                        Instant::now(),
+                        Receive { proto: Protocol::Udp, source, destination: c.local, contents },
+                    );
+                    if let Err(e) = c.rtc.handle_input(input) {
+                        tracing::debug!(peer = %c.p.remote_id, error = %e, "dropped a datagram");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "udp recv"),
+            },
+            cmd = cmd_rx.recv() => match cmd {
+                Some(cmd) => c.on_command(cmd),
+                None => return,
+            },
+            Some((track_id, frame)) = media_rx.recv() => c.write_frame(&track_id, frame),
+            _ = flush.notified() => c.flush_channels(),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                if let Err(e) = c.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    tracing::warn!(peer = %c.p.remote_id, error = %e, "webrtc timeout handling failed");
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn emit(&self, e: RoomEvent) {
+        let _ = self.p.events.send(e);
+    }
+
+    fn set_state(&mut self, s: PeerConnectionState) {
+        if self.state != s {
+            self.state = s;
+            self.emit(RoomEvent::ConnectionState {
+                peer_id: self.p.remote_id.clone(),
+                state: s,
+            });
+        }
+    }
+
+    fn negotiation_error(&self, message: String) {
+        tracing::warn!(peer = %self.p.remote_id, %message, "negotiation error");
+        self.emit(RoomEvent::NegotiationError {
+            peer_id: self.p.remote_id.clone(),
+            message,
+        });
+    }
+
+    fn signal(&self, v: Value) {
+        let _ = self.p.signals.send(v);
+    }
+
+    /// Drain str0m's output; returns when it next needs a timeout.
+    async fn drive(&mut self) -> Instant {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return t,
+                Ok(Output::Transmit(t)) => {
+                    if let Err(e) = self.sock.send_to(&t.contents, t.destination).await {
+                        tracing::debug!(error = %e, "udp send");
+                    }
+                }
+                Ok(Output::Event(e)) => self.on_event(e),
+                Err(e) => {
+                    tracing::warn!(peer = %self.p.remote_id, error = %e, "webrtc poll failed");
+                    return Instant::now() + Duration::from_millis(50);
+                }
+            }
+        }
+    }
+
+    fn answer_deadline(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| p.sent_at + ANSWER_TIMEOUT)
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        if self.first_offer_at.is_some_and(|t| t <= now) {
+            self.first_offer_at = None;
+            if self.pending.is_none() && !self.had_remote {
+                self.make_offer("initial", false);
+            }
+        }
+        if self.answer_deadline().is_some_and(|t| t <= now) {
+            tracing::debug!(peer = %self.p.remote_id, "answer watchdog: rolling back our offer");
+            self.rollback_pending();
+            self.make_offer("answer watchdog", false);
+        }
+        match self.ladder.handle_timeout(now) {
+            Some(LadderEvent::Restart(k)) => {
+                tracing::info!(peer = %self.p.remote_id, attempt = k, "ICE restart");
+                self.rollback_pending();
+                self.make_offer("ice restart", true);
+            }
+            Some(LadderEvent::Exhausted) => {
+                self.set_state(PeerConnectionState::Failed);
+                self.negotiation_error("ice_restart_exhausted".into());
+            }
+            None => {}
+        }
+    }
+
+    fn rollback_pending(&mut self) {
+        // Dropping the pending offer is str0m's rollback.
+        if self.pending.take().is_some() {
+            self.neg.local_offer_rolled_back();
+        }
+    }
+
+    /// Whether our side still lacks something only an offer can bring.
+    fn needs_offer(&self) -> bool {
+        self.tracks.iter().any(|a| a.mid.is_none()) || !self.queued_channels.is_empty()
+    }
+
+    fn make_offer(&mut self, why: &str, ice_restart: bool) {
+        if self.pending.is_some() || self.neg.state() != SignalingState::Stable {
+            self.offer_wanted = true;
+            return;
+        }
+        if self.auto_offers >= MAX_AUTO_OFFERS && !ice_restart {
+            self.negotiation_error(format!("gave up offering after {MAX_AUTO_OFFERS} offers"));
+            return;
+        }
+        self.offer_wanted = false;
+        let mut api = self.rtc.sdp_api();
+        if ice_restart {
+            api.ice_restart(true);
+        }
+        let mut adds = Vec::new();
+        for a in self.tracks.iter().filter(|a| a.mid.is_none()) {
+            let mid = api.add_media(
+                MediaKind::Audio,
+                Direction::SendRecv,
+                Some(a.track.stream_id().to_owned()),
+                Some(a.track.id().to_owned()),
+                None,
+            );
+            adds.push((Arc::<str>::from(a.track.id()), mid));
+        }
+        if adds.is_empty() && self.audio_mids.is_empty() {
+            // Always offer one audio m-line, so the remote's microphone has somewhere to go
+            // and a later local track can reuse it without another exchange.
+            api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        }
+        let has_app = !self.app;
+        if has_app {
+            let n = u16::try_from(self.hidden_channels.len()).unwrap_or(u16::MAX);
+            let cid = api.add_channel_with_config(ChannelConfig {
+                label: "parlor-sctp".into(),
+                negotiated: Some(HIDDEN_STREAM_BASE.saturating_sub(n)),
+                ..Default::default()
+            });
+            self.hidden_channels.push(cid);
+        }
+        for (label, reply) in self.queued_channels.drain(..) {
+            let cid = api.add_channel(label.clone());
+            self.waiting_channels.insert(cid, (label, reply));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        self.auto_offers += 1;
+        self.neg.local_offer_started();
+        let sdp_text = offer.to_sdp_string();
+        self.local_msids = sdp::msids_by_mid(&sdp_text);
+        self.neg.local_offer_sent();
+        self.pending = Some(PendingOffer {
+            offer: pending,
+            sent_at: Instant::now(),
+            adds,
+            has_app,
+        });
+        tracing::debug!(peer = %self.p.remote_id, why, "sending offer");
+        self.send_description(SdpKind::Offer, &sdp_text);
+    }
+
+    fn send_description(&self, kind: SdpKind, sdp_text: &str) {
+        self.signal(signal::description(kind, sdp_text));
+        if let Ok(c) = Candidate::host(self.local, "udp") {
+            let init = signal::CandidateInit {
+                candidate: c.to_sdp_string().trim_start_matches("a=").to_owned(),
+                sdp_mid: sdp::first_mid(sdp_text),
+                sdp_m_line_index: Some(0),
+                username_fragment: sdp::ice_ufrag(sdp_text),
+            };
+            self.signal(signal::candidate(Some(&init)));
+        }
+        self.signal(signal::candidate(None));
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Signal(s) => self.on_signal(s),
+            Command::AddTrack(t) => {
+                self.add_track(t);
+                if self.first_offer_at.is_none() {
+                    self.make_offer("track added", false);
+                }
+            }
+            Command::RemoveTrack(id) => {
+                if let Some(i) = self.tracks.iter().position(|a| a.track.id() == id) {
+                    let a = self.tracks.remove(i);
+                    a.track.detach(self.p.id);
+                    if let Some(mid) = a.mid {
+                        // The m-line stays (reusable by a later track); it just goes quiet.
+                        self.audio_mids.retain(|m| *m != mid);
+                        self.audio_mids.push(mid);
+                    }
+                    if a.track.metadata().is_some() {
+                        self.signal(signal::track_meta(&TrackMeta {
+                            track_id: self.wire_track_id(&a),
+                            metadata: None,
+                            kind: None,
+                            stream_id: None,
+                        }));
+                    }
+                }
+            }
+            Command::CreateChannel { label, reply } => self.create_channel(label, reply),
+        }
+    }
+
+    fn add_track(&mut self, t: LocalTrack) {
+        if self.tracks.iter().any(|a| a.track.same(&t)) {
+            return;
+        }
+        t.attach(self.p.id, self.media_tx.clone());
+        self.tracks.push(Attached {
+            track: t,
+            mid: None,
+            pt: None,
+            rtp: 0,
+        });
+        self.assign_mids();
+    }
+
+    /// Record the audio m-lines a description established (before str0m's `MediaAdded`).
+    fn learn_audio_mids(&mut self, sdp_text: &str) {
+        for m in sdp::audio_mids(sdp_text) {
+            let mid = Mid::from(m.as_str());
+            if self.rtc.media(mid).is_some() && !self.audio_mids.contains(&mid) {
+                self.audio_mids.push(mid);
+            }
+        }
+    }
+
+    /// Give tracks without an m-line a free sending audio m-line (e.g. one the remote offered).
+    /// Tracks whose own m-line is in our pending offer wait for its answer.
+    fn assign_mids(&mut self) {
+        for i in 0..self.tracks.len() {
+            let in_offer = self.pending.as_ref().is_some_and(|p| {
+                p.adds
+                    .iter()
+                    .any(|(id, _)| **id == *self.tracks[i].track.id())
+            });
+            if self.tracks[i].mid.is_some() || in_offer {
+                continue;
+            }
+            let free = self.audio_mids.iter().copied().find(|m| {
+                !self.tracks.iter().any(|a| a.mid == Some(*m))
+                    && self
+                        .rtc
+                        .media(*m)
+                        .is_some_and(|md| md.direction().is_sending())
+            });
+            if let Some(mid) = free {
+                self.tracks[i].mid = Some(mid);
+                self.tracks[i].pt = None;
+                self.announce_track(i);
+            }
+        }
+    }
+
+    fn wire_track_id(&self, a: &Attached) -> String {
+        a.mid
+            .and_then(|m| self.local_msids.get(&m.to_string()))
+            .map(|m| m.track_id.clone())
+            .unwrap_or_else(|| a.track.id().to_owned())
+    }
+
+    fn announce_track(&self, i: usize) {
+        let a = &self.tracks[i];
+        if let Some(meta) = a.track.metadata() {
+            let stream_id = a
+                .mid
+                .and_then(|m| self.local_msids.get(&m.to_string()))
+                .and_then(|m| m.stream_id.clone())
+                .or_else(|| Some(a.track.stream_id().to_owned()));
+            self.signal(signal::track_meta(&TrackMeta {
+                track_id: self.wire_track_id(a),
+                metadata: Some(meta.clone()),
+                kind: Some(a.track.kind().as_str().to_owned()),
+                stream_id,
+            }));
+        }
+    }
+
+    fn create_channel(
+        &mut self,
+        label: String,
+        reply: oneshot::Sender<Result<DataChannel, ConnectionError>>,
+    ) {
+        if !self.app || self.pending.is_some() || self.neg.state() != SignalingState::Stable {
+            // Needs (or waits for) an offer with m=application.
+            self.queued_channels.push((label, reply));
+            if self.first_offer_at.is_none() {
+                self.make_offer("data channel", false);
+            }
+            return;
+        }
+        let mut api = self.rtc.sdp_api();
+        let cid = api.add_channel(label.clone());
+        if let Some((offer, pending)) = api.apply() {
+            // Not expected once m=application exists, but handle it as any offer.
+            let sdp_text = offer.to_sdp_string();
+            self.neg.local_offer_started();
+            self.neg.local_offer_sent();
+            self.pending = Some(PendingOffer {
+                offer: pending,
+                sent_at: Instant::now(),
+                adds: Vec::new(),
+                has_app: true,
+            });
+            self.send_description(SdpKind::Offer, &sdp_text);
+        }
+        self.waiting_channels.insert(cid, (label, reply));
+    }
+
+    fn on_signal(&mut self, s: Inbound) {
+        match s {
+            Inbound::Description { kind, sdp } => self.on_description(kind, &sdp),
+            Inbound::Candidate(c) => match self.neg.remote_candidate(c.map(Ok)) {
+                CandidateAction::Add(c) => {
+                    let line = c.candidate.trim_start_matches("a=");
+                    match Candidate::from_sdp_string(line) {
+                        Ok(cand) => self.rtc.add_remote_candidate(cand),
+                        Err(e) => tracing::debug!(error = %e, "unusable remote candidate"),
+                    }
+                }
+                CandidateAction::EndOfCandidates | CandidateAction::Drop => {}
+            },
+            Inbound::Malformed => {
+                let _ = self.neg.remote_candidate(Some(Err(())));
+            }
+            Inbound::TrackMeta(_) | Inbound::Data => {}
+        }
+    }
+
+    fn on_description(&mut self, kind: SdpKind, sdp_text: &str) {
+        self.had_remote = true;
+        match self.neg.remote_description(kind, sdp_text, Instant::now()) {
+            RemoteAction::Ignore => {
+                tracing::debug!(peer = %self.p.remote_id, ?kind, "ignoring remote description");
+            }
+            RemoteAction::ApplyAnswer => {
+                let Some(p) = self.pending.take() else { return };
+                let answer = match SdpAnswer::from_sdp_string(sdp_text) {
+                    Ok(a) => a,
+                    Err(e) => return self.negotiation_error(format!("bad answer SDP: {e}")),
+                };
+                match self.rtc.sdp_api().accept_answer(p.offer, answer) {
+                    Ok(()) => {
+                        self.ladder.answered();
+                        self.remote_msids = sdp::msids_by_mid(sdp_text);
+                        self.app |= p.has_app;
+                        self.learn_audio_mids(sdp_text);
+                        for (id, mid) in p.adds {
+                            if !self.audio_mids.contains(&mid) {
+                                self.audio_mids.push(mid);
+                            }
+                            if let Some(i) = self.tracks.iter().position(|a| *a.track.id() == *id) {
+                                self.tracks[i].mid = Some(mid);
+                                self.tracks[i].pt = None;
+                                self.announce_track(i);
+                            }
+                        }
+                        self.after_exchange();
+                    }
+                    Err(e) => self.negotiation_error(format!("accept answer: {e}")),
+                }
+            }
+            action @ (RemoteAction::AcceptOffer | RemoteAction::RebuildThenAcceptOffer) => {
+                if action == RemoteAction::RebuildThenAcceptOffer {
+                    self.rebuild();
+                }
+                if self.pending.take().is_some() {
+                    // Glare, polite side: accepting the remote offer rolls ours back. What it
+                    // carried is offered again after this exchange.
+                    self.offer_wanted = true;
+                }
+                let offer = match SdpOffer::from_sdp_string(sdp_text) {
+                    Ok(o) => o,
+                    Err(e) => return self.negotiation_error(format!("bad offer SDP: {e}")),
+                };
+                self.remote_msids = sdp::msids_by_mid(sdp_text);
+                match self.rtc.sdp_api().accept_offer(offer) {
+                    Ok(answer) => {
+                        self.first_offer_at = None;
+                        self.app |= sdp_text.contains("m=application");
+                        self.learn_audio_mids(sdp_text);
+                        let answer_text = answer.to_sdp_string();
+                        self.local_msids = sdp::msids_by_mid(&answer_text);
+                        self.send_description(SdpKind::Answer, &answer_text);
+                        self.after_exchange();
+                    }
+                    Err(e) => self.negotiation_error(format!("accept offer: {e}")),
+                }
+            }
+        }
+    }
+
+    /// An offer/answer exchange finished: pick up what waited for it.
+    fn after_exchange(&mut self) {
+        for a in &mut self.tracks {
+            a.pt = None;
+        }
+        self.assign_mids();
+        if self.offer_wanted || self.needs_offer() {
+            self.make_offer("follow-up", false);
+        }
+    }
+
+    /// The remote rebuilt its connection: start over with a fresh `Rtc` on the same socket.
+    fn rebuild(&mut self) {
+        tracing::info!(peer = %self.p.remote_id, "remote rebuilt its connection; rebuilding ours");
+        self.rtc.disconnect();
+        self.rtc = new_rtc(self.local, Instant::now());
+        self.pending = None;
+        self.app = false;
+        self.hidden_channels.clear();
+        self.audio_mids.clear();
+        self.remote_tracks.clear();
+        for (_, c) in self.channels.drain() {
+            c.dc.shared.close();
+        }
+        for a in &mut self.tracks {
+            a.mid = None;
+            a.pt = None;
+            a.rtp = 0;
+        }
+        self.dtls_up = false;
+        self.ladder = RestartLadder::default();
+        self.set_state(PeerConnectionState::Connecting);
+        self.emit(RoomEvent::ConnectionReset {
+            peer_id: self.p.remote_id.clone(),
+        });
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::IceConnectionStateChange(s) => match s {
+                IceConnectionState::Connected | IceConnectionState::Completed => {
+                    self.ladder.connected();
+                    if self.dtls_up {
+                        self.set_state(PeerConnectionState::Connected);
+                    }
+                }
+                IceConnectionState::Disconnected => {
+                    self.set_state(PeerConnectionState::Disconnected);
+                    self.ladder.ice_failed(Instant::now());
+                }
+                _ => {}
+            },
+            Event::Connected => {
+                self.dtls_up = true;
+                self.set_state(PeerConnectionState::Connected);
+            }
+            Event::MediaAdded(m) => {
+                if m.kind == MediaKind::Audio && !self.audio_mids.contains(&m.mid) {
+                    self.audio_mids.push(m.mid);
+                }
+                self.assign_mids();
+            }
+            Event::MediaChanged(m) => {
+                if !m.direction.is_receiving() {
+                    // The remote stopped sending on it: that track ended.
+                    self.remote_tracks.remove(&m.mid);
+                }
+                self.assign_mids();
+            }
+            Event::MediaData(d) => self.on_media(d),
+            Event::ChannelOpen(cid, label) => self.on_channel_open(cid, label),
+            Event::ChannelData(d) => {
+                if let Some(c) = self.channels.get(&d.id) {
+                    let msg = DataMessage::from_wire(d.binary, d.data);
+                    if c.inbound.try_send(msg).is_err() {
+                        c.dc.shared
+                            .dropped_inbound
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            Event::ChannelClose(cid) => {
+                if let Some(c) = self.channels.remove(&cid) {
+                    c.dc.shared.close();
+                }
+            }
+            Event::ChannelBufferedAmountLow(cid) => self.flush_channel(cid),
+            _ => {}
+        }
+    }
+
+    fn on_media(&mut self, d: str0m::media::MediaData) {
+        if !self.remote_tracks.contains_key(&d.mid) {
+            let kind = match self.rtc.media(d.mid).map(|m| m.kind()) {
+                Some(MediaKind::Video) => TrackKind::Video,
+                _ => TrackKind::Audio,
+            };
+            let mid = d.mid.to_string();
+            let msid = self.remote_msids.get(&mid).cloned();
+            let track_id = msid
+                .as_ref()
+                .map(|m| m.track_id.clone())
+                .unwrap_or_else(|| mid.clone());
+            let stream_id = msid.and_then(|m| m.stream_id);
+            let metadata = {
+                let caches = self.p.track_meta.lock().unwrap_or_else(|e| e.into_inner());
+                caches.get(&self.p.remote_id).and_then(|c| {
+                    c.lookup(
+                        Some(&track_id),
+                        &track_id,
+                        stream_id.as_deref(),
+                        kind.as_str(),
+                        &Default::default(),
+                    )
+                    .cloned()
+                })
+            };
+            let (track, sink) = RemoteTrack::new(
+                self.p.remote_id.clone(),
+                track_id,
+                stream_id,
+                kind,
+                metadata,
+            );
+            self.remote_tracks.insert(d.mid, sink);
+            self.emit(RoomEvent::Track {
+                peer_id: self.p.remote_id.clone(),
+                track,
+            });
+        }
+        if let Some(sink) = self.remote_tracks.get(&d.mid) {
+            let samples = opus_packet_samples(&d.data).unwrap_or(DEFAULT_FRAME_SAMPLES);
+            sink.deliver(EncodedFrame {
+                data: d.data,
+                samples,
+                rtp_time: d.time.numer(),
+            });
+        }
+    }
+
+    fn write_frame(&mut self, track_id: &str, frame: EncodedFrame) {
+        if !self.dtls_up {
+            return;
+        }
+        let Some(a) = self.tracks.iter_mut().find(|a| a.track.id() == track_id) else {
+            return;
+        };
+        let Some(mid) = a.mid else { return };
+        let Some(w) = self.rtc.writer(mid) else {
+            return;
+        };
+        if a.pt.is_none() {
+            a.pt = w
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .map(|p| p.pt());
+        }
+        let Some(pt) = a.pt else { return };
+        let ts = MediaTime::new(a.rtp, Frequency::FORTY_EIGHT_KHZ);
+        a.rtp += u64::from(frame.samples);
+        if let Err(e) = w.write(pt, Instant::now(), ts, frame.data) {
+            tracing::debug!(error = %e, "media write failed");
+        }
+    }
+
+    fn on_channel_open(&mut self, cid: ChannelId, label: String) {
+        if self.hidden_channels.contains(&cid) {
+            return;
+        }
+        let flush = self.flush.clone();
+        let (dc, inbound) = DataChannel::new(
+            label,
+            self.p.remote_id.clone(),
+            Box::new(move || flush.notify_one()),
+        );
+        if let Some(mut ch) = self.rtc.channel(cid) {
+            ch.set_buffered_amount_low_threshold(BUFFERED_AMOUNT_LOW_THRESHOLD);
+        }
+        self.channels.insert(
+            cid,
+            ChanEntry {
+                dc: dc.clone(),
+                inbound,
+            },
+        );
+        match self.waiting_channels.remove(&cid) {
+            Some((_, reply)) => {
+                let _ = reply.send(Ok(dc));
+            }
+            None => self.emit(RoomEvent::DataChannelOpened {
+                peer_id: self.p.remote_id.clone(),
+                channel: dc,
+            }),
+        }
+    }
+
+    fn flush_channels(&mut self) {
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.flush_channel(id);
+        }
+    }
+
+    fn flush_channel(&mut self, cid: ChannelId) {
+        let Some(entry) = self.channels.get(&cid) else {
+            return;
+        };
+        let shared = entry.dc.shared.clone();
+        let Some(mut ch) = self.rtc.channel(cid) else {
+            return;
+        };
+        let mut sent = false;
+        loop {
+            if ch.buffered_amount() >= MAX_BUFFERED_AMOUNT {
+                break; // resumes on ChannelBufferedAmountLow
+            }
+            let Some((binary, data)) = shared.queue().pop_front() else {
+                break;
+            };
+            match ch.write(binary, &data) {
+                Ok(true) => sent = true,
+                Ok(false) => {
+                    // The association's send buffer is full: put it back, retry on low.
+                    shared.queue().push_front((binary, data));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "data channel write failed");
+                    shared.close();
+                    break;
+                }
+            }
+        }
+        if sent {
+            shared.space.notify_waiters();
+        }
+    }
+}
