@@ -238,12 +238,15 @@ impl LocalTrack {
     }
 }
 
+/// Every remote peer's track-metadata cache, shared by the room and its tracks.
+pub(crate) type MetaCaches = Arc<Mutex<HashMap<String, crate::rtc::track_cache::TrackMetaCache>>>;
+
 struct RemoteShared {
     peer_id: String,
     id: String,
     stream_id: Option<String>,
     kind: TrackKind,
-    metadata: Option<Map<String, Value>>,
+    meta: Option<MetaCaches>,
     rx: tokio::sync::Mutex<mpsc::Receiver<EncodedFrame>>,
     dropped: Arc<AtomicU64>,
 }
@@ -286,7 +289,7 @@ impl RemoteTrack {
         id: String,
         stream_id: Option<String>,
         kind: TrackKind,
-        metadata: Option<Map<String, Value>>,
+        meta: Option<MetaCaches>,
     ) -> (RemoteTrack, RemoteTrackSink) {
         let (tx, rx) = mpsc::channel(REMOTE_TRACK_BUFFER);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -296,7 +299,7 @@ impl RemoteTrack {
                 id,
                 stream_id,
                 kind,
-                metadata,
+                meta,
                 rx: tokio::sync::Mutex::new(rx),
                 dropped: dropped.clone(),
             }),
@@ -329,10 +332,22 @@ impl RemoteTrack {
         self.inner.kind
     }
 
-    /// Metadata the sender announced for the track (`__meteredTrackMeta`), when it arrived
-    /// before the media.
-    pub fn metadata(&self) -> Option<&Map<String, Value>> {
-        self.inner.metadata.as_ref()
+    /// The metadata the sender currently announces for the track (`__meteredTrackMeta`,
+    /// looked up in the spec §2.3 order at each call, so a late or updated announcement shows).
+    pub fn metadata(&self) -> Option<Map<String, Value>> {
+        let caches = self.inner.meta.as_ref()?;
+        let caches = caches.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.inner.id.as_str();
+        caches
+            .get(&self.inner.peer_id)?
+            .lookup(
+                Some(id),
+                id,
+                self.inner.stream_id.as_deref(),
+                self.inner.kind.as_str(),
+                &Default::default(),
+            )
+            .cloned()
     }
 
     /// Frames dropped because the reader fell behind.

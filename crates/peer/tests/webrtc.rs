@@ -268,3 +268,82 @@ async fn remote_peer_objects_survive_a_local_reconnect() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_metadata_streams_and_replace_track() {
+    let server = server_on("127.0.0.1:0").await;
+    let url = server.url();
+    let (a, b) = (peer(&url), peer(&url));
+    let mut eb = b.events();
+    let meta = serde_json::json!({"role": "agent"});
+    let t1 = LocalTrack::audio_with("mic-1", "voice", meta.as_object().cloned());
+    a.add_track(&t1);
+    let p1 = pace(t1.clone());
+    a.join("meta", false).await.expect("join a");
+    b.join("meta", false).await.expect("join b");
+    let a_id = a.peer_id().expect("a id");
+    let stream = wait_for(&mut eb, |e| match e {
+        RoomEvent::StreamAdded { peer_id, stream_id } if *peer_id == a_id => {
+            Some(stream_id.clone())
+        }
+        _ => None,
+    })
+    .await;
+    let track = wait_for(&mut eb, |e| match e {
+        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(track.stream_id(), Some(stream.as_str()));
+    frames(&track, 3).await;
+    // The announcement travels over signalling, the media over UDP: either may win.
+    tokio::time::timeout(WAIT, async {
+        while track.metadata().as_ref() != meta.as_object() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("track metadata arrives");
+
+    // Replace the track: the m-line is reused, so the same RemoteTrack carries the new frames.
+    p1.abort();
+    let t2 = LocalTrack::audio();
+    a.replace_track(&t1, &t2);
+    tokio::time::timeout(WAIT, async {
+        while t1.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the old track is detached");
+    let marker: [u8; 3] = [31 << 3, 0x01, 0x02];
+    let t2c = t2.clone();
+    let _p2 = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            t2c.push(EncodedFrame::opus(marker.to_vec()).expect("opus"));
+        }
+    });
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let f = track.recv().await.expect("track continues");
+            if f.data[..] == marker[..] {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the replacement's frames arrive on the same track");
+    a.close().await;
+    // Closing A ends its stream at B.
+    wait_for(&mut eb, |e| match e {
+        RoomEvent::StreamRemoved { peer_id, stream_id } if *peer_id == a_id => {
+            assert_eq!(*stream_id, stream);
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    b.close().await;
+}

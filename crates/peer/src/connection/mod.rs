@@ -158,6 +158,8 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         media_tx,
         audio_mids: Vec::new(),
         remote_tracks: HashMap::new(),
+        remote_track_streams: HashMap::new(),
+        remote_streams: HashMap::new(),
         remote_msids: HashMap::new(),
         local_msids: HashMap::new(),
         channels: HashMap::new(),
@@ -225,6 +227,9 @@ struct Conn {
     media_tx: FrameSink,
     audio_mids: Vec<Mid>,
     remote_tracks: HashMap<Mid, RemoteTrackSink>,
+    /// Stream of each inbound m-line's track, and live tracks per stream (StreamAdded/Removed).
+    remote_track_streams: HashMap<Mid, Option<String>>,
+    remote_streams: HashMap<String, usize>,
     remote_msids: HashMap<String, Msid>,
     local_msids: HashMap<String, Msid>,
     channels: HashMap<ChannelId, ChanEntry>,
@@ -259,6 +264,7 @@ impl Drop for Conn {
         for (_, reply) in self.queued_channels.drain(..) {
             let _ = reply.send(Err(ConnectionError::Closed));
         }
+        self.end_all_remote_tracks();
         self.rtc.disconnect();
         self.set_state(PeerConnectionState::Closed);
     }
@@ -719,7 +725,7 @@ impl Conn {
         self.app = false;
         self.hidden_channels.clear();
         self.audio_mids.clear();
-        self.remote_tracks.clear();
+        self.end_all_remote_tracks();
         for (_, c) in self.channels.drain() {
             c.dc.shared.close();
         }
@@ -764,7 +770,7 @@ impl Conn {
             Event::MediaChanged(m) => {
                 if !m.direction.is_receiving() {
                     // The remote stopped sending on it: that track ended.
-                    self.remote_tracks.remove(&m.mid);
+                    self.end_remote_track(m.mid);
                 }
                 self.assign_mids();
             }
@@ -790,6 +796,29 @@ impl Conn {
         }
     }
 
+    fn end_remote_track(&mut self, mid: Mid) {
+        self.remote_tracks.remove(&mid);
+        if let Some(Some(sid)) = self.remote_track_streams.remove(&mid)
+            && let Some(n) = self.remote_streams.get_mut(&sid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.remote_streams.remove(&sid);
+                self.emit(RoomEvent::StreamRemoved {
+                    peer_id: self.p.remote_id.clone(),
+                    stream_id: sid,
+                });
+            }
+        }
+    }
+
+    fn end_all_remote_tracks(&mut self) {
+        let mids: Vec<Mid> = self.remote_tracks.keys().copied().collect();
+        for mid in mids {
+            self.end_remote_track(mid);
+        }
+    }
+
     fn on_media(&mut self, d: str0m::media::MediaData) {
         if !self.remote_tracks.contains_key(&d.mid) {
             let kind = match self.rtc.media(d.mid).map(|m| m.kind()) {
@@ -803,26 +832,25 @@ impl Conn {
                 .map(|m| m.track_id.clone())
                 .unwrap_or_else(|| mid.clone());
             let stream_id = msid.and_then(|m| m.stream_id);
-            let metadata = {
-                let caches = self.p.track_meta.lock().unwrap_or_else(|e| e.into_inner());
-                caches.get(&self.p.remote_id).and_then(|c| {
-                    c.lookup(
-                        Some(&track_id),
-                        &track_id,
-                        stream_id.as_deref(),
-                        kind.as_str(),
-                        &Default::default(),
-                    )
-                    .cloned()
-                })
-            };
+            if let Some(sid) = &stream_id
+                && !self.remote_streams.contains_key(sid)
+            {
+                self.emit(RoomEvent::StreamAdded {
+                    peer_id: self.p.remote_id.clone(),
+                    stream_id: sid.clone(),
+                });
+            }
+            if let Some(sid) = &stream_id {
+                *self.remote_streams.entry(sid.clone()).or_default() += 1;
+            }
             let (track, sink) = RemoteTrack::new(
                 self.p.remote_id.clone(),
                 track_id,
-                stream_id,
+                stream_id.clone(),
                 kind,
-                metadata,
+                Some(self.p.track_meta.clone()),
             );
+            self.remote_track_streams.insert(d.mid, stream_id);
             self.remote_tracks.insert(d.mid, sink);
             self.emit(RoomEvent::Track {
                 peer_id: self.p.remote_id.clone(),

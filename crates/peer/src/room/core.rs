@@ -128,6 +128,20 @@ pub enum RoomEvent {
         /// The track.
         track: crate::track::RemoteTrack,
     },
+    /// A remote peer's first track of a stream (MediaStream) arrived; its `Track` follows.
+    StreamAdded {
+        /// The sender.
+        peer_id: String,
+        /// The sender's stream id.
+        stream_id: String,
+    },
+    /// The last track of a remote stream ended.
+    StreamRemoved {
+        /// The sender.
+        peer_id: String,
+        /// The sender's stream id.
+        stream_id: String,
+    },
     /// A remote peer opened a data channel to us.
     DataChannelOpened {
         /// The remote peer.
@@ -154,6 +168,25 @@ pub enum RoomEvent {
     Left,
     /// The room peer failed for good and is closed.
     Fatal(FatalError),
+}
+
+impl RoomEvent {
+    /// The remote peer the event is about, if any.
+    pub fn peer_id(&self) -> Option<&str> {
+        match self {
+            RoomEvent::PeerJoined { peer_id, .. }
+            | RoomEvent::PeerLeft { peer_id }
+            | RoomEvent::ConnectionReset { peer_id }
+            | RoomEvent::Track { peer_id, .. }
+            | RoomEvent::StreamAdded { peer_id, .. }
+            | RoomEvent::StreamRemoved { peer_id, .. }
+            | RoomEvent::DataChannelOpened { peer_id, .. }
+            | RoomEvent::ConnectionState { peer_id, .. }
+            | RoomEvent::NegotiationError { peer_id, .. } => Some(peer_id),
+            RoomEvent::Data { sender_peer_id, .. } => Some(sender_peer_id),
+            _ => None,
+        }
+    }
 }
 
 /// What the core reports: app events, and commands for the driver.

@@ -93,6 +93,26 @@ struct RemoteShared {
     conn: Mutex<Option<ConnHandle>>,
     /// Tracks added to this remote only (survive connection resets).
     tracks: Mutex<Vec<LocalTrack>>,
+    events: broadcast::Sender<RoomEvent>,
+}
+
+/// The events of one remote peer (a filtered view of the room's stream).
+#[derive(Debug)]
+pub struct RemoteEvents {
+    inner: RoomEvents,
+    peer_id: String,
+}
+
+impl RemoteEvents {
+    /// The next event about this remote peer; `None` once the room is gone.
+    pub async fn recv(&mut self) -> Option<RoomEvent> {
+        loop {
+            let e = self.inner.recv().await?;
+            if e.peer_id() == Some(self.peer_id.as_str()) {
+                return Some(e);
+            }
+        }
+    }
 }
 
 /// A remote member of the room. The same object lives across signalling reconnects and
@@ -119,6 +139,14 @@ impl RemotePeer {
     /// Its public metadata (from presence).
     pub fn metadata(&self) -> Option<Map<String, Value>> {
         lock(&self.shared.metadata).clone()
+    }
+
+    /// Events about this peer only (subscribe before acting to see them all).
+    pub fn events(&self) -> RemoteEvents {
+        RemoteEvents {
+            inner: RoomEvents::new(self.shared.events.subscribe()),
+            peer_id: self.shared.peer_id.clone(),
+        }
     }
 
     /// Whether both handles are the same remote peer object.
@@ -443,6 +471,7 @@ impl RoomPeer {
                                 metadata: Mutex::new(metadata.clone()),
                                 conn: Mutex::new(None),
                                 tracks: Mutex::new(Vec::new()),
+                                events: self.inner.events.clone(),
                             }),
                         };
                         lock(&self.inner.remotes).insert(peer_id.clone(), remote.clone());

@@ -1,0 +1,321 @@
+// Browser <-> Rust peer interop: one Chromium page runs the REAL @metered-ca/realtime
+// MeteredPeer (fake microphone added) and the Rust peer SDK runs as `parlor echo`, both in
+// one room of `parlor serve`. For each browser role (polite / impolite, perfect negotiation:
+// the lexicographically smaller peer id is polite) it checks:
+//   1. a data channel the page opens carries N messages to the Rust peer and back, exactly
+//      and in order (`parlor echo` sends every message back on the channel it came from);
+//   2. Chromium's fake-microphone Opus track arrives at the Rust peer (`track <id> audio`);
+//   3. the audio the Rust peer loops back is received by Chromium (getStats inbound-rtp
+//      audio packetsReceived > 0 and growing).
+// Role selection: the page first opens its signalling socket without joining (so its peer id
+// is known), then `parlor echo` processes are started in the room, alone, until one gets an
+// id that compares the wanted way; only then does the page join. Nobody sees peer churn.
+// Run: node --test browser/   (PARLOR_BIN=... ; PARLOR_BROWSER_DEBUG=1 for SDK/wire logs)
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { spawn } from "node:child_process";
+import { readFileSync, mkdirSync, writeFileSync, openSync, closeSync, existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import readline from "node:readline";
+import { chromium } from "playwright-core";
+import { startParlor, parlorBin, withTimeout, Recorder, CONFORMANCE_DIR, DEV_KEY, WAIT_MS } from "../lib/parlor.mjs";
+
+const OUT_DIR = path.join(CONFORMANCE_DIR, "out");
+const SDK_FILE = fileURLToPath(import.meta.resolve("@metered-ca/realtime"));
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const DEBUG = process.env.PARLOR_BROWSER_DEBUG === "1";
+const N_MESSAGES = 20;
+const MAX_ECHO_STARTS = 24; // P(24 wrong coin flips) ~ 6e-8
+
+const PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>parlor rust-peer interop</title>
+<style>body{font:14px monospace;margin:12px} h1{font-size:18px}</style>
+</head><body>
+<h1 id="title">MeteredPeer (Chromium) &lt;-&gt; parlor echo (Rust)</h1>
+<div id="status">loading SDK…</div>
+<pre id="log"></pre>
+<script type="module">
+import { MeteredPeer, ConsoleLogger } from "/sdk/index.mjs";
+const logEl = document.getElementById("log");
+const statusEl = document.getElementById("status");
+const log = (m) => { logEl.textContent += new Date().toISOString().slice(11, 23) + " " + m + "\\n"; };
+window.state = { sdkLoaded: true, errors: [], negotiationErrors: [], dcErrors: [], received: [], sent: [],
+  tracks: [], states: [], otherPeers: [], dcOpen: false, dcClosed: false };
+statusEl.textContent = "SDK loaded";
+// Step 1: build the MeteredPeer (fake mic added) and open its signalling socket WITHOUT joining,
+// so the test learns our peer id before choosing the Rust peer. MeteredPeer.join() skips its own
+// connect() when the client is already connected.
+window.connect = async ({ url, apiKey, debug }) => {
+  const st = window.state;
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  st.localTrackIds = stream.getAudioTracks().map((t) => t.id);
+  st.sdp = { offersSent: 0, answersSent: 0, offersReceived: 0, answersReceived: 0 };
+  const count = (dir, d) => {
+    if (debug) console.log("[wire " + dir + "] " + String(d).slice(0, 300));
+    const m = /"type":"rtc-description","description":\\{"type":"(offer|answer)"/.exec(String(d));
+    if (m) st.sdp[m[1] + "s" + (dir === "out" ? "Sent" : "Received")]++;
+  };
+  const peer = new MeteredPeer({ apiKey, url, ...(debug ? { logger: ConsoleLogger } : {}),
+    webSocketFactory: (u) => { const ws = new WebSocket(u); ws.addEventListener("message", (e) => count("in", e.data));
+      const send = ws.send.bind(ws); ws.send = (d) => { count("out", d); send(d); }; return ws; } });
+  window.peer = peer;
+  peer.addStream(stream, { role: "mic", label: "fake mic" });
+  peer.on("error", ({ err }) => { st.errors.push("peer error " + err.name + ": " + err.message); log("ERROR " + err.name + ": " + err.message); });
+  peer.on("peer-joined", ({ peer: remote }) => {
+    if (remote.id !== st.expectRemote) { st.otherPeers.push(remote.id); log("ignoring peer " + remote.id); return; }
+    window.remote = remote;
+    st.polite = remote.polite;
+    log("peer-joined " + remote.id + " polite=" + remote.polite);
+    remote.on("negotiation-error", ({ err }) => { st.negotiationErrors.push(err.name + ": " + err.message); log("negotiation-error " + err.message); });
+    remote.on("state-change", ({ to }) => { st.states.push(to); log("pc state " + to); });
+    remote.on("track", ({ track }) => {
+      st.tracks.push({ kind: track.kind, id: track.id });
+      log("track " + track.kind + " " + track.id);
+      const el = document.createElement("audio");
+      el.autoplay = true;
+      el.srcObject = new MediaStream([track]);
+      document.body.appendChild(el);
+    });
+    remote.on("data-channel", ({ channel }) => log("unexpected remote data channel " + channel.label));
+    // The page opens the data channel as soon as it knows the Rust peer.
+    const ch = remote.pc.createDataChannel("chat");
+    window.dc = ch;
+    log("createDataChannel chat (signalingState " + remote.pc.signalingState + ")");
+    ch.addEventListener("open", () => { st.dcOpen = true; log("data channel open"); });
+    ch.addEventListener("close", () => { st.dcClosed = true; log("data channel closed"); });
+    ch.addEventListener("error", (e) => { st.dcErrors.push(String(e.error && e.error.message || e.type)); log("data channel error " + (e.error && e.error.message)); });
+    ch.addEventListener("message", (e) => { st.received.push(String(e.data)); });
+  });
+  await peer.client.connect();
+  st.peerId = peer.peerId;
+  statusEl.textContent = "connected as " + peer.peerId;
+  log("signalling connected as " + peer.peerId);
+  return peer.peerId;
+};
+// Step 2: join the room the chosen Rust peer is already in.
+window.join = async ({ room, expectRemote }) => {
+  const st = window.state;
+  st.expectRemote = expectRemote;
+  await window.peer.join(room);
+  st.joined = true;
+  statusEl.textContent = "joined " + room + " as " + window.peer.peerId;
+  log("joined " + room);
+};
+window.sendAll = (msgs) => { for (const m of msgs) { window.dc.send(m); window.state.sent.push(m); } return window.dc.bufferedAmount; };
+window.snapshot = () => ({ ...window.state, dc: window.dc ? window.dc.readyState : "none",
+  pc: window.remote ? { connectionState: window.remote.pc.connectionState, signalingState: window.remote.pc.signalingState,
+    sctp: window.remote.pc.sctp ? window.remote.pc.sctp.state : null } : null });
+window.inboundAudio = async () => {
+  if (!window.remote) return null;
+  const stats = await window.remote.pc.getStats();
+  let packets = 0, bytes = 0, streams = 0, codec = null;
+  stats.forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "audio") {
+      streams++; packets += r.packetsReceived || 0; bytes += r.bytesReceived || 0;
+      const c = r.codecId && stats.get(r.codecId); if (c) codec = c.mimeType;
+    }
+  });
+  statusEl.textContent = "joined as " + window.state.peerId + "; inbound audio RTP packets: " + packets + " (" + bytes + " bytes)";
+  return { packets, bytes, streams, codec };
+};
+</script></body></html>`;
+
+function startStatic() {
+  const sdk = readFileSync(SDK_FILE);
+  const srv = http.createServer((req, res) => {
+    const u = new URL(req.url, "http://x");
+    if (u.pathname === "/" || u.pathname === "/index.html") {
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(PAGE);
+    } else if (u.pathname === "/sdk/index.mjs") {
+      res.writeHead(200, { "content-type": "text/javascript; charset=utf-8" });
+      res.end(sdk);
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((resolve) => srv.listen(0, "127.0.0.1", () => resolve(srv)));
+}
+
+async function poll(fn, pred, what, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (pred(last)) return last;
+    if (Date.now() > deadline) throw new Error(`timeout after ${ms} ms waiting for ${what}; last=${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
+
+/**
+ * Start `parlor echo` in `room`; resolves once it printed `echo joined ROOM as ID`.
+ * stdout lines are recorded as "line" events; stderr goes to `errPath`.
+ */
+async function startEcho({ url, room, errPath }) {
+  const errFd = openSync(errPath, "w");
+  const env = { ...process.env, NO_COLOR: "1", PARLOR_LOG: process.env.PARLOR_LOG || "parlor_peer=debug" };
+  const args = ["echo", "--url", url, "--key", DEV_KEY, "--room", room];
+  if (process.env.PARLOR_ECHO_BIND_IP) args.push("--bind-ip", process.env.PARLOR_ECHO_BIND_IP);
+  const proc = spawn(parlorBin(), args, { stdio: ["ignore", "pipe", errFd], env });
+  closeSync(errFd);
+  const rec = new Recorder("parlor echo");
+  const lines = [];
+  readline.createInterface({ input: proc.stdout }).on("line", (line) => { lines.push(line); rec.push("line", line); });
+  proc.on("exit", (code, sig) => rec.push("exit", { code, sig }));
+  const echo = {
+    proc, rec, lines, errPath,
+    stderrTail: (n = 6000) => (existsSync(errPath) ? stripAnsi(readFileSync(errPath, "utf8")).slice(-n) : ""),
+    waitLine: (re, what, ms = WAIT_MS) => rec.waitFor("line", (l) => re.test(l), what, ms),
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGTERM");
+      const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+  try {
+    const joined = await Promise.race([
+      echo.waitLine(new RegExp(`^echo joined ${room} as (\\S+)$`), "join line"),
+      rec.waitFor("exit", () => true, "", WAIT_MS + 1000).then((x) => { throw new Error(`parlor echo exited early ${JSON.stringify(x)}`); }),
+    ]);
+    echo.id = joined.split(" ").pop();
+  } catch (e) {
+    await echo.stop();
+    e.message += `\necho stdout: ${JSON.stringify(lines)}\necho stderr (tail):\n${echo.stderrTail(3000)}`;
+    throw e;
+  }
+  return echo;
+}
+
+describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () => {
+  let parlor, stat, browser;
+
+  before(async () => {
+    mkdirSync(OUT_DIR, { recursive: true });
+    parlor = await startParlor();
+    stat = await startStatic();
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+      ],
+    });
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    await new Promise((r) => (stat ? stat.close(() => r()) : r()));
+    await parlor?.stop();
+  });
+
+  for (const role of ["impolite", "polite"]) {
+    describe(`browser ${role}`, () => {
+      const room = `room-rust-${role}`;
+      const shot = `rust-peer-browser-${role}`;
+      let context, page, echo, browserId;
+      const consoleLines = [];
+      const errPath = path.join(OUT_DIR, `${shot}-echo.stderr.log`);
+
+      // Everything a failure message needs: page state, console, echo stdout + stderr.
+      const dump = async () => {
+        const s = page ? await page.evaluate(() => window.snapshot()).catch((e) => String(e)) : null;
+        return `role: browser ${role}, browser=${browserId} echo=${echo?.id}\npage state: ${JSON.stringify(s)}` +
+          `\npage console (tail):\n${consoleLines.slice(DEBUG ? -400 : -60).join("\n").slice(-8000)}` +
+          `\necho stdout: ${JSON.stringify(echo?.lines)}\necho stderr (tail):\n${echo?.stderrTail(6000) ?? ""}`;
+      };
+      const check = async (fn) => {
+        try { await fn(); } catch (e) { e.message += "\n" + await dump(); throw e; }
+      };
+
+      before(async () => {
+        context = await browser.newContext({ permissions: ["microphone"] });
+        page = await context.newPage();
+        page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+        page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+        await page.goto(`http://127.0.0.1:${stat.address().port}/`);
+        await page.waitForFunction(() => window.state && window.state.sdkLoaded, null, { timeout: WAIT_MS });
+        browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: parlor.url, apiKey: DEV_KEY, debug: DEBUG }), "page signalling connect");
+        assert.ok(browserId, "page got a peer id");
+        // Start echo peers (alone in the room) until one has the id order we want.
+        const wantEchoGreater = role === "polite"; // browser polite <=> browserId < echoId
+        for (let i = 0; ; i++) {
+          assert.ok(i < MAX_ECHO_STARTS, `no echo id on the wanted side of ${browserId} after ${MAX_ECHO_STARTS} starts`);
+          const e = await startEcho({ url: parlor.url, room, errPath });
+          if ((e.id > browserId) === wantEchoGreater) { echo = e; break; }
+          await e.stop();
+        }
+        await withTimeout(page.evaluate((o) => window.join(o), { room, expectRemote: echo.id }), "page join");
+        await check(async () => {
+          await echo.waitLine(new RegExp(`^peer-joined ${browserId}$`), "peer-joined for the page");
+          await page.waitForFunction(() => window.remote !== undefined, null, { timeout: WAIT_MS });
+          assert.equal(await page.evaluate(() => window.state.polite), role === "polite", "SDK computed the wanted role");
+        });
+      });
+
+      after(async () => {
+        if (page) {
+          writeFileSync(path.join(OUT_DIR, `${shot}-console.log`), consoleLines.join("\n") + "\n");
+          await page.evaluate(() => window.inboundAudio()).catch(() => {});
+          await page.screenshot({ path: path.join(OUT_DIR, `${shot}.png`), fullPage: true }).catch(() => {});
+          await page.evaluate(() => window.peer?.close()).catch(() => {});
+        }
+        await context?.close().catch(() => {});
+        await echo?.stop();
+        if (echo) writeFileSync(path.join(OUT_DIR, `${shot}-echo.stdout.log`), echo.lines.join("\n") + "\n");
+      });
+
+      it(`data channel opened by the page: ${N_MESSAGES} messages echoed back exactly, in order`, (t) => check(async () => {
+        await page.waitForFunction(() => window.state.dcOpen, null, { timeout: WAIT_MS });
+        await echo.waitLine(new RegExp(`^channel-open ${browserId} chat$`), "channel-open for the page's channel");
+        const msgs = Array.from({ length: N_MESSAGES }, (_, i) =>
+          i === 1 ? "ünïcødé ✓ 😀 " + i : i === 2 ? "x".repeat(4000) + i : `msg ${i} from chromium (${role})`);
+        await page.evaluate((m) => window.sendAll(m), msgs);
+        await page.waitForFunction((n) => window.state.received.length >= n, N_MESSAGES, { timeout: WAIT_MS });
+        await new Promise((r) => setTimeout(r, 300)); // nothing extra may follow
+        const st = await page.evaluate(() => window.snapshot());
+        assert.deepEqual(st.received, msgs);
+        assert.equal(st.dc, "open");
+        assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
+        assert.deepEqual(st.dcErrors, [], "data channel errors");
+        if (st.negotiationErrors.length) t.diagnostic(`transient negotiation-errors: ${JSON.stringify(st.negotiationErrors)}`);
+        t.diagnostic(`browser=${browserId} (${role}) echo=${echo.id}; sdp ${JSON.stringify(st.sdp)}`);
+      }));
+
+      it("Chromium's fake-mic Opus track arrives at the Rust peer", (t) => check(async () => {
+        const line = await echo.waitLine(new RegExp(`^track ${browserId} audio \\S+$`), "audio track from the page");
+        await echo.waitLine(new RegExp(`^connection ${browserId} Connected$`), "Connected state");
+        t.diagnostic(`echo: ${line}`);
+        const bad = echo.lines.filter((l) => new RegExp(`^connection ${browserId} (Failed|Closed)$`).test(l));
+        assert.deepEqual(bad, [], "echo connection never failed/closed");
+      }));
+
+      it("audio looped back by the Rust peer is received by Chromium (getStats inbound-rtp)", (t) => check(async () => {
+        const a = await poll(() => page.evaluate(() => window.inboundAudio()), (x) => x && x.packets > 0, "inbound audio RTP");
+        const b = await poll(() => page.evaluate(() => window.inboundAudio()), (x) => x && x.packets >= a.packets + 10,
+          `inbound audio packetsReceived growing past ${a.packets}`, 10_000);
+        t.diagnostic(`inbound-rtp audio packetsReceived ${a.packets} -> ${b.packets} (bytes ${b.bytes}, codec ${b.codec}, streams ${b.streams})`);
+        assert.match(String(b.codec), /^audio\/opus$/i, "inbound audio codec");
+        const st = await page.evaluate(() => window.snapshot());
+        t.diagnostic(`page sdp ${JSON.stringify(st.sdp)}; remote tracks ${JSON.stringify(st.tracks)}; negotiation-errors ${JSON.stringify(st.negotiationErrors)}`);
+        assert.ok(st.tracks.some((tr) => tr.kind === "audio"), `remote audio track event: ${JSON.stringify(st.tracks)}`);
+        assert.equal(st.pc.connectionState, "connected");
+        assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
+      }));
+    });
+  }
+});

@@ -1,0 +1,397 @@
+"""Real-SDK interop: a Python `MeteredPeer` (metered-realtime 1.0.2, aiortc) against the
+Rust peer SDK, run as `parlor echo`.
+
+`parlor echo --url URL --key KEY --room ROOM` joins ROOM and, for every remote peer,
+sends back each data-channel message on the channel it arrived on (exact bytes; text
+stays text) and loops each inbound audio track back as a new outbound track. Its stdout
+is line-oriented (`echo joined ROOM as ID`, `peer-joined ID`, `connection ID STATE`,
+`channel-open ID LABEL`, `track ID audio TRACKID`, ...); its stderr is kept (with
+`PARLOR_LOG=parlor_peer=debug`) and printed when a test fails.
+
+Every case runs with the Python side in both politeness roles. Peer ids are random per
+connection and the smaller id is polite, so the Python peer joins first and `parlor echo`
+is restarted until its id compares the wanted way (`_start_echo_with_role`). The Python
+side acts only on the remote whose `RemotePeer.polite` matches the wanted role, which
+is the same criterion, so a discarded echo never gets a data channel from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import DEV_KEY, WAIT, parlor_bin
+from metered_realtime import (
+    DataChannel,
+    DCMessage,
+    DCOpen,
+    NegotiationError,
+    PeerJoined,
+    RemotePeer,
+    StateChange,
+    Track,
+)
+from test_webrtc import Harness, _add_sine_source, _collect_audio, make_peer  # noqa: F401
+
+ROLES = ["polite", "impolite"]
+JOINED_RE = re.compile(r"^echo joined (\S+) as (\S+)\s*$")
+MAX_ECHO_STARTS = 24  # each start is a coin flip for the role: 2**-24 to run out
+N_MESSAGES = 20
+
+
+# ---------------------------------------------------------------------------
+# `parlor echo` subprocess
+# ---------------------------------------------------------------------------
+
+class EchoProc:
+    """One running `parlor echo` process. stdout lines are collected by a thread and
+    waited on from the event loop; stderr goes to a file."""
+
+    def __init__(self, workdir: Path, name: str, url: str, room: str) -> None:
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.lines: list[str] = []
+        self._eof = False
+        self._changed = asyncio.Event()
+        self.stderr_path = workdir / f"{name}.stderr.log"
+        self._stderr = open(self.stderr_path, "wb")
+        env = dict(os.environ)
+        env.setdefault("PARLOR_LOG", "parlor_peer=debug")
+        self.args = [parlor_bin(), "echo", "--url", url, "--key", DEV_KEY, "--room", room]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     stdin=subprocess.DEVNULL, env=env)
+        threading.Thread(target=self._read, daemon=True, name=f"{name}-stdout").start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self.loop.call_soon_threadsafe(self._changed.set)
+        self._eof = True
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._changed.set)
+
+    async def wait_line(self, pattern: str | re.Pattern[str], *, timeout: float = WAIT,
+                        what: str = "") -> re.Match[str]:
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = self.loop.time() + timeout
+        while True:
+            eof = self._eof  # read before scanning: lines are appended before eof is set
+            for line in list(self.lines):
+                m = rx.match(line)
+                if m:
+                    return m
+            if eof:  # stdout closed: the process is gone
+                raise AssertionError(
+                    f"[{self.name}] closed stdout (rc={self.proc.poll()}) before printing "
+                    f"{rx.pattern!r} {what}; stdout={self.lines!r}\n{self.stderr_tail()}")
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"[{self.name}] no stdout line {rx.pattern!r} {what} within {timeout}s; "
+                    f"stdout={self.lines!r}")
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+
+    def has_line(self, pattern: str) -> bool:
+        rx = re.compile(pattern)
+        return any(rx.match(line) for line in self.lines)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in 5 s. Blocking."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+        with contextlib.suppress(Exception):
+            self._stderr.close()
+        return self.proc.returncode
+
+    async def astop(self) -> int | None:
+        return await self.loop.run_in_executor(None, self.stop)
+
+    def stderr_tail(self, n: int = 12000) -> str:
+        try:
+            err = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            err = ""
+        return f"--- {self.name} stderr (tail, full log: {self.stderr_path}) ---\n" + err[-n:]
+
+    def logs(self) -> str:
+        return f"--- {self.name} {' '.join(self.args)} (rc={self.proc.returncode}) stdout ---\n" + \
+            "\n".join(self.lines) + "\n" + self.stderr_tail()
+
+
+@pytest.fixture
+def echo_factory(tmp_path: Path, request: pytest.FixtureRequest):
+    """Start `parlor echo` processes (inside the test's event loop); all are stopped
+    (SIGTERM, then SIGKILL) at teardown, and the kept one's logs printed on failure."""
+    procs: list[EchoProc] = []
+
+    def start(url: str, room: str) -> EchoProc:
+        p = EchoProc(tmp_path, f"echo{len(procs)}", url, room)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and procs:
+        print(procs[-1].logs())
+
+
+async def _start_echo_with_role(echo_factory, url: str, room: str, py_id: str,
+                                python_role: str) -> tuple[EchoProc, str]:
+    """Start `parlor echo` in `room` until its id makes the Python peer `python_role`
+    (the smaller id is polite). Discarded echoes are SIGTERMed (they leave the room)."""
+    want_python_polite = python_role == "polite"
+    for _ in range(MAX_ECHO_STARTS):
+        echo = echo_factory(url, room)
+        m = await echo.wait_line(JOINED_RE, what="(joined)")
+        assert m.group(1) == room, m.group(0)
+        echo_id = m.group(2)
+        assert echo_id != py_id
+        if (py_id < echo_id) == want_python_polite:
+            return echo, echo_id
+        await echo.astop()
+    raise AssertionError(f"no echo id gave python_role={python_role} in {MAX_ECHO_STARTS} starts")
+
+
+# ---------------------------------------------------------------------------
+# Python side
+# ---------------------------------------------------------------------------
+
+def _messages() -> list[str | bytes]:
+    """N_MESSAGES payloads: mostly text (ASCII and non-ASCII), every fourth binary
+    (including NUL / 0xff bytes and bytes that are not valid UTF-8)."""
+    out: list[str | bytes] = []
+    for i in range(N_MESSAGES):
+        if i % 4 == 3:
+            out.append(bytes([0, 0xFF, 0xC3, 0x28, i]) + f"bin-{i}".encode() * (i + 1))
+        elif i % 4 == 1:
+            out.append(f"msg-{i} h\u00e9llo \u2603 \U0001f600")
+        else:
+            out.append(f"msg-{i}")
+    return out
+
+
+class DCProbe:
+    """The Python side of one "chat" channel toward the echo: once open, sends
+    `_messages()` in order and records everything that comes back."""
+
+    def __init__(self) -> None:
+        self.sent: list[str | bytes] = []
+        self.received: list[str | bytes] = []
+        self.opened = asyncio.get_running_loop().create_future()
+        self.created_in_state: str | None = None
+        self.remote_id: str | None = None
+        self.dc: DataChannel | None = None
+        self.send_error: BaseException | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    def create(self, remote: RemotePeer) -> None:
+        assert self.dc is None, "created twice"
+        self.remote_id = remote.id
+        self.created_in_state = remote.state
+        self.dc = DataChannel(remote.create_data_channel("chat"))
+        self.dc.on(DCOpen, self._on_open)
+        self.dc.on(DCMessage, lambda m: self.received.append(m.data))
+
+    def _on_open(self, _: DCOpen) -> None:
+        if not self.opened.done():
+            self.opened.set_result(None)
+        self.tasks.append(asyncio.ensure_future(self._send_all()))
+
+    async def _send_all(self) -> None:
+        assert self.dc is not None
+        try:
+            for msg in _messages():
+                await self.dc.send(msg)
+                self.sent.append(msg)
+        except BaseException as e:  # surfaced by wait_echoed
+            self.send_error = e
+            raise
+
+    async def wait_echoed(self, ctx: str) -> None:
+        want = _messages()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.opened), WAIT)
+        except asyncio.TimeoutError:
+            state = self.dc.ready_state if self.dc else None
+            raise AssertionError(f"python-created 'chat' never opened (ready_state={state}, "
+                                 f"created in remote state {self.created_in_state}; {ctx})")
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while self.received != want:
+            assert self.send_error is None, f"send failed: {self.send_error!r} ({ctx})"
+            assert self.received == want[: len(self.received)], (
+                f"echoed messages differ from sent (order/content/type); "
+                f"sent={self.sent!r} received={self.received!r} ({ctx})")
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"only {len(self.received)}/{len(want)} messages echoed within {WAIT}s; "
+                f"sent={len(self.sent)} received={self.received!r} ({ctx})")
+            await asyncio.sleep(0.05)
+        for got, exp in zip(self.received, want):
+            assert type(got) is type(exp), (got, exp, ctx)
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+def _wants(remote: RemotePeer, python_role: str) -> bool:
+    return remote.polite == (python_role == "polite")
+
+
+async def _setup(server, make_peer, echo_factory, python_role: str, *, audio: bool,
+                 dc_when: str | None) -> tuple[Harness, EchoProc, str, DCProbe | None, str]:
+    """Join the Python peer (with a 660 Hz sine when `audio`), then an echo giving it
+    `python_role`. `dc_when`: None, "at_peer_joined" or "after_connected"."""
+    room = "room-rust"
+    h = make_peer(server.url, "py")
+    if audio:
+        _add_sine_source(h, 660)
+    probe = DCProbe() if dc_when else None
+    if probe is not None:
+        def on_peer_joined(ev: PeerJoined) -> None:
+            remote = ev.peer
+            if not _wants(remote, python_role) or probe.dc is not None:
+                return  # an echo with the wrong id: the test stops it
+            if dc_when == "at_peer_joined":
+                probe.create(remote)
+            else:
+                def on_state(sc: StateChange) -> None:
+                    if sc.to == "connected" and probe.dc is None:
+                        probe.create(remote)
+                remote.on(StateChange, on_state)
+
+        h.peer.on(PeerJoined, on_peer_joined)
+    await asyncio.wait_for(h.peer.join(room), WAIT)
+    py_id = h.peer.peer_id
+    echo, echo_id = await _start_echo_with_role(echo_factory, server.url, room, py_id,
+                                                python_role)
+    joined = await h.rec.wait_for(PeerJoined, lambda e: e.peer.id == echo_id,
+                                  what="(the kept echo)")
+    assert joined.peer.polite == (python_role == "polite"), (py_id, echo_id)
+    await echo.wait_line(rf"^peer-joined {re.escape(py_id)}\s*$", what="(python peer)")
+    ctx = f"python_role={python_role} py={py_id} echo={echo_id} audio={audio} dc={dc_when}"
+    return h, echo, echo_id, probe, ctx
+
+
+async def _wait_connected(h: Harness, echo: EchoProc, echo_id: str, py_id: str, ctx: str) -> None:
+    await h.per_remote[echo_id].wait_for(StateChange, lambda e: e.to == "connected",
+                                         what=f"(python -> echo connected; {ctx})")
+    await echo.wait_line(rf"^connection {re.escape(py_id)} Connected\s*$",
+                         what=f"(echo -> python Connected; {ctx})")
+
+
+async def _check_audio_loop(h: Harness, echo: EchoProc, echo_id: str, ctx: str) -> None:
+    py_id = h.peer.peer_id
+    await echo.wait_line(rf"^track {re.escape(py_id)} audio \S+", what=f"(rust got audio; {ctx})")
+    tr = await h.per_remote[echo_id].wait_for(Track, lambda e: e.track.kind == "audio",
+                                              what=f"(looped audio track; {ctx})")
+    try:
+        frames, peak = await asyncio.wait_for(_collect_audio(tr.track, 50, 1000), WAIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"looped audio: no 50 frames with peak >= 1000 within {WAIT}s ({ctx})")
+    assert frames >= 50 and peak > 1000, (frames, peak, ctx)
+
+
+def _no_negotiation_errors(h: Harness, echo_id: str, ctx: str) -> None:
+    errs = h.per_remote[echo_id].of(NegotiationError)
+    assert not errs, f"negotiation errors toward the echo: {errs} ({ctx})"
+
+
+def _no_unexpected_exit(echo: EchoProc, ctx: str) -> None:
+    assert echo.proc.poll() is None, f"parlor echo exited rc={echo.proc.returncode} ({ctx})"
+
+
+# ---------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_data_channel_created_at_peer_joined(server, make_peer, echo_factory,
+                                                   python_role):
+    """No media: Python opens "chat" at PeerJoined; 20 text/binary messages come back
+    exactly and in order."""
+    h, echo, echo_id, probe, ctx = await _setup(server, make_peer, echo_factory, python_role,
+                                                audio=False, dc_when="at_peer_joined")
+    try:
+        await probe.wait_echoed(ctx)
+        await echo.wait_line(rf"^channel-open {re.escape(h.peer.peer_id)} chat\s*$",
+                             what=f"(echo saw 'chat'; {ctx})")
+        await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
+        _no_negotiation_errors(h, echo_id, ctx)
+        _no_unexpected_exit(echo, ctx)
+    finally:
+        await probe.close()
+
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_data_channel_created_after_connected(server, make_peer, echo_factory,
+                                                    python_role):
+    """Python opens "chat" once its connection to the echo reports connected (the
+    renegotiation adds m=application to an established call). The call carries Python's
+    audio: with nothing to send, the SDK never negotiates, so "connected" needs media."""
+    h, echo, echo_id, probe, ctx = await _setup(server, make_peer, echo_factory, python_role,
+                                                audio=True, dc_when="after_connected")
+    try:
+        await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
+        await probe.wait_echoed(ctx)
+        assert probe.created_in_state == "connected", probe.created_in_state
+        await echo.wait_line(rf"^channel-open {re.escape(h.peer.peer_id)} chat\s*$",
+                             what=f"(echo saw 'chat'; {ctx})")
+        _no_negotiation_errors(h, echo_id, ctx)
+        _no_unexpected_exit(echo, ctx)
+    finally:
+        await probe.close()
+
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_audio_loops_back(server, make_peer, echo_factory, python_role):
+    """Python sends a 660 Hz sine; the echo reports the inbound track and sends it back
+    on a new track, which Python decodes with a clear peak (Python -> Rust -> Python)."""
+    h, echo, echo_id, _, ctx = await _setup(server, make_peer, echo_factory, python_role,
+                                            audio=True, dc_when=None)
+    await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
+    await _check_audio_loop(h, echo, echo_id, ctx)
+    _no_negotiation_errors(h, echo_id, ctx)
+    _no_unexpected_exit(echo, ctx)
+
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_data_channel_and_audio_in_one_call(server, make_peer, echo_factory,
+                                                  python_role):
+    """Audio and a "chat" channel created at PeerJoined in the same call: both the
+    echoed messages and the looped audio arrive."""
+    h, echo, echo_id, probe, ctx = await _setup(server, make_peer, echo_factory, python_role,
+                                                audio=True, dc_when="at_peer_joined")
+    try:
+        await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
+        await asyncio.gather(probe.wait_echoed(ctx), _check_audio_loop(h, echo, echo_id, ctx))
+        await echo.wait_line(rf"^channel-open {re.escape(h.peer.peer_id)} chat\s*$",
+                             what=f"(echo saw 'chat'; {ctx})")
+        _no_negotiation_errors(h, echo_id, ctx)
+        _no_unexpected_exit(echo, ctx)
+    finally:
+        await probe.close()
