@@ -2,19 +2,26 @@
 //! each data-channel message on the channel it came from, and loops each inbound audio track
 //! back to that peer as an outbound track.
 //!
+//! With `--open-channel LABEL` it also opens a data channel to every peer once connected,
+//! sends `hello from parlor` on it, and echoes what comes back on it too.
+//!
 //! stdout carries one line per milestone, for scripts: `echo joined ROOM as PEER_ID`,
 //! `peer-joined ID`, `peer-left ID`, `connection ID STATE`, `channel-open ID LABEL`,
-//! `track ID KIND TRACK_ID`. Logs go to stderr.
+//! `channel-created ID LABEL`, `track ID KIND TRACK_ID`. Logs go to stderr.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Args;
 
 use parlor_peer::room::{RoomEvent, RoomOptions, RoomPeer};
 use parlor_peer::signalling::{ReconnectOptions, SignallingClient};
-use parlor_peer::{DataChannel, LocalTrack, RemoteTrack, TrackKind};
+use parlor_peer::{
+    DataChannel, LocalTrack, PeerConnectionState, RemotePeer, RemoteTrack, TrackKind,
+};
 
 #[derive(Args, Debug)]
 pub(crate) struct EchoArgs {
@@ -31,6 +38,9 @@ pub(crate) struct EchoArgs {
     /// interface's address).
     #[arg(long)]
     bind_ip: Option<IpAddr>,
+    /// Also open a data channel with this label to every peer once connected.
+    #[arg(long)]
+    open_channel: Option<String>,
 }
 
 fn say(line: &str) {
@@ -61,20 +71,36 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         room.peer_id().unwrap_or_default()
     ));
     let result = tokio::select! {
-        r = pump(&room, &mut events) => r,
+        r = pump(&room, &mut events, args.open_channel.as_deref()) => r,
         _ = crate::shutdown_signal() => Ok(()),
     };
     room.close().await;
     result
 }
 
-async fn pump(room: &RoomPeer, events: &mut parlor_peer::room::RoomEvents) -> anyhow::Result<()> {
+async fn pump(
+    room: &RoomPeer,
+    events: &mut parlor_peer::room::RoomEvents,
+    open_channel: Option<&str>,
+) -> anyhow::Result<()> {
+    // Channels we opened, per peer: a fresh connection needs a fresh one.
+    let ours: Arc<Mutex<HashMap<String, DataChannel>>> = Arc::default();
     while let Some(e) = events.recv().await {
         match e {
             RoomEvent::PeerJoined { peer_id, .. } => say(&format!("peer-joined {peer_id}")),
-            RoomEvent::PeerLeft { peer_id } => say(&format!("peer-left {peer_id}")),
+            RoomEvent::PeerLeft { peer_id } => {
+                lock(&ours).remove(&peer_id);
+                say(&format!("peer-left {peer_id}"))
+            }
             RoomEvent::ConnectionState { peer_id, state } => {
-                say(&format!("connection {peer_id} {state:?}"))
+                say(&format!("connection {peer_id} {state:?}"));
+                let live = lock(&ours).get(&peer_id).is_some_and(|c| !c.is_closed());
+                if let (Some(label), PeerConnectionState::Connected, false) =
+                    (open_channel, state, live)
+                    && let Some(remote) = room.remote(&peer_id)
+                {
+                    tokio::spawn(open_and_echo(remote, label.to_owned(), ours.clone()));
+                }
             }
             RoomEvent::DataChannelOpened { peer_id, channel } => {
                 say(&format!("channel-open {peer_id} {}", channel.label()));
@@ -98,6 +124,29 @@ async fn pump(room: &RoomPeer, events: &mut parlor_peer::room::RoomEvents) -> an
         }
     }
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn open_and_echo(
+    remote: RemotePeer,
+    label: String,
+    ours: Arc<Mutex<HashMap<String, DataChannel>>>,
+) {
+    let peer_id = remote.id().to_owned();
+    match remote.create_data_channel(&label).await {
+        Ok(channel) => {
+            say(&format!("channel-created {peer_id} {label}"));
+            lock(&ours).insert(peer_id, channel.clone());
+            if let Err(e) = channel.send("hello from parlor").await {
+                tracing::warn!(error = %e, "hello not sent");
+            }
+            echo_channel(channel).await;
+        }
+        Err(e) => tracing::warn!(peer = %peer_id, error = %e, "cannot open a channel"),
+    }
 }
 
 async fn echo_channel(channel: DataChannel) {

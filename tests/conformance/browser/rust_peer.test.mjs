@@ -27,7 +27,13 @@ const SDK_FILE = fileURLToPath(import.meta.resolve("@metered-ca/realtime"));
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const DEBUG = process.env.PARLOR_BROWSER_DEBUG === "1";
 const N_MESSAGES = 20;
-const MAX_ECHO_STARTS = 24; // P(24 wrong coin flips) ~ 6e-8
+const MAX_ECHO_STARTS = 24; // each start is >= a coin flip (see ID_PIVOT): P(all wrong) < 6e-8
+const MAX_PAGE_CONNECTS = 24;
+// Peer ids are "p_" + 22 base62 chars (0-9A-Za-z, uniform; crates/server/src/hub.rs). The
+// page's id is re-drawn until it lies on the favourable side of the median "p_V", so that a
+// random echo id compares the wanted way with probability >= 1/2 (a page id like "p_z..." would
+// otherwise need ~60 echo starts to find a greater one).
+const ID_PIVOT = "p_V";
 
 const PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>parlor rust-peer interop</title>
@@ -41,15 +47,19 @@ import { MeteredPeer, ConsoleLogger } from "/sdk/index.mjs";
 const logEl = document.getElementById("log");
 const statusEl = document.getElementById("status");
 const log = (m) => { logEl.textContent += new Date().toISOString().slice(11, 23) + " " + m + "\\n"; };
-window.state = { sdkLoaded: true, errors: [], negotiationErrors: [], dcErrors: [], received: [], sent: [],
-  tracks: [], states: [], otherPeers: [], dcOpen: false, dcClosed: false };
+window.state = { sdkLoaded: true, errors: [], remotes: {} };
+window.remotes = {};
+window.dcs = {};
 statusEl.textContent = "SDK loaded";
 // Step 1: build the MeteredPeer (fake mic added) and open its signalling socket WITHOUT joining,
 // so the test learns our peer id before choosing the Rust peer. MeteredPeer.join() skips its own
-// connect() when the client is already connected.
+// connect() when the client is already connected. Calling it again replaces the MeteredPeer
+// (new signalling connection, new peer id).
 window.connect = async ({ url, apiKey, debug }) => {
   const st = window.state;
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  if (window.peer) await window.peer.close();
+  window.stream = window.stream || await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  const stream = window.stream;
   st.localTrackIds = stream.getAudioTracks().map((t) => t.id);
   st.sdp = { offersSent: 0, answersSent: 0, offersReceived: 0, answersReceived: 0 };
   const count = (dir, d) => {
@@ -63,53 +73,59 @@ window.connect = async ({ url, apiKey, debug }) => {
   window.peer = peer;
   peer.addStream(stream, { role: "mic", label: "fake mic" });
   peer.on("error", ({ err }) => { st.errors.push("peer error " + err.name + ": " + err.message); log("ERROR " + err.name + ": " + err.message); });
+  // Every remote gets its own record (in the browser-first order, echo processes with the
+  // wrong id join and leave before the chosen one), and a "chat" data channel opened by the
+  // page as soon as it knows that remote.
   peer.on("peer-joined", ({ peer: remote }) => {
-    if (remote.id !== st.expectRemote) { st.otherPeers.push(remote.id); log("ignoring peer " + remote.id); return; }
-    window.remote = remote;
-    st.polite = remote.polite;
+    const r = { id: remote.id, polite: remote.polite, states: [], tracks: [], received: [], sent: [],
+      negotiationErrors: [], dcErrors: [], dcOpen: false, dcClosed: false, left: false };
+    st.remotes[remote.id] = r;
+    window.remotes[remote.id] = remote;
     log("peer-joined " + remote.id + " polite=" + remote.polite);
-    remote.on("negotiation-error", ({ err }) => { st.negotiationErrors.push(err.name + ": " + err.message); log("negotiation-error " + err.message); });
-    remote.on("state-change", ({ to }) => { st.states.push(to); log("pc state " + to); });
+    remote.on("negotiation-error", ({ err }) => { r.negotiationErrors.push(err.name + ": " + err.message); log(remote.id + " negotiation-error " + err.message); });
+    remote.on("state-change", ({ to }) => { r.states.push(to); log(remote.id + " pc state " + to); });
     remote.on("track", ({ track }) => {
-      st.tracks.push({ kind: track.kind, id: track.id });
-      log("track " + track.kind + " " + track.id);
+      r.tracks.push({ kind: track.kind, id: track.id });
+      log(remote.id + " track " + track.kind + " " + track.id);
       const el = document.createElement("audio");
       el.autoplay = true;
       el.srcObject = new MediaStream([track]);
       document.body.appendChild(el);
     });
-    remote.on("data-channel", ({ channel }) => log("unexpected remote data channel " + channel.label));
-    // The page opens the data channel as soon as it knows the Rust peer.
+    remote.on("data-channel", ({ channel }) => log(remote.id + " unexpected remote data channel " + channel.label));
     const ch = remote.pc.createDataChannel("chat");
-    window.dc = ch;
-    log("createDataChannel chat (signalingState " + remote.pc.signalingState + ")");
-    ch.addEventListener("open", () => { st.dcOpen = true; log("data channel open"); });
-    ch.addEventListener("close", () => { st.dcClosed = true; log("data channel closed"); });
-    ch.addEventListener("error", (e) => { st.dcErrors.push(String(e.error && e.error.message || e.type)); log("data channel error " + (e.error && e.error.message)); });
-    ch.addEventListener("message", (e) => { st.received.push(String(e.data)); });
+    window.dcs[remote.id] = ch;
+    log(remote.id + " createDataChannel chat (signalingState " + remote.pc.signalingState + ")");
+    ch.addEventListener("open", () => { r.dcOpen = true; log(remote.id + " data channel open"); });
+    ch.addEventListener("close", () => { r.dcClosed = true; log(remote.id + " data channel closed"); });
+    ch.addEventListener("error", (e) => { r.dcErrors.push(String(e.error && e.error.message || e.type)); log(remote.id + " data channel error " + (e.error && e.error.message)); });
+    ch.addEventListener("message", (e) => { r.received.push(String(e.data)); });
   });
+  peer.on("peer-left", ({ peerId }) => { if (st.remotes[peerId]) st.remotes[peerId].left = true; log("peer-left " + peerId); });
   await peer.client.connect();
   st.peerId = peer.peerId;
   statusEl.textContent = "connected as " + peer.peerId;
   log("signalling connected as " + peer.peerId);
   return peer.peerId;
 };
-// Step 2: join the room the chosen Rust peer is already in.
-window.join = async ({ room, expectRemote }) => {
-  const st = window.state;
-  st.expectRemote = expectRemote;
+// Step 2: join the room.
+window.join = async ({ room }) => {
   await window.peer.join(room);
-  st.joined = true;
+  window.state.joined = true;
   statusEl.textContent = "joined " + room + " as " + window.peer.peerId;
   log("joined " + room);
 };
-window.sendAll = (msgs) => { for (const m of msgs) { window.dc.send(m); window.state.sent.push(m); } return window.dc.bufferedAmount; };
-window.snapshot = () => ({ ...window.state, dc: window.dc ? window.dc.readyState : "none",
-  pc: window.remote ? { connectionState: window.remote.pc.connectionState, signalingState: window.remote.pc.signalingState,
-    sctp: window.remote.pc.sctp ? window.remote.pc.sctp.state : null } : null });
-window.inboundAudio = async () => {
-  if (!window.remote) return null;
-  const stats = await window.remote.pc.getStats();
+window.sendAll = (id, msgs) => { const r = window.state.remotes[id]; for (const m of msgs) { window.dcs[id].send(m); r.sent.push(m); } };
+window.snapshot = (id) => {
+  const st = window.state, pc = window.remotes[id] && window.remotes[id].pc, dc = window.dcs[id];
+  return { peerId: st.peerId, errors: st.errors, sdp: st.sdp, others: Object.keys(st.remotes).filter((k) => k !== id),
+    remote: st.remotes[id] || null, dc: dc ? dc.readyState : "none",
+    pc: pc ? { connectionState: pc.connectionState, signalingState: pc.signalingState, sctp: pc.sctp ? pc.sctp.state : null } : null };
+};
+window.inboundAudio = async (id) => {
+  const remote = window.remotes[id];
+  if (!remote) return null;
+  const stats = await remote.pc.getStats();
   let packets = 0, bytes = 0, streams = 0, codec = null;
   stats.forEach((r) => {
     if (r.type === "inbound-rtp" && r.kind === "audio") {
@@ -117,7 +133,7 @@ window.inboundAudio = async () => {
       const c = r.codecId && stats.get(r.codecId); if (c) codec = c.mimeType;
     }
   });
-  statusEl.textContent = "joined as " + window.state.peerId + "; inbound audio RTP packets: " + packets + " (" + bytes + " bytes)";
+  statusEl.textContent = "joined as " + window.state.peerId + "; inbound audio RTP packets from " + id + ": " + packets + " (" + bytes + " bytes)";
   return { packets, bytes, streams, codec };
 };
 </script></body></html>`;
@@ -223,18 +239,22 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
     await parlor?.stop();
   });
 
-  for (const role of ["impolite", "polite"]) {
-    describe(`browser ${role}`, () => {
-      const room = `room-rust-${role}`;
-      const shot = `rust-peer-browser-${role}`;
-      let context, page, echo, browserId;
+  // order "echo-first": the chosen echo is alone in the room, then the page joins (no churn).
+  // order "browser-first": the page is in the room first; echo processes with the wrong id
+  // join and are stopped (the page sees them come and go) until one has the wanted id.
+  for (const order of ["echo-first", "browser-first"]) for (const role of ["impolite", "polite"]) {
+    describe(`browser ${role}, ${order}`, () => {
+      const room = `room-rust-${role}-${order}`;
+      const shot = `rust-peer-${order}-browser-${role}`;
+      let context, page, echo, browserId, echoStarts = 0;
       const consoleLines = [];
       const errPath = path.join(OUT_DIR, `${shot}-echo.stderr.log`);
+      const snap = () => page.evaluate((id) => window.snapshot(id), echo?.id);
 
       // Everything a failure message needs: page state, console, echo stdout + stderr.
       const dump = async () => {
-        const s = page ? await page.evaluate(() => window.snapshot()).catch((e) => String(e)) : null;
-        return `role: browser ${role}, browser=${browserId} echo=${echo?.id}\npage state: ${JSON.stringify(s)}` +
+        const s = page ? await snap().catch((e) => String(e)) : null;
+        return `role: browser ${role} (${order}), browser=${browserId} echo=${echo?.id}\npage state: ${JSON.stringify(s)}` +
           `\npage console (tail):\n${consoleLines.slice(DEBUG ? -400 : -60).join("\n").slice(-8000)}` +
           `\necho stdout: ${JSON.stringify(echo?.lines)}\necho stderr (tail):\n${echo?.stderrTail(6000) ?? ""}`;
       };
@@ -249,28 +269,34 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
         await page.goto(`http://127.0.0.1:${stat.address().port}/`);
         await page.waitForFunction(() => window.state && window.state.sdkLoaded, null, { timeout: WAIT_MS });
-        browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: parlor.url, apiKey: DEV_KEY, debug: DEBUG }), "page signalling connect");
-        assert.ok(browserId, "page got a peer id");
-        // Start echo peers (alone in the room) until one has the id order we want.
         const wantEchoGreater = role === "polite"; // browser polite <=> browserId < echoId
         for (let i = 0; ; i++) {
-          assert.ok(i < MAX_ECHO_STARTS, `no echo id on the wanted side of ${browserId} after ${MAX_ECHO_STARTS} starts`);
+          assert.ok(i < MAX_PAGE_CONNECTS, `no page id on the ${wantEchoGreater ? "low" : "high"} side of ${ID_PIVOT} after ${MAX_PAGE_CONNECTS} connects`);
+          browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: parlor.url, apiKey: DEV_KEY, debug: DEBUG }), "page signalling connect");
+          assert.match(String(browserId), /^\S+$/, "page got a peer id");
+          if ((browserId < ID_PIVOT) === wantEchoGreater) break;
+        }
+        if (order === "browser-first") await withTimeout(page.evaluate((o) => window.join(o), { room }), "page join");
+        // Start echo peers until one has the id order we want.
+        for (;;) {
+          assert.ok(echoStarts < MAX_ECHO_STARTS, `no echo id on the wanted side of ${browserId} after ${MAX_ECHO_STARTS} starts`);
+          echoStarts++;
           const e = await startEcho({ url: parlor.url, room, errPath });
           if ((e.id > browserId) === wantEchoGreater) { echo = e; break; }
           await e.stop();
         }
-        await withTimeout(page.evaluate((o) => window.join(o), { room, expectRemote: echo.id }), "page join");
+        if (order === "echo-first") await withTimeout(page.evaluate((o) => window.join(o), { room }), "page join");
         await check(async () => {
           await echo.waitLine(new RegExp(`^peer-joined ${browserId}$`), "peer-joined for the page");
-          await page.waitForFunction(() => window.remote !== undefined, null, { timeout: WAIT_MS });
-          assert.equal(await page.evaluate(() => window.state.polite), role === "polite", "SDK computed the wanted role");
+          await page.waitForFunction((id) => window.state.remotes[id], echo.id, { timeout: WAIT_MS });
+          assert.equal((await snap()).remote.polite, role === "polite", "SDK computed the wanted role");
         });
       });
 
       after(async () => {
         if (page) {
           writeFileSync(path.join(OUT_DIR, `${shot}-console.log`), consoleLines.join("\n") + "\n");
-          await page.evaluate(() => window.inboundAudio()).catch(() => {});
+          await page.evaluate((id) => window.inboundAudio(id), echo?.id).catch(() => {});
           await page.screenshot({ path: path.join(OUT_DIR, `${shot}.png`), fullPage: true }).catch(() => {});
           await page.evaluate(() => window.peer?.close()).catch(() => {});
         }
@@ -280,20 +306,19 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
       });
 
       it(`data channel opened by the page: ${N_MESSAGES} messages echoed back exactly, in order`, (t) => check(async () => {
-        await page.waitForFunction(() => window.state.dcOpen, null, { timeout: WAIT_MS });
+        await page.waitForFunction((id) => window.state.remotes[id].dcOpen, echo.id, { timeout: WAIT_MS });
         await echo.waitLine(new RegExp(`^channel-open ${browserId} chat$`), "channel-open for the page's channel");
         const msgs = Array.from({ length: N_MESSAGES }, (_, i) =>
-          i === 1 ? "ünïcødé ✓ 😀 " + i : i === 2 ? "x".repeat(4000) + i : `msg ${i} from chromium (${role})`);
-        await page.evaluate((m) => window.sendAll(m), msgs);
-        await page.waitForFunction((n) => window.state.received.length >= n, N_MESSAGES, { timeout: WAIT_MS });
+          i === 1 ? "ünïcødé ✓ 😀 " + i : i === 2 ? "x".repeat(4000) + i : `msg ${i} from chromium (${role}, ${order})`);
+        await page.evaluate(([id, m]) => window.sendAll(id, m), [echo.id, msgs]);
+        await page.waitForFunction(([id, n]) => window.state.remotes[id].received.length >= n, [echo.id, N_MESSAGES], { timeout: WAIT_MS });
         await new Promise((r) => setTimeout(r, 300)); // nothing extra may follow
-        const st = await page.evaluate(() => window.snapshot());
-        assert.deepEqual(st.received, msgs);
+        const st = await snap();
+        assert.deepEqual(st.remote.received, msgs);
         assert.equal(st.dc, "open");
         assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
-        assert.deepEqual(st.dcErrors, [], "data channel errors");
-        if (st.negotiationErrors.length) t.diagnostic(`transient negotiation-errors: ${JSON.stringify(st.negotiationErrors)}`);
-        t.diagnostic(`browser=${browserId} (${role}) echo=${echo.id}; sdp ${JSON.stringify(st.sdp)}`);
+        assert.deepEqual(st.remote.dcErrors, [], "data channel errors");
+        t.diagnostic(`browser=${browserId} (${role}) echo=${echo.id} (echo starts: ${echoStarts}); page sdp ${JSON.stringify(st.sdp)}`);
       }));
 
       it("Chromium's fake-mic Opus track arrives at the Rust peer", (t) => check(async () => {
@@ -305,14 +330,15 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
       }));
 
       it("audio looped back by the Rust peer is received by Chromium (getStats inbound-rtp)", (t) => check(async () => {
-        const a = await poll(() => page.evaluate(() => window.inboundAudio()), (x) => x && x.packets > 0, "inbound audio RTP");
-        const b = await poll(() => page.evaluate(() => window.inboundAudio()), (x) => x && x.packets >= a.packets + 10,
-          `inbound audio packetsReceived growing past ${a.packets}`, 10_000);
+        const stats = () => page.evaluate((id) => window.inboundAudio(id), echo.id);
+        const a = await poll(stats, (x) => x && x.packets > 0, "inbound audio RTP");
+        const b = await poll(stats, (x) => x && x.packets >= a.packets + 10, `inbound audio packetsReceived growing past ${a.packets}`, 10_000);
         t.diagnostic(`inbound-rtp audio packetsReceived ${a.packets} -> ${b.packets} (bytes ${b.bytes}, codec ${b.codec}, streams ${b.streams})`);
         assert.match(String(b.codec), /^audio\/opus$/i, "inbound audio codec");
-        const st = await page.evaluate(() => window.snapshot());
-        t.diagnostic(`page sdp ${JSON.stringify(st.sdp)}; remote tracks ${JSON.stringify(st.tracks)}; negotiation-errors ${JSON.stringify(st.negotiationErrors)}`);
-        assert.ok(st.tracks.some((tr) => tr.kind === "audio"), `remote audio track event: ${JSON.stringify(st.tracks)}`);
+        const st = await snap();
+        t.diagnostic(`page sdp ${JSON.stringify(st.sdp)}; remote tracks ${JSON.stringify(st.remote.tracks)}; ` +
+          `negotiation-errors ${JSON.stringify(st.remote.negotiationErrors)}; other peers seen ${st.others.length}`);
+        assert.ok(st.remote.tracks.some((tr) => tr.kind === "audio"), `remote audio track event: ${JSON.stringify(st.remote.tracks)}`);
         assert.equal(st.pc.connectionState, "connected");
         assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
       }));

@@ -9,16 +9,19 @@ is line-oriented (`echo joined ROOM as ID`, `peer-joined ID`, `connection ID STA
 `PARLOR_LOG=parlor_peer=debug`) and printed when a test fails.
 
 Every case runs with the Python side in both politeness roles. Peer ids are random per
-connection and the smaller id is polite, so the Python peer joins first and `parlor echo`
-is restarted until its id compares the wanted way (`_start_echo_with_role`). The Python
-side acts only on the remote whose `RemotePeer.polite` matches the wanted role, which
-is the same criterion, so a discarded echo never gets a data channel from it.
+connection and the smaller id is polite, so `_setup` joins a Python peer, then `parlor
+echo`, in a fresh room, and discards the pair (closes the peer, SIGTERMs the echo) until
+the ids compare the wanted way. Both sides are replaced each time: restarting only the
+echo can take many tries when the Python id happens to sort near either end. The Python
+side acts only on a remote whose `RemotePeer.polite` matches the wanted role (the same
+criterion), so a discarded pair never gets a data channel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -44,8 +47,9 @@ from test_webrtc import Harness, _add_sine_source, _collect_audio, make_peer  # 
 
 ROLES = ["polite", "impolite"]
 JOINED_RE = re.compile(r"^echo joined (\S+) as (\S+)\s*$")
-MAX_ECHO_STARTS = 24  # each start is a coin flip for the role: 2**-24 to run out
+MAX_ATTEMPTS = 24  # each fresh id pair is a coin flip for the role: 2**-24 to run out
 N_MESSAGES = 20
+LOG = logging.getLogger("rust_peer")
 
 
 # ---------------------------------------------------------------------------
@@ -157,23 +161,6 @@ def echo_factory(tmp_path: Path, request: pytest.FixtureRequest):
         print(procs[-1].logs())
 
 
-async def _start_echo_with_role(echo_factory, url: str, room: str, py_id: str,
-                                python_role: str) -> tuple[EchoProc, str]:
-    """Start `parlor echo` in `room` until its id makes the Python peer `python_role`
-    (the smaller id is polite). Discarded echoes are SIGTERMed (they leave the room)."""
-    want_python_polite = python_role == "polite"
-    for _ in range(MAX_ECHO_STARTS):
-        echo = echo_factory(url, room)
-        m = await echo.wait_line(JOINED_RE, what="(joined)")
-        assert m.group(1) == room, m.group(0)
-        echo_id = m.group(2)
-        assert echo_id != py_id
-        if (py_id < echo_id) == want_python_polite:
-            return echo, echo_id
-        await echo.astop()
-    raise AssertionError(f"no echo id gave python_role={python_role} in {MAX_ECHO_STARTS} starts")
-
-
 # ---------------------------------------------------------------------------
 # Python side
 # ---------------------------------------------------------------------------
@@ -249,6 +236,9 @@ class DCProbe:
             await asyncio.sleep(0.05)
         for got, exp in zip(self.received, want):
             assert type(got) is type(exp), (got, exp, ctx)
+        LOG.info("%d messages echoed (%d binary); channel created in state %s (%s)",
+                 len(self.received), sum(isinstance(m, bytes) for m in self.received),
+                 self.created_in_state, ctx)
 
     async def close(self) -> None:
         for t in self.tasks:
@@ -262,39 +252,65 @@ def _wants(remote: RemotePeer, python_role: str) -> bool:
     return remote.polite == (python_role == "polite")
 
 
+async def _discard(h: Harness, probe: DCProbe | None) -> None:
+    if probe is not None:
+        await probe.close()
+    for t in h.tasks:
+        t.cancel()
+    for s in h.sources:
+        with contextlib.suppress(Exception):
+            s.end()
+            s.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(h.peer.close(), 10)
+
+
 async def _setup(server, make_peer, echo_factory, python_role: str, *, audio: bool,
                  dc_when: str | None) -> tuple[Harness, EchoProc, str, DCProbe | None, str]:
-    """Join the Python peer (with a 660 Hz sine when `audio`), then an echo giving it
-    `python_role`. `dc_when`: None, "at_peer_joined" or "after_connected"."""
-    room = "room-rust"
-    h = make_peer(server.url, "py")
-    if audio:
-        _add_sine_source(h, 660)
-    probe = DCProbe() if dc_when else None
-    if probe is not None:
-        def on_peer_joined(ev: PeerJoined) -> None:
-            remote = ev.peer
-            if not _wants(remote, python_role) or probe.dc is not None:
-                return  # an echo with the wrong id: the test stops it
-            if dc_when == "at_peer_joined":
-                probe.create(remote)
-            else:
-                def on_state(sc: StateChange) -> None:
-                    if sc.to == "connected" and probe.dc is None:
-                        probe.create(remote)
-                remote.on(StateChange, on_state)
+    """Join a Python peer (with a 660 Hz sine when `audio`), then `parlor echo`, in a
+    fresh room; retry with a new pair until the ids give Python `python_role`.
+    `dc_when`: None, "at_peer_joined" or "after_connected"."""
+    for attempt in range(MAX_ATTEMPTS):
+        room = f"room-rust-{attempt}"
+        h = make_peer(server.url, f"py{attempt}")
+        if audio:
+            _add_sine_source(h, 660)
+        probe = DCProbe() if dc_when else None
+        if probe is not None:
+            def on_peer_joined(ev: PeerJoined, probe: DCProbe = probe) -> None:
+                remote = ev.peer
+                if not _wants(remote, python_role) or probe.dc is not None:
+                    return  # wrong role for this pair: the test discards it
+                if dc_when == "at_peer_joined":
+                    probe.create(remote)
+                else:
+                    def on_state(sc: StateChange) -> None:
+                        if sc.to == "connected" and probe.dc is None:
+                            probe.create(remote)
+                    remote.on(StateChange, on_state)
 
-        h.peer.on(PeerJoined, on_peer_joined)
-    await asyncio.wait_for(h.peer.join(room), WAIT)
-    py_id = h.peer.peer_id
-    echo, echo_id = await _start_echo_with_role(echo_factory, server.url, room, py_id,
-                                                python_role)
-    joined = await h.rec.wait_for(PeerJoined, lambda e: e.peer.id == echo_id,
-                                  what="(the kept echo)")
-    assert joined.peer.polite == (python_role == "polite"), (py_id, echo_id)
-    await echo.wait_line(rf"^peer-joined {re.escape(py_id)}\s*$", what="(python peer)")
-    ctx = f"python_role={python_role} py={py_id} echo={echo_id} audio={audio} dc={dc_when}"
-    return h, echo, echo_id, probe, ctx
+            h.peer.on(PeerJoined, on_peer_joined)
+        await asyncio.wait_for(h.peer.join(room), WAIT)
+        py_id = h.peer.peer_id
+        echo = echo_factory(server.url, room)
+        m = await echo.wait_line(JOINED_RE, what="(joined)")
+        assert m.group(1) == room, m.group(0)
+        echo_id = m.group(2)
+        assert echo_id != py_id
+        if (py_id < echo_id) != (python_role == "polite"):
+            await _discard(h, probe)
+            await echo.astop()
+            continue
+        joined = await h.rec.wait_for(PeerJoined, lambda e: e.peer.id == echo_id,
+                                      what="(the echo)")
+        assert joined.peer.polite == (python_role == "polite"), (py_id, echo_id)
+        await echo.wait_line(rf"^peer-joined {re.escape(py_id)}\s*$", what="(python peer)")
+        LOG.info("pair %s/%s (attempt %d): python is %s", py_id, echo_id, attempt,
+                 python_role)
+        ctx = (f"python_role={python_role} py={py_id} echo={echo_id} audio={audio} "
+               f"dc={dc_when} attempt={attempt}")
+        return h, echo, echo_id, probe, ctx
+    raise AssertionError(f"no id pair gave python_role={python_role} in {MAX_ATTEMPTS} attempts")
 
 
 async def _wait_connected(h: Harness, echo: EchoProc, echo_id: str, py_id: str, ctx: str) -> None:
@@ -314,6 +330,7 @@ async def _check_audio_loop(h: Harness, echo: EchoProc, echo_id: str, ctx: str) 
     except asyncio.TimeoutError:
         raise AssertionError(f"looped audio: no 50 frames with peak >= 1000 within {WAIT}s ({ctx})")
     assert frames >= 50 and peak > 1000, (frames, peak, ctx)
+    LOG.info("looped audio: %d frames, peak %d (%s)", frames, peak, ctx)
 
 
 def _no_negotiation_errors(h: Harness, echo_id: str, ctx: str) -> None:
