@@ -19,6 +19,7 @@ criterion), so a discarded pair never gets a data channel.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import logging
@@ -28,13 +29,14 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from conftest import DEV_KEY, WAIT, parlor_bin
 from metered_realtime import (
     DataChannel,
+    DataChannelOpened,
     DCMessage,
     DCOpen,
     NegotiationError,
@@ -42,14 +44,17 @@ from metered_realtime import (
     RemotePeer,
     StateChange,
     Track,
+    iter_frames,
 )
-from test_webrtc import Harness, _add_sine_source, _collect_audio, make_peer  # noqa: F401
+from test_webrtc import Harness, _add_sine_source, make_peer  # noqa: F401
 
 ROLES = ["polite", "impolite"]
 JOINED_RE = re.compile(r"^echo joined (\S+) as (\S+)\s*$")
 MAX_ATTEMPTS = 24  # each fresh id pair is a coin flip for the role: 2**-24 to run out
 N_MESSAGES = 20
 LOG = logging.getLogger("rust_peer")
+TONE_HZ = 660  # the Python side's sine
+TONE_FRAMES = 50  # 20 ms frames analysed once the looped audio is loud
 
 
 # ---------------------------------------------------------------------------
@@ -60,7 +65,8 @@ class EchoProc:
     """One running `parlor echo` process. stdout lines are collected by a thread and
     waited on from the event loop; stderr goes to a file."""
 
-    def __init__(self, workdir: Path, name: str, url: str, room: str) -> None:
+    def __init__(self, workdir: Path, name: str, url: str, room: str,
+                 extra: tuple[str, ...] = ()) -> None:
         self.name = name
         self.loop = asyncio.get_running_loop()
         self.lines: list[str] = []
@@ -70,7 +76,8 @@ class EchoProc:
         self._stderr = open(self.stderr_path, "wb")
         env = dict(os.environ)
         env.setdefault("PARLOR_LOG", "parlor_peer=debug")
-        self.args = [parlor_bin(), "echo", "--url", url, "--key", DEV_KEY, "--room", room]
+        self.args = [parlor_bin(), "echo", "--url", url, "--key", DEV_KEY, "--room", room,
+                     *extra]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._stderr,
                                      stdin=subprocess.DEVNULL, env=env)
         threading.Thread(target=self._read, daemon=True, name=f"{name}-stdout").start()
@@ -148,8 +155,8 @@ def echo_factory(tmp_path: Path, request: pytest.FixtureRequest):
     (SIGTERM, then SIGKILL) at teardown, and the kept one's logs printed on failure."""
     procs: list[EchoProc] = []
 
-    def start(url: str, room: str) -> EchoProc:
-        p = EchoProc(tmp_path, f"echo{len(procs)}", url, room)
+    def start(url: str, room: str, *extra: str) -> EchoProc:
+        p = EchoProc(tmp_path, f"echo{len(procs)}", url, room, tuple(extra))
         procs.append(p)
         return p
 
@@ -167,10 +174,15 @@ def echo_factory(tmp_path: Path, request: pytest.FixtureRequest):
 
 def _messages() -> list[str | bytes]:
     """N_MESSAGES payloads: mostly text (ASCII and non-ASCII), every fourth binary
-    (including NUL / 0xff bytes and bytes that are not valid UTF-8)."""
+    (including NUL / 0xff bytes and bytes that are not valid UTF-8); the last two are
+    larger than one SCTP packet (a 6 KiB text, a 16 KiB binary) so they are fragmented."""
     out: list[str | bytes] = []
     for i in range(N_MESSAGES):
-        if i % 4 == 3:
+        if i == N_MESSAGES - 2:
+            out.append(("big-text \u00e9" * 512)[: 3 * 1024])  # 3 Ki chars, ~6 KiB UTF-8
+        elif i == N_MESSAGES - 1:
+            out.append(bytes(range(256)) * 64)  # 16 KiB
+        elif i % 4 == 3:
             out.append(bytes([0, 0xFF, 0xC3, 0x28, i]) + f"bin-{i}".encode() * (i + 1))
         elif i % 4 == 1:
             out.append(f"msg-{i} h\u00e9llo \u2603 \U0001f600")
@@ -236,6 +248,8 @@ class DCProbe:
             await asyncio.sleep(0.05)
         for got, exp in zip(self.received, want):
             assert type(got) is type(exp), (got, exp, ctx)
+        await asyncio.sleep(0.3)
+        assert self.received == want, f"extra messages after the echoes: {self.received[len(want):]!r}"
         LOG.info("%d messages echoed (%d binary); channel created in state %s (%s)",
                  len(self.received), sum(isinstance(m, bytes) for m in self.received),
                  self.created_in_state, ctx)
@@ -266,7 +280,9 @@ async def _discard(h: Harness, probe: DCProbe | None) -> None:
 
 
 async def _setup(server, make_peer, echo_factory, python_role: str, *, audio: bool,
-                 dc_when: str | None) -> tuple[Harness, EchoProc, str, DCProbe | None, str]:
+                 dc_when: str | None, echo_args: tuple[str, ...] = (),
+                 on_remote: Callable[[RemotePeer], None] | None = None,
+                 ) -> tuple[Harness, EchoProc, str, DCProbe | None, str]:
     """Join a Python peer (with a 660 Hz sine when `audio`), then `parlor echo`, in a
     fresh room; retry with a new pair until the ids give Python `python_role`.
     `dc_when`: None, "at_peer_joined" or "after_connected"."""
@@ -274,7 +290,7 @@ async def _setup(server, make_peer, echo_factory, python_role: str, *, audio: bo
         room = f"room-rust-{attempt}"
         h = make_peer(server.url, f"py{attempt}")
         if audio:
-            _add_sine_source(h, 660)
+            _add_sine_source(h, TONE_HZ)
         probe = DCProbe() if dc_when else None
         if probe is not None:
             def on_peer_joined(ev: PeerJoined, probe: DCProbe = probe) -> None:
@@ -290,9 +306,15 @@ async def _setup(server, make_peer, echo_factory, python_role: str, *, audio: bo
                     remote.on(StateChange, on_state)
 
             h.peer.on(PeerJoined, on_peer_joined)
+        if on_remote is not None:
+            def hook(ev: PeerJoined) -> None:
+                if _wants(ev.peer, python_role):
+                    on_remote(ev.peer)
+
+            h.peer.on(PeerJoined, hook)
         await asyncio.wait_for(h.peer.join(room), WAIT)
         py_id = h.peer.peer_id
-        echo = echo_factory(server.url, room)
+        echo = echo_factory(server.url, room, *echo_args)
         m = await echo.wait_line(JOINED_RE, what="(joined)")
         assert m.group(1) == room, m.group(0)
         echo_id = m.group(2)
@@ -326,11 +348,45 @@ async def _check_audio_loop(h: Harness, echo: EchoProc, echo_id: str, ctx: str) 
     tr = await h.per_remote[echo_id].wait_for(Track, lambda e: e.track.kind == "audio",
                                               what=f"(looped audio track; {ctx})")
     try:
-        frames, peak = await asyncio.wait_for(_collect_audio(tr.track, 50, 1000), WAIT)
+        frames, peak, freq = await asyncio.wait_for(_collect_tone(tr.track), WAIT)
     except asyncio.TimeoutError:
-        raise AssertionError(f"looped audio: no 50 frames with peak >= 1000 within {WAIT}s ({ctx})")
-    assert frames >= 50 and peak > 1000, (frames, peak, ctx)
-    LOG.info("looped audio: %d frames, peak %d (%s)", frames, peak, ctx)
+        raise AssertionError(f"looped audio: no {TONE_FRAMES} loud frames within {WAIT}s ({ctx})")
+    assert peak > 1000, (frames, peak, ctx)
+    assert abs(freq - TONE_HZ) < TONE_HZ * 0.1, \
+        f"looped audio is not our {TONE_HZ} Hz sine: ~{freq:.0f} Hz, peak {peak} ({ctx})"
+    LOG.info("looped audio: %d frames, peak %d, ~%.0f Hz (%s)", frames, peak, freq, ctx)
+
+
+def _channel0(frame: Any) -> array.array:
+    """Channel-0 samples of an s16 frame (packed or planar)."""
+    fmt = frame.format
+    assert fmt.name.startswith("s16"), f"unexpected sample format {fmt.name}"
+    channels = 1 if fmt.is_planar else len(frame.layout.channels)
+    # The plane buffer can be larger than the frame (the decoder allocates for the
+    # longest Opus frame): keep only `frame.samples` samples.
+    a = array.array("h")
+    a.frombytes(bytes(frame.planes[0])[: frame.samples * channels * 2])
+    return a[::channels] if channels > 1 else a
+
+
+async def _collect_tone(track: Any) -> tuple[int, int, float]:
+    """Wait for the first loud frame (peak > 1000), then estimate the frequency of the
+    next TONE_FRAMES frames from rising zero crossings on channel 0."""
+    frames = peak = 0
+    samples = array.array("h")
+    rate = 48_000
+    async for frame in iter_frames(track):
+        frames += 1
+        ch0 = _channel0(frame)
+        p = max((abs(x) for x in ch0), default=0)
+        peak = max(peak, p)
+        if peak > 1000:
+            samples.extend(ch0)
+            rate = frame.sample_rate
+            if len(samples) >= TONE_FRAMES * rate // 50:
+                break
+    crossings = sum(1 for i in range(1, len(samples)) if samples[i - 1] < 0 <= samples[i])
+    return frames, peak, crossings * rate / max(len(samples), 1)
 
 
 def _no_negotiation_errors(h: Harness, echo_id: str, ctx: str) -> None:
@@ -412,3 +468,46 @@ async def test_data_channel_and_audio_in_one_call(server, make_peer, echo_factor
         _no_unexpected_exit(echo, ctx)
     finally:
         await probe.close()
+
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_data_channel_created_by_rust(server, make_peer, echo_factory, python_role):
+    """The Rust side creates the channel: `parlor echo --open-channel parlor` opens it once
+    connected and says hello; Python sees DataChannelOpened and its messages on the channel
+    come back exactly (Rust as the channel's creator, in both politeness roles)."""
+    received: list[str | bytes] = []
+    channels: list[DataChannel] = []
+    ev_labels: list[str] = []
+
+    def on_remote(remote: RemotePeer) -> None:
+        def on_dc(ev: DataChannelOpened) -> None:
+            ev_labels.append(ev.channel.label)
+            dc = DataChannel(ev.channel)
+            dc.on(DCMessage, lambda m: received.append(m.data))
+            channels.append(dc)
+
+        remote.on(DataChannelOpened, on_dc)
+
+    h, echo, echo_id, _, ctx = await _setup(
+        server, make_peer, echo_factory, python_role, audio=True, dc_when=None,
+        echo_args=("--open-channel", "parlor"), on_remote=on_remote)
+    await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
+    await echo.wait_line(rf"^channel-created {re.escape(h.peer.peer_id)} parlor\s*$",
+                         what=f"(echo created 'parlor'; {ctx})")
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not received:
+        assert asyncio.get_running_loop().time() < deadline, f"no hello ({ctx})"
+        await asyncio.sleep(0.05)
+    assert channels, ctx
+    assert ev_labels == ["parlor"], ev_labels
+    assert received[0] == "hello from parlor", received
+    want = _messages()
+    for msg in want:
+        await channels[0].send(msg)
+    while received[1:] != want:
+        assert received[1:] == want[: len(received) - 1], (received, ctx)
+        assert asyncio.get_running_loop().time() < deadline + WAIT, (
+            f"only {len(received) - 1}/{len(want)} echoed ({ctx})")
+        await asyncio.sleep(0.05)
+    _no_negotiation_errors(h, echo_id, ctx)
+    _no_unexpected_exit(echo, ctx)
