@@ -7,9 +7,11 @@
 //   2. Chromium's fake-microphone Opus track arrives at the Rust peer (`track <id> audio`);
 //   3. the audio the Rust peer loops back is received by Chromium (getStats inbound-rtp
 //      audio packetsReceived > 0 and growing).
-// Role selection: the page first opens its signalling socket without joining (so its peer id
-// is known), then `parlor echo` processes are started in the room, alone, until one gets an
-// id that compares the wanted way; only then does the page join. Nobody sees peer churn.
+// Role selection: the page first opens its signalling socket without joining (re-drawing its
+// peer id until it lies on the favourable side of ID_PIVOT), then `parlor echo` processes are
+// started until one gets an id that compares the wanted way. Two join orders: "echo-first"
+// (the echo is alone in the room, then the page joins: nobody sees churn) and "browser-first"
+// (the page is in the room first and sees the rejected echo processes come and go).
 // Run: node --test browser/   (PARLOR_BIN=... ; PARLOR_BROWSER_DEBUG=1 for SDK/wire logs)
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -34,6 +36,9 @@ const MAX_PAGE_CONNECTS = 24;
 // random echo id compares the wanted way with probability >= 1/2 (a page id like "p_z..." would
 // otherwise need ~60 echo starts to find a greater one).
 const ID_PIVOT = "p_V";
+// All waits of one role's three checks share this budget (counted from the end of its setup),
+// so a connection that never comes up fails the suite in ~30 s rather than 3 x 20 s.
+const SUITE_BUDGET_MS = 30_000;
 
 const PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>parlor rust-peer interop</title>
@@ -145,6 +150,9 @@ function startStatic() {
     if (u.pathname === "/" || u.pathname === "/index.html") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(PAGE);
+    } else if (u.pathname === "/favicon.ico") {
+      res.writeHead(204);
+      res.end();
     } else if (u.pathname === "/sdk/index.mjs") {
       res.writeHead(200, { "content-type": "text/javascript; charset=utf-8" });
       res.end(sdk);
@@ -246,7 +254,8 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
     describe(`browser ${role}, ${order}`, () => {
       const room = `room-rust-${role}-${order}`;
       const shot = `rust-peer-${order}-browser-${role}`;
-      let context, page, echo, browserId, echoStarts = 0;
+      let context, page, echo, browserId, echoStarts = 0, deadline = Infinity;
+      const left = () => Math.max(1000, Math.min(WAIT_MS, deadline - Date.now()));
       const consoleLines = [];
       const errPath = path.join(OUT_DIR, `${shot}-echo.stderr.log`);
       const snap = () => page.evaluate((id) => window.snapshot(id), echo?.id);
@@ -291,6 +300,7 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
           await page.waitForFunction((id) => window.state.remotes[id], echo.id, { timeout: WAIT_MS });
           assert.equal((await snap()).remote.polite, role === "polite", "SDK computed the wanted role");
         });
+        deadline = Date.now() + SUITE_BUDGET_MS;
       });
 
       after(async () => {
@@ -306,24 +316,24 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
       });
 
       it(`data channel opened by the page: ${N_MESSAGES} messages echoed back exactly, in order`, (t) => check(async () => {
-        await page.waitForFunction((id) => window.state.remotes[id].dcOpen, echo.id, { timeout: WAIT_MS });
-        await echo.waitLine(new RegExp(`^channel-open ${browserId} chat$`), "channel-open for the page's channel");
+        await page.waitForFunction((id) => window.state.remotes[id].dcOpen, echo.id, { timeout: left() });
+        await echo.waitLine(new RegExp(`^channel-open ${browserId} chat$`), "channel-open for the page's channel", left());
         const msgs = Array.from({ length: N_MESSAGES }, (_, i) =>
           i === 1 ? "ünïcødé ✓ 😀 " + i : i === 2 ? "x".repeat(4000) + i : `msg ${i} from chromium (${role}, ${order})`);
         await page.evaluate(([id, m]) => window.sendAll(id, m), [echo.id, msgs]);
-        await page.waitForFunction(([id, n]) => window.state.remotes[id].received.length >= n, [echo.id, N_MESSAGES], { timeout: WAIT_MS });
+        await page.waitForFunction(([id, n]) => window.state.remotes[id].received.length >= n, [echo.id, N_MESSAGES], { timeout: left() });
         await new Promise((r) => setTimeout(r, 300)); // nothing extra may follow
         const st = await snap();
         assert.deepEqual(st.remote.received, msgs);
         assert.equal(st.dc, "open");
         assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
         assert.deepEqual(st.remote.dcErrors, [], "data channel errors");
-        t.diagnostic(`browser=${browserId} (${role}) echo=${echo.id} (echo starts: ${echoStarts}); page sdp ${JSON.stringify(st.sdp)}`);
+        t.diagnostic(`browser=${browserId} (${role}) echo=${echo.id} (echo starts: ${echoStarts}); page sdp (all remotes) ${JSON.stringify(st.sdp)}`);
       }));
 
       it("Chromium's fake-mic Opus track arrives at the Rust peer", (t) => check(async () => {
-        const line = await echo.waitLine(new RegExp(`^track ${browserId} audio \\S+$`), "audio track from the page");
-        await echo.waitLine(new RegExp(`^connection ${browserId} Connected$`), "Connected state");
+        const line = await echo.waitLine(new RegExp(`^track ${browserId} audio \\S+$`), "audio track from the page", left());
+        await echo.waitLine(new RegExp(`^connection ${browserId} Connected$`), "Connected state", left());
         t.diagnostic(`echo: ${line}`);
         const bad = echo.lines.filter((l) => new RegExp(`^connection ${browserId} (Failed|Closed)$`).test(l));
         assert.deepEqual(bad, [], "echo connection never failed/closed");
@@ -331,12 +341,12 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
 
       it("audio looped back by the Rust peer is received by Chromium (getStats inbound-rtp)", (t) => check(async () => {
         const stats = () => page.evaluate((id) => window.inboundAudio(id), echo.id);
-        const a = await poll(stats, (x) => x && x.packets > 0, "inbound audio RTP");
-        const b = await poll(stats, (x) => x && x.packets >= a.packets + 10, `inbound audio packetsReceived growing past ${a.packets}`, 10_000);
+        const a = await poll(stats, (x) => x && x.packets > 0, "inbound audio RTP", left());
+        const b = await poll(stats, (x) => x && x.packets >= a.packets + 10, `inbound audio packetsReceived growing past ${a.packets}`, Math.min(10_000, left()));
         t.diagnostic(`inbound-rtp audio packetsReceived ${a.packets} -> ${b.packets} (bytes ${b.bytes}, codec ${b.codec}, streams ${b.streams})`);
         assert.match(String(b.codec), /^audio\/opus$/i, "inbound audio codec");
         const st = await snap();
-        t.diagnostic(`page sdp ${JSON.stringify(st.sdp)}; remote tracks ${JSON.stringify(st.remote.tracks)}; ` +
+        t.diagnostic(`page sdp (all remotes) ${JSON.stringify(st.sdp)}; remote tracks ${JSON.stringify(st.remote.tracks)}; ` +
           `negotiation-errors ${JSON.stringify(st.remote.negotiationErrors)}; other peers seen ${st.others.length}`);
         assert.ok(st.remote.tracks.some((tr) => tr.kind === "audio"), `remote audio track event: ${JSON.stringify(st.remote.tracks)}`);
         assert.equal(st.pc.connectionState, "connected");
