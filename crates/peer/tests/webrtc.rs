@@ -347,3 +347,50 @@ async fn track_metadata_streams_and_replace_track() {
     .await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_in_place_keeps_media_flowing() {
+    let server = server_on("127.0.0.1:0").await;
+    let url = server.url();
+    let (a, b) = (peer(&url), peer(&url));
+    let (mut ea, mut eb) = (a.events(), b.events());
+    let ta = LocalTrack::audio();
+    a.add_track(&ta);
+    let _pa = pace(ta.clone());
+    a.join("restart", false).await.expect("join a");
+    b.join("restart", false).await.expect("join b");
+    let (a_id, b_id) = (a.peer_id().expect("a"), b.peer_id().expect("b"));
+    let track = wait_for(&mut eb, |e| match e {
+        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
+        _ => None,
+    })
+    .await;
+    frames(&track, 3).await;
+    // Each side restarts once (the polite and the impolite one), answered in place.
+    a.remote(&b_id)
+        .expect("b")
+        .restart_ice()
+        .await
+        .expect("a restarts");
+    frames(&track, 3).await;
+    b.remote(&a_id)
+        .expect("a")
+        .restart_ice()
+        .await
+        .expect("b restarts");
+    frames(&track, 10).await;
+    // No rebuild, no error: the same track kept flowing.
+    for ev in [&mut ea, &mut eb] {
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), ev.recv()).await {
+            assert!(
+                !matches!(
+                    e,
+                    RoomEvent::ConnectionReset { .. } | RoomEvent::NegotiationError { .. }
+                ),
+                "{e:?}"
+            );
+        }
+    }
+    a.close().await;
+    b.close().await;
+}

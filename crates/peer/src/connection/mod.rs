@@ -78,6 +78,9 @@ pub enum ConnectionError {
     /// The data channel did not open within [`CHANNEL_OPEN_TIMEOUT`].
     #[error("data channel did not open in time")]
     ChannelTimeout,
+    /// An ICE-restart offer was not answered within the restart answer timeout (15 s).
+    #[error("ICE restart not answered in time")]
+    RestartTimeout,
     /// The WebRTC stack refused the operation.
     #[error("webrtc: {0}")]
     Rtc(String),
@@ -100,6 +103,9 @@ pub(crate) enum Command {
     CreateChannel {
         label: String,
         reply: oneshot::Sender<Result<DataChannel, ConnectionError>>,
+    },
+    RestartIce {
+        reply: oneshot::Sender<Result<(), ConnectionError>>,
     },
 }
 
@@ -154,6 +160,8 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         first_offer_at: Some(now + delay),
         auto_offers: 0,
         offer_wanted: false,
+        restart_wanted: false,
+        restart_waiters: Vec::new(),
         tracks: Vec::new(),
         media_tx,
         audio_mids: Vec::new(),
@@ -193,6 +201,7 @@ struct PendingOffer {
     sent_at: Instant,
     adds: Vec<(Arc<str>, Mid)>,
     has_app: bool,
+    ice_restart: bool,
 }
 
 struct Attached {
@@ -223,6 +232,9 @@ struct Conn {
     auto_offers: u32,
     /// Changes wait for the current exchange to finish.
     offer_wanted: bool,
+    /// The next offer must restart ICE; these wait for its answer.
+    restart_wanted: bool,
+    restart_waiters: Vec<oneshot::Sender<Result<(), ConnectionError>>>,
     tracks: Vec<Attached>,
     media_tx: FrameSink,
     audio_mids: Vec<Mid>,
@@ -262,6 +274,9 @@ impl Drop for Conn {
             let _ = reply.send(Err(ConnectionError::Closed));
         }
         for (_, reply) in self.queued_channels.drain(..) {
+            let _ = reply.send(Err(ConnectionError::Closed));
+        }
+        for reply in self.restart_waiters.drain(..) {
             let _ = reply.send(Err(ConnectionError::Closed));
         }
         self.end_all_remote_tracks();
@@ -398,7 +413,8 @@ impl Conn {
 
     fn rollback_pending(&mut self) {
         // Dropping the pending offer is str0m's rollback.
-        if self.pending.take().is_some() {
+        if let Some(p) = self.pending.take() {
+            self.restart_wanted |= p.ice_restart;
             self.neg.local_offer_rolled_back();
         }
     }
@@ -411,13 +427,16 @@ impl Conn {
     fn make_offer(&mut self, why: &str, ice_restart: bool) {
         if self.pending.is_some() || self.neg.state() != SignalingState::Stable {
             self.offer_wanted = true;
+            self.restart_wanted |= ice_restart;
             return;
         }
+        let ice_restart = ice_restart || self.restart_wanted;
         if self.auto_offers >= MAX_AUTO_OFFERS && !ice_restart {
             self.negotiation_error(format!("gave up offering after {MAX_AUTO_OFFERS} offers"));
             return;
         }
         self.offer_wanted = false;
+        self.restart_wanted = false;
         let mut api = self.rtc.sdp_api();
         if ice_restart {
             api.ice_restart(true);
@@ -465,6 +484,7 @@ impl Conn {
             sent_at: Instant::now(),
             adds,
             has_app,
+            ice_restart,
         });
         tracing::debug!(peer = %self.p.remote_id, why, "sending offer");
         self.send_description(SdpKind::Offer, &sdp_text);
@@ -513,6 +533,10 @@ impl Conn {
                 }
             }
             Command::CreateChannel { label, reply } => self.create_channel(label, reply),
+            Command::RestartIce { reply } => {
+                self.restart_waiters.push(reply);
+                self.make_offer("ice restart (requested)", true);
+            }
         }
     }
 
@@ -616,6 +640,7 @@ impl Conn {
                 sent_at: Instant::now(),
                 adds: Vec::new(),
                 has_app: true,
+                ice_restart: false,
             });
             self.send_description(SdpKind::Offer, &sdp_text);
         }
@@ -657,6 +682,11 @@ impl Conn {
                 match self.rtc.sdp_api().accept_answer(p.offer, answer) {
                     Ok(()) => {
                         self.ladder.answered();
+                        if p.ice_restart {
+                            for w in self.restart_waiters.drain(..) {
+                                let _ = w.send(Ok(()));
+                            }
+                        }
                         self.remote_msids = sdp::msids_by_mid(sdp_text);
                         self.app |= p.has_app;
                         self.learn_audio_mids(sdp_text);
@@ -679,9 +709,10 @@ impl Conn {
                 if action == RemoteAction::RebuildThenAcceptOffer {
                     self.rebuild();
                 }
-                if self.pending.take().is_some() {
+                if let Some(p) = self.pending.take() {
                     // Glare, polite side: accepting the remote offer rolls ours back. What it
                     // carried is offered again after this exchange.
+                    self.restart_wanted |= p.ice_restart;
                     self.offer_wanted = true;
                 }
                 let offer = match SdpOffer::from_sdp_string(sdp_text) {

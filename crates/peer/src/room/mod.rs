@@ -177,6 +177,21 @@ impl RemotePeer {
         self.command(Command::RemoveTrack(track.id().to_owned()));
     }
 
+    /// Restart ICE on the connection to this peer in place (new ufrag/password, same DTLS
+    /// session, media keeps its m-lines); resolves when the remote has answered. The
+    /// connection also does this by itself when connectivity is lost (the restart ladder).
+    pub async fn restart_ice(&self) -> Result<(), ConnectionError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !self.command(Command::RestartIce { reply }) {
+            return Err(ConnectionError::Closed);
+        }
+        match tokio::time::timeout(crate::rtc::negotiation::RESTART_ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ConnectionError::Closed),
+            Err(_) => Err(ConnectionError::RestartTimeout),
+        }
+    }
+
     /// Open a data channel to this peer; resolves once it is open (within
     /// [`conn::CHANNEL_OPEN_TIMEOUT`]).
     pub async fn create_data_channel(&self, label: &str) -> Result<DataChannel, ConnectionError> {
