@@ -107,6 +107,8 @@ pub(crate) enum Command {
     RestartIce {
         reply: oneshot::Sender<Result<(), ConnectionError>>,
     },
+    /// Test hook: drop every datagram in and out until then (a network outage).
+    Blackhole(Instant),
 }
 
 /// The room's handle on a connection task; dropping it closes the connection.
@@ -177,6 +179,7 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         ladder: RestartLadder::default(),
         dtls_up: false,
         state: PeerConnectionState::Connecting,
+        blackhole_until: None,
     };
     for t in tracks {
         conn.add_track(t);
@@ -185,8 +188,19 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
     Ok(ConnHandle { cmd: cmd_tx, task })
 }
 
+/// Longest wait between STUN retransmissions (and the keepalive period of a working pair).
+pub const MAX_STUN_RTO: Duration = Duration::from_millis(1500);
+/// STUN retransmissions before a pair counts as dead (about 9 s with [`MAX_STUN_RTO`]).
+/// str0m's ICE agent also keeps a pair alive for 15 s after the remote's last binding
+/// request, so a lost network is reported (`Disconnected`, which starts the ICE-restart
+/// ladder) about 15 s after it went quiet.
+pub const MAX_STUN_RETRANSMITS: usize = 7;
+
 fn new_rtc(local: SocketAddr, now: Instant) -> Rtc {
-    let mut rtc = Rtc::builder().build(now);
+    let mut config = Rtc::builder();
+    config.set_max_stun_rto(MAX_STUN_RTO);
+    config.set_max_stun_retransmits(MAX_STUN_RETRANSMITS);
+    let mut rtc = config.build(now);
     match Candidate::host(local, "udp") {
         Ok(c) => {
             rtc.add_local_candidate(c);
@@ -260,6 +274,7 @@ struct Conn {
     ladder: RestartLadder,
     dtls_up: bool,
     state: PeerConnectionState,
+    blackhole_until: Option<Instant>,
 }
 
 impl Drop for Conn {
@@ -309,6 +324,9 @@ async fn run(
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, source)) => {
+                    if c.blackholed() {
+                        continue;
+                    }
                     let Ok(contents) = buf[..n].try_into() else { continue };
                     let input = Input::Receive(
                         Instant::now(),
@@ -368,6 +386,9 @@ impl Conn {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return t,
                 Ok(Output::Transmit(t)) => {
+                    if self.blackholed() {
+                        continue;
+                    }
                     if let Err(e) = self.sock.send_to(&t.contents, t.destination).await {
                         tracing::debug!(error = %e, "udp send");
                     }
@@ -379,6 +400,10 @@ impl Conn {
                 }
             }
         }
+    }
+
+    fn blackholed(&self) -> bool {
+        self.blackhole_until.is_some_and(|t| Instant::now() < t)
     }
 
     fn answer_deadline(&self) -> Option<Instant> {
@@ -533,6 +558,7 @@ impl Conn {
                 }
             }
             Command::CreateChannel { label, reply } => self.create_channel(label, reply),
+            Command::Blackhole(until) => self.blackhole_until = Some(until),
             Command::RestartIce { reply } => {
                 self.restart_waiters.push(reply);
                 self.make_offer("ice restart (requested)", true);
@@ -773,21 +799,26 @@ impl Conn {
         });
     }
 
+    fn on_ice_state(&mut self, s: IceConnectionState) {
+        tracing::debug!(peer = %self.p.remote_id, state = ?s, "ICE state");
+        match s {
+            IceConnectionState::Connected | IceConnectionState::Completed => {
+                self.ladder.connected();
+                if self.dtls_up {
+                    self.set_state(PeerConnectionState::Connected);
+                }
+            }
+            IceConnectionState::Disconnected => {
+                self.set_state(PeerConnectionState::Disconnected);
+                self.ladder.ice_failed(Instant::now());
+            }
+            _ => {}
+        }
+    }
+
     fn on_event(&mut self, e: Event) {
         match e {
-            Event::IceConnectionStateChange(s) => match s {
-                IceConnectionState::Connected | IceConnectionState::Completed => {
-                    self.ladder.connected();
-                    if self.dtls_up {
-                        self.set_state(PeerConnectionState::Connected);
-                    }
-                }
-                IceConnectionState::Disconnected => {
-                    self.set_state(PeerConnectionState::Disconnected);
-                    self.ladder.ice_failed(Instant::now());
-                }
-                _ => {}
-            },
+            Event::IceConnectionStateChange(s) => self.on_ice_state(s),
             Event::Connected => {
                 self.dtls_up = true;
                 self.set_state(PeerConnectionState::Connected);

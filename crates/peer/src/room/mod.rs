@@ -177,6 +177,13 @@ impl RemotePeer {
         self.command(Command::RemoveTrack(track.id().to_owned()));
     }
 
+    /// Test hook: simulate a network outage on the connection to this peer (every datagram
+    /// in and out is dropped for `duration`). Not part of the stable API.
+    #[doc(hidden)]
+    pub fn simulate_network_outage(&self, duration: std::time::Duration) {
+        self.command(Command::Blackhole(Instant::now() + duration));
+    }
+
     /// Restart ICE on the connection to this peer in place (new ufrag/password, same DTLS
     /// session, media keeps its m-lines); resolves when the remote has answered. The
     /// connection also does this by itself when connectivity is lost (the restart ladder).
