@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+scripts/system-deps.sh
+
 echo "==== cargo fmt --check"
 cargo fmt --all -- --check
 

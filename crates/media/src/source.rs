@@ -1,0 +1,359 @@
+//! `AudioSource`: PCM in at any rate, a paced Opus track out. `push` resamples to 48 kHz and
+//! buffers (suspending at the cap); a pacer task encodes one 20 ms frame every 20 ms onto the
+//! source's [`LocalTrack`], sending silence on underrun so the track stays live, and
+//! re-anchoring its clock after a stall instead of bursting.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use parlor_peer::{EncodedFrame, LocalTrack};
+use tokio::sync::Notify;
+
+use crate::MediaError;
+use crate::codec::{Encoder, FRAME_SAMPLES, OpusSettings, SAMPLE_RATE};
+use crate::resample::StreamResampler;
+
+/// Channel layout of pushed PCM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One channel.
+    Mono,
+    /// Two channels, interleaved L R.
+    Stereo,
+}
+
+impl Layout {
+    fn channels(self) -> usize {
+        match self {
+            Layout::Mono => 1,
+            Layout::Stereo => 2,
+        }
+    }
+
+    /// `"mono"` or `"stereo"` (anything else is an error).
+    pub fn parse(s: &str) -> Result<Layout, MediaError> {
+        match s {
+            "mono" => Ok(Layout::Mono),
+            "stereo" => Ok(Layout::Stereo),
+            other => Err(MediaError::UnknownLayout(other.to_owned())),
+        }
+    }
+}
+
+/// Default buffering cap of a source.
+pub const DEFAULT_MAX_BUFFERED: Duration = Duration::from_secs(5);
+/// Input is converted in pieces of this many input frames, so one large push suspends at the
+/// cap instead of buffering all of it.
+const PUSH_PIECE_MS: u32 = 20;
+
+/// Options of an [`AudioSource`].
+#[derive(Debug, Clone)]
+pub struct AudioSourceOptions {
+    /// Sample rate of pushed PCM.
+    pub input_rate: u32,
+    /// Layout of pushed PCM.
+    pub layout: Layout,
+    /// `push` suspends while this much audio is buffered.
+    pub max_buffered: Duration,
+    /// Encoder settings.
+    pub opus: OpusSettings,
+}
+
+impl AudioSourceOptions {
+    /// Options for PCM at `input_rate` in `layout`, with the defaults otherwise.
+    pub fn new(input_rate: u32, layout: Layout) -> AudioSourceOptions {
+        AudioSourceOptions {
+            input_rate,
+            layout,
+            max_buffered: DEFAULT_MAX_BUFFERED,
+            opus: OpusSettings::default(),
+        }
+    }
+
+    /// Set the buffering cap.
+    pub fn max_buffered(mut self, d: Duration) -> Self {
+        self.max_buffered = d;
+        self
+    }
+
+    /// Set the encoder settings.
+    pub fn opus(mut self, s: OpusSettings) -> Self {
+        self.opus = s;
+        self
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Live,
+    /// `end()` called: drain, then stop.
+    Ending,
+    /// Drained or stopped.
+    Done,
+}
+
+struct State {
+    /// 48 kHz interleaved samples in the encoder's channel count.
+    buf: VecDeque<i16>,
+    /// A trailing partial sample frame of the last push.
+    carry: Vec<u8>,
+    resampler: StreamResampler,
+    phase: Phase,
+    started: bool,
+    underruns: u64,
+    frames: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Space in the buffer, or the source finished.
+    space: Notify,
+    /// The source finished (drained after `end`, or stopped).
+    done: Notify,
+    input_channels: usize,
+    out_channels: usize,
+    input_rate: u32,
+    cap: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A paced audio source feeding one [`LocalTrack`]. Add [`track`](AudioSource::track) to a
+/// room (or one remote peer), then `push` PCM as it is produced (e.g. by text-to-speech).
+/// One source per utterance makes barge-in simple: [`stop`](AudioSource::stop) silences it at
+/// once. Dropping the source stops it.
+pub struct AudioSource {
+    shared: Arc<Shared>,
+    track: LocalTrack,
+}
+
+impl std::fmt::Debug for AudioSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioSource")
+            .field("track", &self.track.id())
+            .field("buffered_seconds", &self.buffered_seconds())
+            .finish()
+    }
+}
+
+impl AudioSource {
+    /// A source with a fresh audio track. Needs a tokio runtime (the pacer is a task).
+    pub fn new(options: AudioSourceOptions) -> Result<AudioSource, MediaError> {
+        AudioSource::with_track(options, LocalTrack::audio())
+    }
+
+    /// A source feeding `track`.
+    pub fn with_track(
+        options: AudioSourceOptions,
+        track: LocalTrack,
+    ) -> Result<AudioSource, MediaError> {
+        let encoder = Encoder::new(options.opus)?;
+        let input_channels = options.layout.channels();
+        let out_channels = encoder.channels();
+        let resampler = StreamResampler::new(options.input_rate, SAMPLE_RATE, input_channels)?;
+        let cap_frames = (options.max_buffered.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                buf: VecDeque::new(),
+                carry: Vec::new(),
+                resampler,
+                phase: Phase::Live,
+                started: false,
+                underruns: 0,
+                frames: 0,
+            }),
+            space: Notify::new(),
+            done: Notify::new(),
+            input_channels,
+            out_channels,
+            input_rate: options.input_rate,
+            cap: cap_frames.max(FRAME_SAMPLES) * out_channels,
+        });
+        tokio::spawn(pace(shared.clone(), encoder, track.clone()));
+        Ok(AudioSource { shared, track })
+    }
+
+    /// The track this source feeds.
+    pub fn track(&self) -> &LocalTrack {
+        &self.track
+    }
+
+    /// Seconds of audio buffered and not yet sent.
+    pub fn buffered_seconds(&self) -> f64 {
+        let st = self.shared.lock();
+        st.buf.len() as f64 / self.shared.out_channels as f64 / f64::from(SAMPLE_RATE)
+    }
+
+    /// 20 ms ticks that found the buffer short (silence or a partial frame was sent) since
+    /// the first push.
+    pub fn underruns(&self) -> u64 {
+        self.shared.lock().underruns
+    }
+
+    /// Frames sent so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.shared.lock().frames
+    }
+
+    /// Push s16 little-endian interleaved PCM in the source's input format. Any length: a
+    /// trailing partial sample frame is carried into the next push. Suspends while the
+    /// buffer is at its cap, also inside one large push. After `end`/`stop` it is a no-op.
+    pub async fn push(&self, pcm: &[u8]) -> Result<(), MediaError> {
+        let frame_bytes = 2 * self.shared.input_channels;
+        let piece = (self.shared.input_rate * PUSH_PIECE_MS / 1000) as usize * frame_bytes;
+        let mut bytes: Vec<u8> = {
+            let mut st = self.shared.lock();
+            if st.phase != Phase::Live {
+                return Ok(());
+            }
+            st.started = true;
+            let mut b = std::mem::take(&mut st.carry);
+            b.extend_from_slice(pcm);
+            b
+        };
+        let whole = bytes.len() / frame_bytes * frame_bytes;
+        let carry = bytes.split_off(whole);
+        let mut resampled = Vec::new();
+        for chunk in bytes.chunks(piece.max(frame_bytes)) {
+            loop {
+                let notified = self.shared.space.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut st = self.shared.lock();
+                    if st.phase != Phase::Live {
+                        return Ok(());
+                    }
+                    if st.buf.len() < self.shared.cap {
+                        let samples: Vec<i16> = chunk
+                            .chunks_exact(2)
+                            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                            .collect();
+                        resampled.clear();
+                        st.resampler.process(&samples, &mut resampled)?;
+                        let out = convert_channels(
+                            &resampled,
+                            self.shared.input_channels,
+                            self.shared.out_channels,
+                        );
+                        st.buf.extend(out);
+                        break;
+                    }
+                }
+                notified.await;
+            }
+        }
+        let mut st = self.shared.lock();
+        if st.phase == Phase::Live {
+            st.carry = carry;
+        }
+        Ok(())
+    }
+
+    /// Finish the utterance: what is buffered is sent, then the source stops (the track goes
+    /// quiet). Idempotent; resolves once drained.
+    pub async fn end(&self) {
+        loop {
+            let notified = self.shared.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                match st.phase {
+                    Phase::Done => return,
+                    Phase::Live => {
+                        st.phase = Phase::Ending;
+                        let mut tail = Vec::new();
+                        let _ = st.resampler.flush(&mut tail);
+                        let out = convert_channels(
+                            &tail,
+                            self.shared.input_channels,
+                            self.shared.out_channels,
+                        );
+                        st.buf.extend(out);
+                    }
+                    Phase::Ending => {}
+                }
+            }
+            self.shared.space.notify_waiters();
+            notified.await;
+        }
+    }
+
+    /// Stop at once (barge-in): the buffer is dropped and no further frame is sent.
+    pub fn stop(&self) {
+        finish(&self.shared, true);
+    }
+}
+
+impl Drop for AudioSource {
+    fn drop(&mut self) {
+        finish(&self.shared, true);
+    }
+}
+
+fn finish(shared: &Shared, clear: bool) {
+    {
+        let mut st = shared.lock();
+        st.phase = Phase::Done;
+        if clear {
+            st.buf.clear();
+        }
+    }
+    shared.space.notify_waiters();
+    shared.done.notify_waiters();
+}
+
+fn convert_channels(input: &[i16], from: usize, to: usize) -> Vec<i16> {
+    match (from, to) {
+        (2, 1) => input
+            .chunks_exact(2)
+            .map(|f| ((i32::from(f[0]) + i32::from(f[1])) / 2) as i16)
+            .collect(),
+        (1, 2) => input.iter().flat_map(|s| [*s, *s]).collect(),
+        _ => input.to_vec(),
+    }
+}
+
+/// The pacer: one frame every 20 ms; after a stall the interval re-anchors (no burst).
+async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let frame_len = FRAME_SAMPLES * shared.out_channels;
+    loop {
+        tick.tick().await;
+        let pcm: Vec<i16> = {
+            let mut st = shared.lock();
+            if st.phase == Phase::Done {
+                return;
+            }
+            let have = st.buf.len().min(frame_len);
+            if have < frame_len && st.started && st.phase == Phase::Live {
+                st.underruns += 1;
+            }
+            if have == 0 && st.phase == Phase::Ending {
+                drop(st);
+                finish(&shared, false);
+                return;
+            }
+            let mut pcm: Vec<i16> = st.buf.drain(..have).collect();
+            pcm.resize(frame_len, 0);
+            st.frames += 1;
+            pcm
+        };
+        shared.space.notify_waiters();
+        match encoder.encode(&pcm) {
+            Ok(packet) => match EncodedFrame::opus(packet) {
+                Ok(f) => track.push(f),
+                Err(e) => tracing::warn!(error = %e, "encoder produced an invalid packet"),
+            },
+            Err(e) => tracing::warn!(error = %e, "opus encode failed"),
+        }
+    }
+}

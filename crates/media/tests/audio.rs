@@ -1,0 +1,161 @@
+//! AudioSource → WebRTC → AudioFrames between two Rust peers through the real server, and
+//! the source's buffering contract.
+
+use std::time::Duration;
+
+use parlor_media::{
+    AudioFrames, AudioSource, AudioSourceOptions, Layout, MediaError, SpeechDownsampler,
+};
+use parlor_peer::room::{RoomEvent, RoomPeer};
+use parlor_peer::signalling::SignallingClient;
+use parlor_server::config::Config;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sine_bytes(rate: u32, freq: f64, start: usize, n: usize) -> Vec<u8> {
+    (start..start + n)
+        .flat_map(|i| {
+            let v =
+                10_000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin();
+            (v as i16).to_le_bytes()
+        })
+        .collect()
+}
+
+/// Dominant frequency by zero crossings.
+fn frequency(samples: &[i16], rate: u32) -> f64 {
+    let crossings = samples
+        .windows(2)
+        .filter(|w| (w[0] < 0) != (w[1] < 0))
+        .count();
+    crossings as f64 / 2.0 / (samples.len() as f64 / f64::from(rate))
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    assert_eq!(
+        Layout::parse("5.1"),
+        Err(MediaError::UnknownLayout("5.1".into()))
+    );
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let e = AudioSource::new(AudioSourceOptions::new(1_000, Layout::Mono)).err();
+        assert_eq!(e, Some(MediaError::UnsupportedRate(1_000)));
+    });
+}
+
+#[tokio::test]
+async fn push_suspends_at_the_cap_and_end_drains() {
+    let src = AudioSource::new(
+        AudioSourceOptions::new(16_000, Layout::Mono).max_buffered(Duration::from_millis(200)),
+    )
+    .expect("source");
+    // One push of 1 s (with an odd byte carried over) must not buffer more than the cap.
+    let mut pcm = sine_bytes(16_000, 440.0, 0, 16_000);
+    pcm.push(0x12);
+    let src = std::sync::Arc::new(src);
+    let s2 = src.clone();
+    let pusher = tokio::spawn(async move { s2.push(&pcm).await });
+    let mut max_seen: f64 = 0.0;
+    while !pusher.is_finished() {
+        max_seen = max_seen.max(src.buffered_seconds());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pusher.await.expect("join").expect("push");
+    // The cap plus one 20 ms piece of input converted while under it.
+    assert!(max_seen <= 0.2 + 0.021, "buffered {max_seen} s");
+    assert!(src.frames_sent() >= 30, "pacer ran during the push");
+    src.end().await;
+    assert_eq!(src.buffered_seconds(), 0.0);
+    src.end().await; // idempotent
+    src.push(&[0, 0]).await.expect("no-op after end");
+    assert_eq!(src.buffered_seconds(), 0.0);
+}
+
+#[tokio::test]
+async fn stop_drops_the_buffer_at_once() {
+    let src = AudioSource::new(AudioSourceOptions::new(48_000, Layout::Stereo)).expect("source");
+    src.push(&vec![0u8; 48_000 * 4]).await.expect("push 1 s");
+    assert!(src.buffered_seconds() > 0.9);
+    src.stop();
+    assert_eq!(src.buffered_seconds(), 0.0);
+    let sent = src.frames_sent();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(src.frames_sent(), sent, "no frame after stop");
+    src.end().await; // returns at once after stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sine_crosses_webrtc_and_comes_out_at_16k() {
+    let mut config = Config::default();
+    config.add_dev_key("pk_test_x");
+    let server = parlor_server::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        config,
+    )
+    .expect("server");
+    let client = |url: String| {
+        SignallingClient::builder()
+            .url(url)
+            .api_key("pk_test_x")
+            .build()
+            .expect("client")
+    };
+    let (a, b) = (
+        RoomPeer::new(client(server.url())),
+        RoomPeer::new(client(server.url())),
+    );
+    let mut eb = b.events();
+    let voice = AudioSource::new(AudioSourceOptions::new(16_000, Layout::Mono)).expect("source");
+    a.add_track(voice.track());
+    a.join("media", false).await.expect("join a");
+    b.join("media", false).await.expect("join b");
+    let track = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(RoomEvent::Track { track, .. }) = eb.recv().await {
+                return track;
+            }
+        }
+    })
+    .await
+    .expect("track");
+    let pusher = tokio::spawn(async move {
+        // 3 s of a 440 Hz tone in 20 ms pushes (backpressure paces the loop).
+        for k in 0..150 {
+            voice
+                .push(&sine_bytes(16_000, 440.0, k * 320, 320))
+                .await
+                .expect("push");
+        }
+        voice.end().await;
+        voice
+    });
+    let mut frames = AudioFrames::new(track).expect("audio");
+    let mut down = SpeechDownsampler::new().expect("downsampler");
+    let mut pcm = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while pcm.len() < 16_000 * 2 {
+            let f = frames.next().await.expect("frame");
+            assert_eq!((f.channels, f.sample_rate, f.len()), (2, 48_000, 960));
+            down.process(&f, &mut pcm).expect("downsample");
+        }
+    })
+    .await
+    .expect("2 s of audio");
+    // Skip silence before the tone reached the source, then measure 1 s.
+    let start = pcm
+        .iter()
+        .position(|s| s.abs() > 2_000)
+        .expect("tone arrives");
+    let window = &pcm[start + 1_600..(start + 17_600).min(pcm.len())];
+    let f = frequency(window, 16_000);
+    let peak = window.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+    println!("received {f:.1} Hz, peak {peak}");
+    assert!((f - 440.0).abs() < 10.0, "{f} Hz");
+    assert!(peak > 5_000, "peak {peak}");
+    let voice = pusher.await.expect("pusher");
+    assert_eq!(voice.buffered_seconds(), 0.0);
+    a.close().await;
+    b.close().await;
+}
