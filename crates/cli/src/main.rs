@@ -2,8 +2,10 @@
 //!
 //! * `parlor serve` — run the room server (see `--help`; `--dev-key` needs no config file);
 //! * `parlor token` — mint an HS256 JWT from a secret key, for testing;
-//! * `parlor echo` — a Rust room peer that echoes data channels and loops audio back.
+//! * `parlor echo` — a Rust room peer that echoes data channels and loops audio back;
+//! * `parlor bench audio` — the audio pipeline's CPU, latency and memory per conversation.
 
+mod bench;
 mod echo;
 
 use std::net::SocketAddr;
@@ -35,6 +37,9 @@ enum Command {
     Token(TokenArgs),
     /// Join a room as a Rust peer that echoes data-channel messages and loops audio back.
     Echo(echo::EchoArgs),
+    /// Benchmarks (see `parlor bench audio --help`).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Args, Debug)]
@@ -193,5 +198,9 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(echo::run(args)),
+        Command::Bench(cmd) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench::run(cmd)),
     }
 }

@@ -1,0 +1,399 @@
+//! `parlor bench audio`: N two-ended conversations (an agent's `AudioSource` → WebRTC → a
+//! listener's `AudioFrames`) through an embedded server, all in this process, measured
+//! side by side with the libopus floor on the same signal and settings.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use parlor_media::codec::{Decoder, Encoder, FRAME_SAMPLES};
+use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout, OpusSettings};
+use parlor_peer::room::{RoomEvent, RoomPeer};
+use parlor_peer::signalling::SignallingClient;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Audio pipeline: CPU per audio-second, push→frame latency, join→first audio, RSS.
+    Audio(AudioArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AudioArgs {
+    /// Concurrent conversations (each has an agent and a listener peer).
+    #[arg(long, default_value_t = 4)]
+    conversations: usize,
+    /// Measured seconds (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Sample rate of the agent's PCM (what a TTS engine produces).
+    #[arg(long, default_value_t = 16_000)]
+    input_rate: u32,
+    /// Opus complexity (0–10).
+    #[arg(long, default_value_t = 5)]
+    complexity: u8,
+    /// Encode stereo instead of mono.
+    #[arg(long)]
+    stereo: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Audio(args) => audio(args).await,
+    }
+}
+
+/// Process CPU time (user + system) from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 4096
+}
+
+/// A deterministic speech-like signal: a 140 Hz voice with formant-weighted harmonics,
+/// syllables at ~4 Hz and pauses, at `rate`.
+fn speech(rate: u32, secs: f64) -> Vec<i16> {
+    let n = (f64::from(rate) * secs) as usize;
+    let two_pi = 2.0 * std::f64::consts::PI;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let f0 = 140.0 + 20.0 * (two_pi * 0.7 * t).sin();
+            let mut v = 0.0;
+            for h in 1..=20 {
+                let f = f0 * f64::from(h);
+                if f > f64::from(rate) / 2.0 - 200.0 {
+                    break;
+                }
+                let formant = (-((f - 700.0) / 300.0).powi(2)).exp()
+                    + 0.6 * (-((f - 1_200.0) / 400.0).powi(2)).exp()
+                    + 0.3 * (-((f - 2_500.0) / 500.0).powi(2)).exp();
+                v += formant * (two_pi * f * t).sin();
+            }
+            let syllable = (two_pi * 4.0 * t).sin().max(0.0);
+            let pause = if (t % 3.0) > 2.4 { 0.0 } else { 1.0 };
+            (6_000.0 * v * syllable * pause).clamp(-32_000.0, 32_000.0) as i16
+        })
+        .collect()
+}
+
+fn to_bytes(s: &[i16]) -> Vec<u8> {
+    s.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// libopus encode + decode CPU-s per audio-second on the same signal and settings.
+fn opus_floor(settings: OpusSettings, secs: f64) -> anyhow::Result<f64> {
+    let mut pcm48 = Vec::new();
+    let mut rs = parlor_media::StreamResampler::new(16_000, 48_000, 1)?;
+    rs.process(&speech(16_000, secs), &mut pcm48)?;
+    if settings.channels == 2 {
+        pcm48 = pcm48.iter().flat_map(|s| [*s, *s]).collect();
+    }
+    let mut enc = Encoder::new(settings)?;
+    let mut dec = Decoder::new()?;
+    let frame = FRAME_SAMPLES * usize::from(settings.channels);
+    let start = thread_cpu();
+    for chunk in pcm48.chunks_exact(frame) {
+        let packet = enc.encode(chunk)?;
+        dec.decode(&packet)?;
+    }
+    Ok((thread_cpu() - start) / secs)
+}
+
+/// This thread's CPU time (the floor runs on one thread).
+fn thread_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0.0;
+    };
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Conversation {
+    agent: RoomPeer,
+    listener: RoomPeer,
+    source: Arc<AudioSource>,
+    join_to_first_audio: Arc<Mutex<Option<Duration>>>,
+}
+
+async fn audio(args: AudioArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.conversations >= 1,
+        "--conversations must be at least 1"
+    );
+    let settings = OpusSettings {
+        channels: if args.stereo { 2 } else { 1 },
+        complexity: args.complexity.min(10),
+        ..OpusSettings::default()
+    };
+    let floor = opus_floor(settings, 20.0)?;
+
+    let mut config = parlor_server::config::Config::default();
+    config.add_dev_key("pk_bench");
+    let server = parlor_server::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, config)?;
+    let url = server.url();
+    let client = || {
+        SignallingClient::builder()
+            .url(url.clone())
+            .api_key("pk_bench")
+            .build()
+    };
+    let rss0 = rss_bytes();
+    let signal = Arc::new(speech(args.input_rate, 6.0));
+    let chunk = (args.input_rate / 50) as usize; // 20 ms
+    // Latency probe (conversation 0): 40 ms bursts pushed into an idle source.
+    let burst_pushed: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let mut convs = Vec::new();
+    for i in 0..args.conversations {
+        let room = format!("bench-{i}");
+        let agent = RoomPeer::new(client()?);
+        let listener = RoomPeer::new(client()?);
+        let source = Arc::new(AudioSource::new(
+            AudioSourceOptions::new(args.input_rate, Layout::Mono)
+                .max_buffered(Duration::from_millis(200))
+                .opus(settings),
+        )?);
+        agent.add_track(source.track());
+        let mut events = listener.events();
+        agent.join(&room, false).await.context("agent join")?;
+        let joined = Instant::now();
+        listener.join(&room, false).await.context("listener join")?;
+        let first = Arc::new(Mutex::new(None));
+        let (first2, probe) = (first.clone(), i == 0);
+        let (pushed, lat, meas) = (burst_pushed.clone(), latencies.clone(), measuring.clone());
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                let RoomEvent::Track { track, .. } = e else {
+                    continue;
+                };
+                let Ok(mut frames) = AudioFrames::new(track) else {
+                    return;
+                };
+                let mut was_loud = false;
+                while let Some(f) = frames.next().await {
+                    let peak = f
+                        .samples
+                        .iter()
+                        .map(|s| s.unsigned_abs())
+                        .max()
+                        .unwrap_or(0);
+                    {
+                        let mut first = first2.lock().unwrap_or_else(|e| e.into_inner());
+                        if first.is_none() && peak > 300 {
+                            *first = Some(joined.elapsed());
+                        }
+                    }
+                    if probe {
+                        let loud = peak > 3_000;
+                        if loud && !was_loud {
+                            let at = {
+                                let mut q = pushed.lock().unwrap_or_else(|e| e.into_inner());
+                                // Bursts pushed before the call was up never arrive.
+                                while q
+                                    .front()
+                                    .is_some_and(|t| t.elapsed() > Duration::from_millis(250))
+                                {
+                                    q.pop_front();
+                                }
+                                q.pop_front()
+                            };
+                            if let Some(t) = at
+                                && meas.load(std::sync::atomic::Ordering::Relaxed)
+                            {
+                                lat.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(t.elapsed().as_secs_f64() * 1000.0);
+                            }
+                        }
+                        was_loud = loud;
+                    }
+                }
+                return;
+            }
+        });
+        // The agent speaks in real time (a TTS stream), 40 ms ahead.
+        let (src, sig, pushed) = (source.clone(), signal.clone(), burst_pushed.clone());
+        let rate = args.input_rate;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            if probe {
+                let burst: Vec<i16> = (0..rate as usize / 25)
+                    .map(|k| {
+                        (12_000.0
+                            * (2.0 * std::f64::consts::PI * 1_000.0 * k as f64 / f64::from(rate))
+                                .sin()) as i16
+                    })
+                    .collect();
+                let burst = to_bytes(&burst);
+                // Bursts land at a random phase of the source's 20 ms pacer (an LCG).
+                let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+                loop {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let jitter = (seed >> 33) % 20_000;
+                    tokio::time::sleep(Duration::from_micros(490_000 + jitter)).await;
+                    pushed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(Instant::now());
+                    if src.push(&burst).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut pos = 0usize;
+            for _ in 0..2 {
+                let _ = src.push(&to_bytes(&sig[pos..pos + chunk])).await;
+                pos += chunk;
+            }
+            loop {
+                tick.tick().await;
+                if pos + chunk > sig.len() {
+                    pos = 0;
+                }
+                if src.push(&to_bytes(&sig[pos..pos + chunk])).await.is_err() {
+                    return;
+                }
+                pos += chunk;
+            }
+        });
+        convs.push(Conversation {
+            agent,
+            listener,
+            source,
+            join_to_first_audio: first,
+        });
+    }
+    let rss_setup = rss_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let underruns0: u64 = convs.iter().skip(1).map(|c| c.source.underruns()).sum();
+    measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let (cpu1, wall) = (cpu_seconds(), t0.elapsed().as_secs_f64());
+    measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    let underruns: u64 = convs
+        .iter()
+        .skip(1)
+        .map(|c| c.source.underruns())
+        .sum::<u64>()
+        - underruns0;
+    let n = args.conversations as f64;
+    let cpu_per = (cpu1 - cpu0) / wall / n;
+    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut joins: Vec<f64> = convs
+        .iter()
+        .filter_map(|c| {
+            *c.join_to_first_audio
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        })
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    let got_audio = joins.len();
+    let rss_per = rss_setup.saturating_sub(rss0) as f64 / n;
+    let result = json!({
+        "conversations": args.conversations,
+        "seconds": wall,
+        "input_rate": args.input_rate,
+        "opus": {"channels": settings.channels, "complexity": settings.complexity,
+                 "bitrate": settings.bitrate, "fec": settings.fec, "dtx": settings.dtx},
+        "cpu_s_per_audio_s_per_conversation": cpu_per,
+        "libopus_floor_cpu_s_per_audio_s": floor,
+        "ratio_to_floor": cpu_per / floor,
+        "push_to_frame_ms_p50": percentile(&mut lat, 0.5),
+        "push_to_frame_ms_p95": percentile(&mut lat, 0.95),
+        "latency_samples": lat.len(),
+        "join_to_first_audio_ms_p50": percentile(&mut joins, 0.5),
+        "join_to_first_audio_ms_max": joins.iter().copied().fold(f64::NAN, f64::max),
+        "conversations_with_audio": got_audio,
+        "rss_bytes_per_conversation": rss_per,
+        "underruns": underruns,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "parlor bench audio — {} conversations × {:.1} s, {} Hz PCM in, Opus {} c{} {} kbit/s fec={} dtx={}",
+            args.conversations,
+            wall,
+            args.input_rate,
+            if settings.channels == 1 {
+                "mono"
+            } else {
+                "stereo"
+            },
+            settings.complexity,
+            settings.bitrate / 1000,
+            settings.fec,
+            settings.dtx
+        );
+        println!("| metric | value |\n|---|---|");
+        println!("| CPU-s per audio-s per conversation (both ends + server) | {cpu_per:.4} |");
+        println!("| libopus floor (encode + decode, same signal/settings) | {floor:.4} |");
+        println!("| ratio to floor | {:.2}× |", cpu_per / floor);
+        println!(
+            "| push→frame latency p50 / p95 | {:.1} / {:.1} ms ({} bursts) |",
+            result["push_to_frame_ms_p50"].as_f64().unwrap_or(f64::NAN),
+            result["push_to_frame_ms_p95"].as_f64().unwrap_or(f64::NAN),
+            result["latency_samples"]
+        );
+        println!(
+            "| join→first audio p50 / max | {:.0} / {:.0} ms ({got_audio}/{} with audio) |",
+            result["join_to_first_audio_ms_p50"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            result["join_to_first_audio_ms_max"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            args.conversations
+        );
+        println!("| RSS per conversation | {:.2} MB |", rss_per / 1e6);
+        println!("| underruns (measured window, excluding the probe) | {underruns} |");
+    }
+    for c in convs {
+        c.source.stop();
+        c.agent.close().await;
+        c.listener.close().await;
+    }
+    server.shutdown().await.ok();
+    Ok(())
+}
