@@ -41,6 +41,14 @@ pub(crate) struct AudioArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Then run the same work with the Python SDK (metered-realtime on aiortc) against the
+    /// same server and print both side by side (needs Python ≥ 3.11; the script creates its
+    /// venv on first use).
+    #[arg(long)]
+    python: bool,
+    /// The Python side's runner.
+    #[arg(long, default_value = "bench/run-python.sh")]
+    python_runner: std::path::PathBuf,
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -348,8 +356,21 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         "rss_bytes_per_conversation": rss_per,
         "underruns": underruns,
     });
+    for c in convs {
+        c.source.stop();
+        c.agent.close().await;
+        c.listener.close().await;
+    }
+    let python = if args.python {
+        Some(run_python(&args, &url, &speech(args.input_rate, 6.0)).await?)
+    } else {
+        None
+    };
+    server.shutdown().await.ok();
     if args.json {
-        println!("{result}");
+        println!("{}", json!({"parlor": result, "python": python}));
+    } else if let Some(py) = &python {
+        print_side_by_side(&args, &result, py);
     } else {
         println!(
             "parlor bench audio — {} conversations × {:.1} s, {} Hz PCM in, Opus {} c{} {} kbit/s fec={} dtx={}",
@@ -389,11 +410,91 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         println!("| RSS per conversation | {:.2} MB |", rss_per / 1e6);
         println!("| underruns (measured window, excluding the probe) | {underruns} |");
     }
-    for c in convs {
-        c.source.stop();
-        c.agent.close().await;
-        c.listener.close().await;
-    }
-    server.shutdown().await.ok();
     Ok(())
+}
+
+async fn run_python(
+    args: &AudioArgs,
+    url: &str,
+    signal: &[i16],
+) -> anyhow::Result<serde_json::Value> {
+    let pcm = std::env::temp_dir().join(format!("parlor-bench-{}.pcm", std::process::id()));
+    std::fs::write(&pcm, to_bytes(signal))?;
+    eprintln!("running the Python SDK on the same work ...");
+    let mut cmd = std::process::Command::new(&args.python_runner);
+    cmd.arg("--url")
+        .arg(url)
+        .arg("--conversations")
+        .arg(args.conversations.to_string())
+        .arg("--seconds")
+        .arg(args.seconds.to_string())
+        .arg("--pcm")
+        .arg(&pcm)
+        .arg("--rate")
+        .arg(args.input_rate.to_string())
+        .stderr(std::process::Stdio::inherit());
+    let runner = args.python_runner.display().to_string();
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await?
+        .with_context(|| format!("cannot run {runner}"))?;
+    let _ = std::fs::remove_file(&pcm);
+    anyhow::ensure!(
+        out.status.success(),
+        "the Python bench failed: {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line from the Python bench")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn print_side_by_side(args: &AudioArgs, rust: &serde_json::Value, py: &serde_json::Value) {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "parlor bench audio --python — {} conversations × {} s, same signal, same server",
+        args.conversations, args.seconds
+    );
+    println!(
+        "| metric | Parlor (Rust) | Python SDK (aiortc) | Python / Parlor |\n|---|---|---|---|"
+    );
+    let row = |name: &str, k: &str, scale: f64, digits: usize, unit: &str| {
+        let (a, b) = (f(rust, k) * scale, f(py, k) * scale);
+        println!(
+            "| {name} | {a:.digits$}{unit} | {b:.digits$}{unit} | {:.2}× |",
+            b / a
+        );
+    };
+    let cpu = "cpu_s_per_audio_s_per_conversation";
+    row("CPU-s per audio-s per conversation", cpu, 1.0, 4, "");
+    row("push→frame p50", "push_to_frame_ms_p50", 1.0, 1, " ms");
+    row("push→frame p95", "push_to_frame_ms_p95", 1.0, 1, " ms");
+    row(
+        "join→first audio p50",
+        "join_to_first_audio_ms_p50",
+        1.0,
+        0,
+        " ms",
+    );
+    row(
+        "join→first audio max",
+        "join_to_first_audio_ms_max",
+        1.0,
+        0,
+        " ms",
+    );
+    row(
+        "RSS per conversation",
+        "rss_bytes_per_conversation",
+        1e-6,
+        2,
+        " MB",
+    );
+    println!(
+        "| libopus floor | {:.4} | | |",
+        f(rust, "libopus_floor_cpu_s_per_audio_s")
+    );
 }

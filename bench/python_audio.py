@@ -1,0 +1,157 @@
+"""The Python SDK (metered-realtime on aiortc) doing the same work as `parlor bench audio`:
+N conversations in one process, each an agent MeteredPeer whose AudioSource is fed the
+same PCM in real time (20 ms pushes, 40 ms ahead) and a listener MeteredPeer decoding it
+with iter_frames; conversation 0 is the latency probe (40 ms 1 kHz bursts into an idle
+source at a random phase). Prints one JSON line. Run by `parlor bench audio --python`
+(through bench/run-python.sh), against the same embedded server.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import json
+import math
+import os
+import random
+import resource
+import time
+
+from metered_realtime import AudioSource, MeteredPeer, PeerJoined, Track, iter_frames
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def peak(frame) -> int:
+    fmt = frame.format
+    channels = 1 if fmt.is_planar else len(frame.layout.channels)
+    a = array.array("h")
+    a.frombytes(bytes(frame.planes[0])[: frame.samples * channels * 2])
+    return max((abs(x) for x in a), default=0)
+
+
+def pct(v: list[float], p: float) -> float | None:
+    if not v:
+        return None
+    v = sorted(v)
+    return v[round((len(v) - 1) * p)]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--key", default="pk_bench")
+    ap.add_argument("--conversations", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--pcm", required=True, help="s16le mono PCM at --rate (the agent's speech)")
+    ap.add_argument("--rate", type=int, default=16000)
+    args = ap.parse_args()
+    with open(args.pcm, "rb") as f:
+        signal = f.read()
+    chunk = args.rate // 50 * 2  # 20 ms of s16 mono
+    burst = array.array("h", (int(12000 * math.sin(2 * math.pi * 1000 * k / args.rate))
+                              for k in range(args.rate // 25))).tobytes()
+    rss0 = rss()
+    pushed: list[float] = []
+    lat: list[float] = []
+    firsts: list[float] = []
+    measuring = False
+    tasks = []
+    peers = []
+
+    async def speak(src: AudioSource) -> None:
+        pos = 0
+        for _ in range(2):
+            await src.push(signal[pos:pos + chunk]); pos += chunk
+        nxt = time.monotonic()
+        while True:
+            nxt += 0.02
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            if pos + chunk > len(signal):
+                pos = 0
+            await src.push(signal[pos:pos + chunk]); pos += chunk
+
+    async def probe(src: AudioSource) -> None:
+        rnd = random.Random(7)
+        while True:
+            await asyncio.sleep(0.49 + rnd.random() * 0.02)
+            pushed.append(time.monotonic())
+            await src.push(burst)
+
+    async def listen(track, joined: float, is_probe: bool) -> None:
+        was_loud = False
+        first = True
+        async for fr in iter_frames(track):
+            p = peak(fr)
+            if first and p > 300:
+                firsts.append((time.monotonic() - joined) * 1000); first = False
+            if is_probe:
+                loud = p > 3000
+                if loud and not was_loud:
+                    now = time.monotonic()
+                    while pushed and now - pushed[0] > 0.25:
+                        pushed.pop(0)
+                    if pushed:
+                        t = pushed.pop(0)
+                        if measuring:
+                            lat.append((now - t) * 1000)
+                was_loud = loud
+
+    for i in range(args.conversations):
+        room = f"pybench-{i}"
+        agent = MeteredPeer(api_key=args.key, url=args.url)
+        src = AudioSource(input_rate=args.rate, input_layout="mono", max_buffered_seconds=0.2)
+        agent.add_track(src, None, None)
+        listener = MeteredPeer(api_key=args.key, url=args.url)
+        is_probe = i == 0
+        joined_at = {"t": 0.0}
+
+        def on_joined(ev, joined_at=joined_at, is_probe=is_probe):
+            ev.peer.on(Track, lambda e: tasks.append(asyncio.create_task(
+                listen(e.track, joined_at["t"], is_probe))))
+
+        listener.on(PeerJoined, on_joined)
+        await agent.join(room)
+        joined_at["t"] = time.monotonic()
+        await listener.join(room)
+        tasks.append(asyncio.create_task(probe(src) if is_probe else speak(src)))
+        peers += [agent, listener]
+    rss_setup = rss()
+    await asyncio.sleep(2)
+    measuring = True
+    c0, t0 = cpu(), time.monotonic()
+    await asyncio.sleep(args.seconds)
+    c1, wall = cpu(), time.monotonic() - t0
+    measuring = False
+    n = args.conversations
+    print(json.dumps({
+        "conversations": n,
+        "seconds": wall,
+        "cpu_s_per_audio_s_per_conversation": (c1 - c0) / wall / n,
+        "push_to_frame_ms_p50": pct(lat, 0.5),
+        "push_to_frame_ms_p95": pct(lat, 0.95),
+        "latency_samples": len(lat),
+        "join_to_first_audio_ms_p50": pct(firsts, 0.5),
+        "join_to_first_audio_ms_max": max(firsts) if firsts else None,
+        "conversations_with_audio": len(firsts),
+        "rss_bytes_per_conversation": (rss_setup - rss0) / n,
+    }), flush=True)
+    for t in tasks:
+        t.cancel()
+    for p in peers:
+        try:
+            await asyncio.wait_for(p.close(), 5)
+        except Exception:
+            pass
+    os._exit(0)
+
+
+asyncio.run(main())
