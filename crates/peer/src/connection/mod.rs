@@ -429,8 +429,11 @@ impl Conn {
                 self.make_offer("ice restart", true);
             }
             Some(LadderEvent::Exhausted) => {
+                tracing::warn!(peer = %self.p.remote_id, "ICE restart attempts exhausted");
                 self.set_state(PeerConnectionState::Failed);
-                self.negotiation_error("ice_restart_exhausted".into());
+                self.emit(RoomEvent::IceRestartExhausted {
+                    peer_id: self.p.remote_id.clone(),
+                });
             }
             None => {}
         }

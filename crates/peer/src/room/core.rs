@@ -161,8 +161,14 @@ pub enum RoomEvent {
     NegotiationError {
         /// The remote peer.
         peer_id: String,
-        /// What went wrong (`ice_restart_exhausted` when the restart ladder ran out).
+        /// What went wrong.
         message: String,
+    },
+    /// The ICE-restart ladder ran out (9 attempts) for a remote peer: its connection is
+    /// `Failed` until the remote rebuilds it or the room reconnects (`IceRestartExhausted`).
+    IceRestartExhausted {
+        /// The remote peer.
+        peer_id: String,
     },
     /// We left the room.
     Left,
@@ -182,7 +188,8 @@ impl RoomEvent {
             | RoomEvent::StreamRemoved { peer_id, .. }
             | RoomEvent::DataChannelOpened { peer_id, .. }
             | RoomEvent::ConnectionState { peer_id, .. }
-            | RoomEvent::NegotiationError { peer_id, .. } => Some(peer_id),
+            | RoomEvent::NegotiationError { peer_id, .. }
+            | RoomEvent::IceRestartExhausted { peer_id } => Some(peer_id),
             RoomEvent::Data { sender_peer_id, .. } => Some(sender_peer_id),
             _ => None,
         }
