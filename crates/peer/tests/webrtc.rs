@@ -56,6 +56,15 @@ async fn wait_for<T>(ev: &mut RoomEvents, mut f: impl FnMut(&RoomEvent) -> Optio
     .expect("timed out waiting for a room event")
 }
 
+/// The next track `peer` sends.
+async fn track_from(ev: &mut RoomEvents, peer: &str) -> RemoteTrack {
+    wait_for(ev, |e| match e {
+        RoomEvent::Track { peer_id, track } if peer_id == peer => Some(track.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// Push a 20 ms frame every 20 ms until dropped.
 fn pace(track: LocalTrack) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -96,16 +105,8 @@ async fn audio_and_data_channels_both_ways() {
     let b_id = b.peer_id().expect("b id");
     let a_id = a.peer_id().expect("a id");
 
-    let track_at_b = wait_for(&mut eb, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
-    let track_at_a = wait_for(&mut ea, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == b_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track_at_b = track_from(&mut eb, &a_id).await;
+    let track_at_a = track_from(&mut ea, &b_id).await;
     frames(&track_at_b, 10).await;
     frames(&track_at_a, 10).await;
 
@@ -159,11 +160,7 @@ async fn media_resumes_after_a_server_restart() {
     a.join("recover", false).await.expect("join a");
     b.join("recover", false).await.expect("join b");
     let a_id = a.peer_id().expect("a id");
-    let track = wait_for(&mut eb, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track = track_from(&mut eb, &a_id).await;
     frames(&track, 5).await;
 
     server.shutdown().await.expect("clean shutdown");
@@ -231,11 +228,7 @@ async fn remote_peer_objects_survive_a_local_reconnect() {
     a.join("blip", false).await.expect("join a");
     b.join("blip", false).await.expect("join b");
     let b_id = b.peer_id().expect("b id");
-    let track = wait_for(&mut ea, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == b_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track = track_from(&mut ea, &b_id).await;
     frames(&track, 5).await;
     let before = a.remote(&b_id).expect("remote b");
 
@@ -245,11 +238,7 @@ async fn remote_peer_objects_survive_a_local_reconnect() {
         matches!(e, RoomEvent::ConnectionReset { peer_id } if *peer_id == b_id).then_some(())
     })
     .await;
-    let track2 = wait_for(&mut ea, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == b_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track2 = track_from(&mut ea, &b_id).await;
     frames(&track2, 1).await;
     println!(
         "RECOVERY signalling blip: media resumed {} ms after the cut",
@@ -289,11 +278,7 @@ async fn track_metadata_streams_and_replace_track() {
         _ => None,
     })
     .await;
-    let track = wait_for(&mut eb, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track = track_from(&mut eb, &a_id).await;
     assert_eq!(track.stream_id(), Some(stream.as_str()));
     frames(&track, 3).await;
     // The announcement travels over signalling, the media over UDP: either may win.
@@ -360,11 +345,7 @@ async fn ice_restart_in_place_keeps_media_flowing() {
     a.join("restart", false).await.expect("join a");
     b.join("restart", false).await.expect("join b");
     let (a_id, b_id) = (a.peer_id().expect("a"), b.peer_id().expect("b"));
-    let track = wait_for(&mut eb, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track = track_from(&mut eb, &a_id).await;
     frames(&track, 3).await;
     // Each side restarts once (the polite and the impolite one), answered in place.
     a.remote(&b_id)
@@ -428,11 +409,7 @@ async fn network_outage_runs_the_restart_ladder_and_recovers() {
     a.join("outage", false).await.expect("join a");
     b.join("outage", false).await.expect("join b");
     let a_id = a.peer_id().expect("a");
-    let track = wait_for(&mut eb, |e| match e {
-        RoomEvent::Track { peer_id, track } if *peer_id == a_id => Some(track.clone()),
-        _ => None,
-    })
-    .await;
+    let track = track_from(&mut eb, &a_id).await;
     frames(&track, 3).await;
     let outage = Duration::from_secs(20);
     let started = Instant::now();
