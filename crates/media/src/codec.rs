@@ -93,9 +93,9 @@ impl Encoder {
     }
 
     /// Encode one 20 ms frame (`FRAME_SAMPLES × channels` interleaved samples).
-    pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, MediaError> {
+    pub fn encode(&mut self, pcm: &[i16]) -> Result<std::sync::Arc<[u8]>, MediaError> {
         let n = self.inner.encode(pcm, &mut self.buf).map_err(opus_err)?;
-        Ok(self.buf[..n].to_vec())
+        Ok(std::sync::Arc::from(&self.buf[..n]))
     }
 }
 

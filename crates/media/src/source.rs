@@ -326,9 +326,10 @@ async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let frame_len = FRAME_SAMPLES * shared.out_channels;
+    let mut pcm: Vec<i16> = Vec::with_capacity(frame_len);
     loop {
         tick.tick().await;
-        let pcm: Vec<i16> = {
+        {
             let mut st = shared.lock();
             if st.phase == Phase::Done {
                 return;
@@ -342,11 +343,11 @@ async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
                 finish(&shared, false);
                 return;
             }
-            let mut pcm: Vec<i16> = st.buf.drain(..have).collect();
+            pcm.clear();
+            pcm.extend(st.buf.drain(..have));
             pcm.resize(frame_len, 0);
             st.frames += 1;
-            pcm
-        };
+        }
         shared.space.notify_waiters();
         match encoder.encode(&pcm) {
             Ok(packet) => match EncodedFrame::opus(packet) {

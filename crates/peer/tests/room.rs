@@ -1,50 +1,13 @@
 //! Room peers (membership + data over signalling) against the real server.
 
-use std::time::Duration;
+mod common;
 
 use serde_json::json;
-use tokio::net::TcpListener;
 
-use parlor_peer::room::{DataKind, RoomError, RoomEvent, RoomEvents, RoomPeer, RoomState};
-use parlor_peer::signalling::{ReconnectOptions, SignallingClient};
-use parlor_server::config::Config;
+use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn server_on(addr: &str) -> parlor_server::ServerHandle {
-    let mut config = Config::default();
-    config.add_dev_key("pk_test_x");
-    let listener = TcpListener::bind(addr).await.expect("bind");
-    parlor_server::spawn(listener, config).expect("spawn")
-}
-
-fn peer(url: &str) -> RoomPeer {
-    RoomPeer::new(
-        SignallingClient::builder()
-            .url(url)
-            .api_key("pk_test_x")
-            .reconnect(Some(ReconnectOptions {
-                initial_delay: Duration::from_millis(100),
-                max_delay: Duration::from_millis(300),
-                ..ReconnectOptions::default()
-            }))
-            .build()
-            .expect("client"),
-    )
-}
-
-async fn wait_for<T>(ev: &mut RoomEvents, mut f: impl FnMut(&RoomEvent) -> Option<T>) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let e = ev.recv().await.expect("open");
-            if let Some(t) = f(&e) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("timed out waiting for a room event")
-}
+use common::{WAIT, peer, server_on, wait_for};
+use parlor_peer::room::{DataKind, RoomError, RoomEvent, RoomState};
 
 #[tokio::test]
 async fn two_peers_meet_exchange_data_and_leave() {

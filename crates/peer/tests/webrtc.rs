@@ -3,58 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use tokio::net::TcpListener;
 
+use common::{WAIT, peer, server_on, wait_for};
 use parlor_peer::room::{RoomEvent, RoomEvents, RoomPeer};
-use parlor_peer::signalling::{ReconnectOptions, SignallingClient};
 use parlor_peer::{DataMessage, EncodedFrame, LocalTrack, RemoteTrack};
-use parlor_server::config::Config;
-
-const WAIT: Duration = Duration::from_secs(20);
 /// A 20 ms CELT packet (config 31, one frame): enough for the transport, no codec needed.
 const OPUS_FRAME: [u8; 3] = [31 << 3, 0xff, 0xfe];
-
-async fn server_on(addr: &str) -> parlor_server::ServerHandle {
-    let mut config = Config::default();
-    config.add_dev_key("pk_test_x");
-    let listener = TcpListener::bind(addr).await.expect("bind");
-    parlor_server::spawn(listener, config).expect("spawn")
-}
-
-fn peer(url: &str) -> RoomPeer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    RoomPeer::new(
-        SignallingClient::builder()
-            .url(url)
-            .api_key("pk_test_x")
-            .reconnect(Some(ReconnectOptions {
-                initial_delay: Duration::from_millis(100),
-                max_delay: Duration::from_millis(300),
-                ..ReconnectOptions::default()
-            }))
-            .build()
-            .expect("client"),
-    )
-}
-
-async fn wait_for<T>(ev: &mut RoomEvents, mut f: impl FnMut(&RoomEvent) -> Option<T>) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let e = ev.recv().await.expect("open");
-            if std::env::var("DEBUG_EVENTS").is_ok() {
-                eprintln!("EVENT {e:?}");
-            }
-            if let Some(t) = f(&e) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("timed out waiting for a room event")
-}
 
 /// The next track `peer` sends.
 async fn track_from(ev: &mut RoomEvents, peer: &str) -> RemoteTrack {
@@ -86,6 +43,40 @@ async fn frames(track: &RemoteTrack, n: usize) {
     })
     .await
     .expect("frames did not arrive");
+}
+
+/// A call in `room`: A sends a paced audio track, B has received a few of its frames.
+struct Call {
+    server: parlor_server::ServerHandle,
+    a: RoomPeer,
+    b: RoomPeer,
+    eb: RoomEvents,
+    a_id: String,
+    track: RemoteTrack,
+    _pace: tokio::task::JoinHandle<()>,
+}
+
+async fn call(room: &str) -> Call {
+    let server = server_on("127.0.0.1:0").await;
+    let (a, b) = (peer(&server.url()), peer(&server.url()));
+    let mut eb = b.events();
+    let ta = LocalTrack::audio();
+    a.add_track(&ta);
+    let pace = pace(ta);
+    a.join(room, false).await.expect("join a");
+    b.join(room, false).await.expect("join b");
+    let a_id = a.peer_id().expect("a id");
+    let track = track_from(&mut eb, &a_id).await;
+    frames(&track, 3).await;
+    Call {
+        server,
+        a,
+        b,
+        eb,
+        a_id,
+        track,
+        _pace: pace,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,19 +140,15 @@ async fn audio_and_data_channels_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_resumes_after_a_server_restart() {
-    let server = server_on("127.0.0.1:0").await;
+    let Call {
+        server,
+        a,
+        b,
+        mut eb,
+        a_id,
+        ..
+    } = call("recover").await;
     let addr = server.local_addr();
-    let url = server.url();
-    let (a, b) = (peer(&url), peer(&url));
-    let mut eb = b.events();
-    let ta = LocalTrack::audio();
-    a.add_track(&ta);
-    let _pa = pace(ta.clone());
-    a.join("recover", false).await.expect("join a");
-    b.join("recover", false).await.expect("join b");
-    let a_id = a.peer_id().expect("a id");
-    let track = track_from(&mut eb, &a_id).await;
-    frames(&track, 5).await;
 
     server.shutdown().await.expect("clean shutdown");
     let restarted = Instant::now();
@@ -335,18 +322,17 @@ async fn track_metadata_streams_and_replace_track() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restart_in_place_keeps_media_flowing() {
-    let server = server_on("127.0.0.1:0").await;
-    let url = server.url();
-    let (a, b) = (peer(&url), peer(&url));
-    let (mut ea, mut eb) = (a.events(), b.events());
-    let ta = LocalTrack::audio();
-    a.add_track(&ta);
-    let _pa = pace(ta.clone());
-    a.join("restart", false).await.expect("join a");
-    b.join("restart", false).await.expect("join b");
-    let (a_id, b_id) = (a.peer_id().expect("a"), b.peer_id().expect("b"));
-    let track = track_from(&mut eb, &a_id).await;
-    frames(&track, 3).await;
+    let Call {
+        server: _server,
+        a,
+        b,
+        mut eb,
+        a_id,
+        track,
+        ..
+    } = call("restart").await;
+    let mut ea = a.events();
+    let b_id = b.peer_id().expect("b");
     // Each side restarts once (the polite and the impolite one), answered in place.
     a.remote(&b_id)
         .expect("b")
@@ -399,18 +385,14 @@ fn record(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_outage_runs_the_restart_ladder_and_recovers() {
-    let server = server_on("127.0.0.1:0").await;
-    let url = server.url();
-    let (a, b) = (peer(&url), peer(&url));
-    let mut eb = b.events();
-    let ta = LocalTrack::audio();
-    a.add_track(&ta);
-    let _pa = pace(ta.clone());
-    a.join("outage", false).await.expect("join a");
-    b.join("outage", false).await.expect("join b");
-    let a_id = a.peer_id().expect("a");
-    let track = track_from(&mut eb, &a_id).await;
-    frames(&track, 3).await;
+    let Call {
+        server: _server,
+        a,
+        b,
+        a_id,
+        track,
+        ..
+    } = call("outage").await;
     let outage = Duration::from_secs(20);
     let started = Instant::now();
     let (log_a, log_b) = (record(a.events(), started), record(b.events(), started));

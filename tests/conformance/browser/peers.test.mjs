@@ -4,16 +4,12 @@
 // microphone, audio RTP must arrive on both sides. Run: node --test browser/
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
-import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, poll, startStatic } from "../lib/browser.mjs";
 import { startParlor, withTimeout, CONFORMANCE_DIR, DEV_KEY, WAIT_MS } from "../lib/parlor.mjs";
 
 const OUT_DIR = path.join(CONFORMANCE_DIR, "out");
-const SDK_FILE = fileURLToPath(import.meta.resolve("@metered-ca/realtime"));
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const DEBUG = process.env.PARLOR_BROWSER_DEBUG === "1";
 
 const PAGE = `<!doctype html>
@@ -106,34 +102,7 @@ window.inboundAudio = async () => {
 };
 </script></body></html>`;
 
-function startStatic() {
-  const sdk = readFileSync(SDK_FILE);
-  const srv = http.createServer((req, res) => {
-    const u = new URL(req.url, "http://x");
-    if (u.pathname === "/" || u.pathname === "/index.html") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      res.end(PAGE);
-    } else if (u.pathname === "/sdk/index.mjs") {
-      res.writeHead(200, { "content-type": "text/javascript; charset=utf-8" });
-      res.end(sdk);
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  return new Promise((resolve) => srv.listen(0, "127.0.0.1", () => resolve(srv)));
-}
 
-async function poll(fn, pred, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await fn();
-    if (pred(last)) return last;
-    if (Date.now() > deadline) throw new Error(`timeout after ${ms} ms waiting for ${what}; last=${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 describe("MeteredPeer in Chromium via Parlor", () => {
   let parlor, stat, browser;
@@ -141,20 +110,8 @@ describe("MeteredPeer in Chromium via Parlor", () => {
   before(async () => {
     mkdirSync(OUT_DIR, { recursive: true });
     parlor = await startParlor();
-    stat = await startStatic();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-      ],
-    });
+    stat = await startStatic(PAGE);
+    browser = await launchChromium();
   });
 
   after(async () => {

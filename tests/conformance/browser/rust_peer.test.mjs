@@ -15,18 +15,14 @@
 // Run: node --test browser/   (PARLOR_BIN=... ; PARLOR_BROWSER_DEBUG=1 for SDK/wire logs)
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import { spawn } from "node:child_process";
 import { readFileSync, mkdirSync, writeFileSync, openSync, closeSync, existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import path from "node:path";
 import readline from "node:readline";
-import { chromium } from "playwright-core";
+import { launchChromium, poll, startStatic } from "../lib/browser.mjs";
 import { startParlor, parlorBin, withTimeout, Recorder, CONFORMANCE_DIR, DEV_KEY, WAIT_MS } from "../lib/parlor.mjs";
 
 const OUT_DIR = path.join(CONFORMANCE_DIR, "out");
-const SDK_FILE = fileURLToPath(import.meta.resolve("@metered-ca/realtime"));
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const DEBUG = process.env.PARLOR_BROWSER_DEBUG === "1";
 const N_MESSAGES = 20;
 const MAX_ECHO_STARTS = 24; // each start is >= a coin flip (see ID_PIVOT): P(all wrong) < 6e-8
@@ -143,37 +139,7 @@ window.inboundAudio = async (id) => {
 };
 </script></body></html>`;
 
-function startStatic() {
-  const sdk = readFileSync(SDK_FILE);
-  const srv = http.createServer((req, res) => {
-    const u = new URL(req.url, "http://x");
-    if (u.pathname === "/" || u.pathname === "/index.html") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-      res.end(PAGE);
-    } else if (u.pathname === "/favicon.ico") {
-      res.writeHead(204);
-      res.end();
-    } else if (u.pathname === "/sdk/index.mjs") {
-      res.writeHead(200, { "content-type": "text/javascript; charset=utf-8" });
-      res.end(sdk);
-    } else {
-      res.writeHead(404);
-      res.end();
-    }
-  });
-  return new Promise((resolve) => srv.listen(0, "127.0.0.1", () => resolve(srv)));
-}
 
-async function poll(fn, pred, what, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await fn();
-    if (pred(last)) return last;
-    if (Date.now() > deadline) throw new Error(`timeout after ${ms} ms waiting for ${what}; last=${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
 
@@ -225,20 +191,8 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
   before(async () => {
     mkdirSync(OUT_DIR, { recursive: true });
     parlor = await startParlor();
-    stat = await startStatic();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        "--autoplay-policy=no-user-gesture-required",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-      ],
-    });
+    stat = await startStatic(PAGE);
+    browser = await launchChromium();
   });
 
   after(async () => {

@@ -169,7 +169,6 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         audio_mids: Vec::new(),
         remote_tracks: HashMap::new(),
         remote_track_streams: HashMap::new(),
-        remote_streams: HashMap::new(),
         remote_msids: HashMap::new(),
         local_msids: HashMap::new(),
         channels: HashMap::new(),
@@ -255,7 +254,6 @@ struct Conn {
     remote_tracks: HashMap<Mid, RemoteTrackSink>,
     /// Stream of each inbound m-line's track, and live tracks per stream (StreamAdded/Removed).
     remote_track_streams: HashMap<Mid, Option<String>>,
-    remote_streams: HashMap<String, usize>,
     remote_msids: HashMap<String, Msid>,
     local_msids: HashMap<String, Msid>,
     channels: HashMap<ChannelId, ChanEntry>,
@@ -864,17 +862,20 @@ impl Conn {
     fn end_remote_track(&mut self, mid: Mid) {
         self.remote_tracks.remove(&mid);
         if let Some(Some(sid)) = self.remote_track_streams.remove(&mid)
-            && let Some(n) = self.remote_streams.get_mut(&sid)
+            && !self.stream_live(&sid)
         {
-            *n -= 1;
-            if *n == 0 {
-                self.remote_streams.remove(&sid);
-                self.emit(RoomEvent::StreamRemoved {
-                    peer_id: self.p.remote_id.clone(),
-                    stream_id: sid,
-                });
-            }
+            self.emit(RoomEvent::StreamRemoved {
+                peer_id: self.p.remote_id.clone(),
+                stream_id: sid,
+            });
         }
+    }
+
+    /// Whether a live remote track belongs to stream `sid`.
+    fn stream_live(&self, sid: &str) -> bool {
+        self.remote_track_streams
+            .values()
+            .any(|s| s.as_deref() == Some(sid))
     }
 
     fn end_all_remote_tracks(&mut self) {
@@ -898,15 +899,12 @@ impl Conn {
                 .unwrap_or_else(|| mid.clone());
             let stream_id = msid.and_then(|m| m.stream_id);
             if let Some(sid) = &stream_id
-                && !self.remote_streams.contains_key(sid)
+                && !self.stream_live(sid)
             {
                 self.emit(RoomEvent::StreamAdded {
                     peer_id: self.p.remote_id.clone(),
                     stream_id: sid.clone(),
                 });
-            }
-            if let Some(sid) = &stream_id {
-                *self.remote_streams.entry(sid.clone()).or_default() += 1;
             }
             let (track, sink) = RemoteTrack::new(
                 self.p.remote_id.clone(),
