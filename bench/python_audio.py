@@ -91,7 +91,8 @@ async def main() -> None:
         first = True
         async for fr in iter_frames(track):
             p = peak(fr)
-            if first and p > 300:
+            # The probe conversation's first audio waits for its first burst; leave it out.
+            if first and p > 300 and not (is_probe and args.conversations > 1):
                 firsts.append((time.monotonic() - joined) * 1000); first = False
             if is_probe:
                 loud = p > 3000

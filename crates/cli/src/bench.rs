@@ -29,15 +29,29 @@ pub(crate) struct AudioArgs {
     /// Measured seconds (after a 2 s warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Sample rate of the agent's PCM (what a TTS engine produces).
-    #[arg(long, default_value_t = 16_000)]
-    input_rate: u32,
+    /// The agent's speech: `espeak` (eSpeak NG reading a fixed ~70 s passage, 22 050 Hz;
+    /// needs the `espeak-ng` program) or `synthetic` (a formant-weighted 140 Hz voice).
+    #[arg(long, value_enum, default_value_t = SignalKind::Espeak)]
+    signal: SignalKind,
+    /// Sample rate of the agent's PCM (what a TTS engine produces); default: the signal's
+    /// own (22 050 Hz for eSpeak, 16 000 Hz synthetic). Other rates are resampled first.
+    #[arg(long)]
+    input_rate: Option<u32>,
     /// Opus complexity (0–10).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = OpusSettings::default().complexity)]
     complexity: u8,
+    /// Opus target bitrate in bit/s.
+    #[arg(long, default_value_t = OpusSettings::default().bitrate)]
+    bitrate: u32,
     /// Encode stereo instead of mono.
     #[arg(long)]
     stereo: bool,
+    /// Turn in-band FEC off (on by default).
+    #[arg(long)]
+    no_fec: bool,
+    /// Turn DTX on (off by default).
+    #[arg(long)]
+    dtx: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -49,6 +63,80 @@ pub(crate) struct AudioArgs {
     /// The Python side's runner.
     #[arg(long, default_value = "bench/run-python.sh")]
     python_runner: std::path::PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SignalKind {
+    /// eSpeak NG reading [`PASSAGE`].
+    Espeak,
+    /// [`speech`].
+    Synthetic,
+}
+
+/// What eSpeak reads for the bench: about 70 s of plain English at 160 words per minute.
+const PASSAGE: &str = "The weather station on the hill records the wind, the rain and the \
+temperature every ten minutes. In the morning the air was calm and cold, and a thin mist lay \
+over the valley. By noon the sun had burned it away, and the farmers were out in the fields \
+with their tractors. A voice agent answers the phone at the station when the staff are busy. \
+It tells callers the forecast, takes messages, and asks them to spell their names when the \
+line is noisy. Most callers want to know whether it will rain tomorrow, whether the road over \
+the pass is open, and when the next storm is expected. The agent listens, thinks for a \
+moment, and answers in a calm and friendly voice. If the caller interrupts, it stops talking \
+at once and listens again. Numbers are read slowly: twelve degrees, forty kilometres per \
+hour, seven millimetres of rain. At night the station is quiet. The instruments keep \
+counting, the batteries charge from the small wind turbine on the roof, and the agent waits \
+for the next call. On a busy day it takes more than two hundred calls, and nobody notices \
+that the friendly voice on the line is a program running on a small computer in the corner \
+of the office, next to the kettle and a stack of old weather maps.";
+
+/// The bench signal as mono s16 PCM and its rate.
+fn bench_signal(kind: SignalKind) -> anyhow::Result<(Vec<i16>, u32)> {
+    match kind {
+        SignalKind::Synthetic => Ok((speech(16_000, 72.0), 16_000)),
+        SignalKind::Espeak => {
+            let out = std::process::Command::new("espeak-ng")
+                .args(["--stdout", "-v", "en-us", "-s", "160", PASSAGE])
+                .output()
+                .context(
+                    "cannot run espeak-ng (Debian package espeak-ng), or use --signal synthetic",
+                )?;
+            anyhow::ensure!(out.status.success(), "espeak-ng failed: {}", out.status);
+            parse_wav_mono(&out.stdout).context("espeak-ng's WAV output")
+        }
+    }
+}
+
+/// The samples and rate of a mono s16 WAV (also a streamed one whose sizes are unset).
+fn parse_wav_mono(wav: &[u8]) -> anyhow::Result<(Vec<i16>, u32)> {
+    anyhow::ensure!(
+        wav.len() >= 12 && &wav[..4] == b"RIFF" && &wav[8..12] == b"WAVE",
+        "not a WAV file"
+    );
+    let (mut pos, mut rate) = (12usize, None);
+    while pos + 8 <= wav.len() {
+        let id = &wav[pos..pos + 4];
+        let len = u32::from_le_bytes([wav[pos + 4], wav[pos + 5], wav[pos + 6], wav[pos + 7]]);
+        let body = pos + 8;
+        if id == b"fmt " {
+            let f = wav.get(body..body + 16).context("short fmt chunk")?;
+            let (format, channels) = (u16::from_le_bytes([f[0], f[1]]), u16::from_le_bytes([f[2], f[3]]));
+            let bits = u16::from_le_bytes([f[14], f[15]]);
+            anyhow::ensure!(
+                format == 1 && channels == 1 && bits == 16,
+                "want mono 16-bit PCM, got format {format}, {channels} channels, {bits} bits"
+            );
+            rate = Some(u32::from_le_bytes([f[4], f[5], f[6], f[7]]));
+        } else if id == b"data" {
+            let end = body.saturating_add(len as usize).min(wav.len());
+            let samples = wav[body..end]
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            return Ok((samples, rate.context("data before fmt")?));
+        }
+        pos = body.saturating_add(len as usize + (len as usize & 1));
+    }
+    anyhow::bail!("no data chunk")
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -108,6 +196,17 @@ fn speech(rate: u32, secs: f64) -> Vec<i16> {
         .collect()
 }
 
+/// `ms` of a loud 1 kHz tone as s16 bytes.
+fn tone(rate: u32, ms: u32) -> Vec<u8> {
+    let samples: Vec<i16> = (0..(rate * ms / 1_000) as usize)
+        .map(|k| {
+            (12_000.0 * (2.0 * std::f64::consts::PI * 1_000.0 * k as f64 / f64::from(rate)).sin())
+                as i16
+        })
+        .collect();
+    to_bytes(&samples)
+}
+
 fn to_bytes(s: &[i16]) -> Vec<u8> {
     s.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -121,10 +220,11 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// libopus encode + decode CPU-s per audio-second on the same signal and settings.
-fn opus_floor(settings: OpusSettings, secs: f64) -> anyhow::Result<f64> {
+fn opus_floor(settings: OpusSettings, signal: &[i16], rate: u32) -> anyhow::Result<f64> {
+    let secs = signal.len() as f64 / f64::from(rate);
     let mut pcm48 = Vec::new();
-    let mut rs = parlor_media::StreamResampler::new(16_000, 48_000, 1)?;
-    rs.process(&speech(16_000, secs), &mut pcm48)?;
+    let mut rs = parlor_media::StreamResampler::new(rate, 48_000, 1)?;
+    rs.process(signal, &mut pcm48)?;
     if settings.channels == 2 {
         pcm48 = pcm48.iter().flat_map(|s| [*s, *s]).collect();
     }
@@ -154,6 +254,7 @@ struct Conversation {
     agent: RoomPeer,
     listener: RoomPeer,
     source: Arc<AudioSource>,
+    pusher: tokio::task::JoinHandle<()>,
     join_to_first_audio: Arc<Mutex<Option<Duration>>>,
 }
 
@@ -165,9 +266,21 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     let settings = OpusSettings {
         channels: if args.stereo { 2 } else { 1 },
         complexity: args.complexity.min(10),
-        ..OpusSettings::default()
+        bitrate: args.bitrate,
+        fec: !args.no_fec,
+        dtx: args.dtx,
     };
-    let floor = opus_floor(settings, 20.0)?;
+    let (native, native_rate) = bench_signal(args.signal)?;
+    let rate = args.input_rate.unwrap_or(native_rate);
+    let signal = if rate == native_rate {
+        native
+    } else {
+        let mut out = Vec::new();
+        parlor_media::StreamResampler::new(native_rate, rate, 1)?.process(&native, &mut out)?;
+        out
+    };
+    let floor = opus_floor(settings, &signal, rate)?;
+    let signal_secs = signal.len() as f64 / f64::from(rate);
 
     let mut config = parlor_server::config::Config::default();
     config.add_dev_key("pk_bench");
@@ -180,23 +293,24 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
             .build()
     };
     let rss0 = rss_bytes();
-    let signal = Arc::new(speech(args.input_rate, 6.0));
-    let chunk = (args.input_rate / 50) as usize; // 20 ms
+    let signal_bytes = Arc::new(to_bytes(&signal));
+    let chunk = (rate / 50) as usize * 2; // 20 ms of s16 bytes
     // Latency probe (conversation 0): 40 ms bursts pushed into an idle source.
     let burst_pushed: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // When the probe's listener last got a loud frame (for the barge-in measurement).
+    let last_loud: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let source_options = AudioSourceOptions::new(rate, Layout::Mono)
+        .max_buffered(Duration::from_millis(200))
+        .opus(settings);
 
     let mut convs = Vec::new();
     for i in 0..args.conversations {
         let room = format!("bench-{i}");
         let agent = RoomPeer::new(client()?);
         let listener = RoomPeer::new(client()?);
-        let source = Arc::new(AudioSource::new(
-            AudioSourceOptions::new(args.input_rate, Layout::Mono)
-                .max_buffered(Duration::from_millis(200))
-                .opus(settings),
-        )?);
+        let source = Arc::new(AudioSource::new(source_options.clone())?);
         agent.add_track(source.track());
         let mut events = listener.events();
         agent.join(&room, false).await.context("agent join")?;
@@ -205,6 +319,7 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         let first = Arc::new(Mutex::new(None));
         let (first2, probe) = (first.clone(), i == 0);
         let (pushed, lat, meas) = (burst_pushed.clone(), latencies.clone(), measuring.clone());
+        let last_loud = last_loud.clone();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 let RoomEvent::Track { track, .. } = e else {
@@ -229,6 +344,10 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
                     }
                     if probe {
                         let loud = peak > 3_000;
+                        if loud {
+                            *last_loud.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(Instant::now());
+                        }
                         if loud && !was_loud {
                             let at = {
                                 let mut q = pushed.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,20 +375,12 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
             }
         });
         // The agent speaks in real time (a TTS stream), 40 ms ahead.
-        let (src, sig, pushed) = (source.clone(), signal.clone(), burst_pushed.clone());
-        let rate = args.input_rate;
-        tokio::spawn(async move {
+        let (src, sig, pushed) = (source.clone(), signal_bytes.clone(), burst_pushed.clone());
+        let pusher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             if probe {
-                let burst: Vec<i16> = (0..rate as usize / 25)
-                    .map(|k| {
-                        (12_000.0
-                            * (2.0 * std::f64::consts::PI * 1_000.0 * k as f64 / f64::from(rate))
-                                .sin()) as i16
-                    })
-                    .collect();
-                let burst = to_bytes(&burst);
+                let burst = tone(rate, 40);
                 // Bursts land at a random phase of the source's 20 ms pacer (an LCG).
                 let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
                 loop {
@@ -289,7 +400,7 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
             }
             let mut pos = 0usize;
             for _ in 0..2 {
-                let _ = src.push(&to_bytes(&sig[pos..pos + chunk])).await;
+                let _ = src.push(&sig[pos..pos + chunk]).await;
                 pos += chunk;
             }
             loop {
@@ -297,7 +408,7 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
                 if pos + chunk > sig.len() {
                     pos = 0;
                 }
-                if src.push(&to_bytes(&sig[pos..pos + chunk])).await.is_err() {
+                if src.push(&sig[pos..pos + chunk]).await.is_err() {
                     return;
                 }
                 pos += chunk;
@@ -307,6 +418,7 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
             agent,
             listener,
             source,
+            pusher,
             join_to_first_audio: first,
         });
     }
@@ -327,8 +439,43 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     let n = args.conversations as f64;
     let cpu_per = (cpu1 - cpu0) / wall / n;
     let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Barge-in (conversation 0): one source per utterance on the agent's track; `stop()` in
+    // the middle of a loud utterance, then the last loud frame the listener receives tells
+    // how long the voice went on.
+    convs[0].pusher.abort();
+    convs[0].source.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let utterance = Arc::new(tone(rate, 1_000));
+    let mut barge = Vec::new();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..10 {
+        let src = Arc::new(AudioSource::with_track(
+            source_options.clone(),
+            convs[0].source.track().clone(),
+        )?);
+        let started = Instant::now();
+        let (s2, u2) = (src.clone(), utterance.clone());
+        let push = tokio::spawn(async move {
+            let _ = s2.push(&u2).await;
+        });
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        tokio::time::sleep(Duration::from_micros(400_000 + (seed >> 33) % 20_000)).await;
+        let stopped = Instant::now();
+        src.stop();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        push.abort();
+        let last = *last_loud.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = last.filter(|t| *t > started) {
+            barge.push(last.saturating_duration_since(stopped).as_secs_f64() * 1000.0);
+        }
+    }
+    let barge_trials = barge.len();
+    // The probe conversation's first audio waits for its first burst; leave it out.
     let mut joins: Vec<f64> = convs
         .iter()
+        .skip(usize::from(convs.len() > 1))
         .filter_map(|c| {
             *c.join_to_first_audio
                 .lock()
@@ -337,11 +484,14 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
     let got_audio = joins.len();
+    let join_expected = convs.len() - usize::from(convs.len() > 1);
     let rss_per = rss_setup.saturating_sub(rss0) as f64 / n;
     let result = json!({
         "conversations": args.conversations,
         "seconds": wall,
-        "input_rate": args.input_rate,
+        "signal": format!("{:?}", args.signal).to_lowercase(),
+        "signal_seconds": signal_secs,
+        "input_rate": rate,
         "opus": {"channels": settings.channels, "complexity": settings.complexity,
                  "bitrate": settings.bitrate, "fec": settings.fec, "dtx": settings.dtx},
         "cpu_s_per_audio_s_per_conversation": cpu_per,
@@ -355,6 +505,9 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         "conversations_with_audio": got_audio,
         "rss_bytes_per_conversation": rss_per,
         "underruns": underruns,
+        "barge_in_stop_to_last_audio_ms_p50": percentile(&mut barge, 0.5),
+        "barge_in_stop_to_last_audio_ms_max": barge.iter().copied().fold(f64::NAN, f64::max),
+        "barge_in_trials": barge_trials,
     });
     for c in convs {
         c.source.stop();
@@ -362,7 +515,7 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         c.listener.close().await;
     }
     let python = if args.python {
-        Some(run_python(&args, &url, &speech(args.input_rate, 6.0)).await?)
+        Some(run_python(&args, &url, &signal_bytes, rate).await?)
     } else {
         None
     };
@@ -373,10 +526,12 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         print_side_by_side(&args, &result, py);
     } else {
         println!(
-            "parlor bench audio — {} conversations × {:.1} s, {} Hz PCM in, Opus {} c{} {} kbit/s fec={} dtx={}",
+            "parlor bench audio — {} conversations × {:.1} s, {} speech ({:.0} s) at {} Hz in, Opus {} c{} {} kbit/s fec={} dtx={}",
             args.conversations,
             wall,
-            args.input_rate,
+            result["signal"].as_str().unwrap_or(""),
+            signal_secs,
+            rate,
             if settings.channels == 1 {
                 "mono"
             } else {
@@ -398,17 +553,25 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
             result["latency_samples"]
         );
         println!(
-            "| join→first audio p50 / max | {:.0} / {:.0} ms ({got_audio}/{} with audio) |",
+            "| join→first audio p50 / max (probe excluded) | {:.0} / {:.0} ms ({got_audio}/{join_expected} with audio) |",
             result["join_to_first_audio_ms_p50"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
             result["join_to_first_audio_ms_max"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
-            args.conversations
         );
         println!("| RSS per conversation | {:.2} MB |", rss_per / 1e6);
         println!("| underruns (measured window, excluding the probe) | {underruns} |");
+        println!(
+            "| barge-in: stop() → last agent audio at the listener p50 / max | {:.1} / {:.1} ms ({barge_trials} trials) |",
+            result["barge_in_stop_to_last_audio_ms_p50"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            result["barge_in_stop_to_last_audio_ms_max"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
     }
     Ok(())
 }
@@ -416,10 +579,11 @@ async fn audio(args: AudioArgs) -> anyhow::Result<()> {
 async fn run_python(
     args: &AudioArgs,
     url: &str,
-    signal: &[i16],
+    signal: &[u8],
+    rate: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let pcm = std::env::temp_dir().join(format!("parlor-bench-{}.pcm", std::process::id()));
-    std::fs::write(&pcm, to_bytes(signal))?;
+    std::fs::write(&pcm, signal)?;
     eprintln!("running the Python SDK on the same work ...");
     let mut cmd = std::process::Command::new(&args.python_runner);
     cmd.arg("--url")
@@ -431,7 +595,7 @@ async fn run_python(
         .arg("--pcm")
         .arg(&pcm)
         .arg("--rate")
-        .arg(args.input_rate.to_string())
+        .arg(rate.to_string())
         .stderr(std::process::Stdio::inherit());
     let runner = args.python_runner.display().to_string();
     let out = tokio::task::spawn_blocking(move || cmd.output())

@@ -42,7 +42,7 @@ use crate::track::{
 /// How long the impolite side waits for the remote's first offer before offering itself.
 pub const IMPOLITE_OFFER_DELAY: Duration = Duration::from_millis(250);
 /// How long the polite side waits for the remote's first offer before offering itself.
-pub const POLITE_OFFER_DELAY: Duration = Duration::from_millis(600);
+pub const POLITE_OFFER_DELAY: Duration = Duration::from_millis(0);
 /// An offer unanswered this long is rolled back and made again.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Offers a connection makes on its own (initial, follow-ups, retries) before giving up.
@@ -160,6 +160,7 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         app: false,
         hidden_channels: Vec::new(),
         first_offer_at: Some(now + delay),
+        created: now,
         auto_offers: 0,
         offer_wanted: false,
         restart_wanted: false,
@@ -242,6 +243,8 @@ struct Conn {
     app: bool,
     hidden_channels: Vec<ChannelId>,
     first_offer_at: Option<Instant>,
+    /// When this connection started (for the first-offer timing log).
+    created: Instant,
     auto_offers: u32,
     /// Changes wait for the current exchange to finish.
     offer_wanted: bool,
@@ -749,7 +752,13 @@ impl Conn {
                 self.remote_msids = sdp::msids_by_mid(sdp_text);
                 match self.rtc.sdp_api().accept_offer(offer) {
                     Ok(answer) => {
-                        self.first_offer_at = None;
+                        if self.first_offer_at.take().is_some() {
+                            tracing::debug!(
+                                peer = %self.p.remote_id,
+                                after_ms = self.created.elapsed().as_millis() as u64,
+                                "the remote offered first"
+                            );
+                        }
                         self.app |= sdp_text.contains("m=application");
                         self.learn_audio_mids(sdp_text);
                         let answer_text = answer.to_sdp_string();
