@@ -119,7 +119,10 @@ fn parse_wav_mono(wav: &[u8]) -> anyhow::Result<(Vec<i16>, u32)> {
         let body = pos + 8;
         if id == b"fmt " {
             let f = wav.get(body..body + 16).context("short fmt chunk")?;
-            let (format, channels) = (u16::from_le_bytes([f[0], f[1]]), u16::from_le_bytes([f[2], f[3]]));
+            let (format, channels) = (
+                u16::from_le_bytes([f[0], f[1]]),
+                u16::from_le_bytes([f[2], f[3]]),
+            );
             let bits = u16::from_le_bytes([f[14], f[15]]);
             anyhow::ensure!(
                 format == 1 && channels == 1 && bits == 16,

@@ -309,6 +309,10 @@ async fn run(
     let mut buf = vec![0u8; 2048];
     let flush = c.flush.clone();
     let sock = c.sock.clone();
+    // One timer, moved only when the deadline changes (no timer churn per packet).
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         c.on_timers(Instant::now());
         let rtc_deadline = c.drive().await;
@@ -322,6 +326,10 @@ async fn run(
         .flatten()
         .min()
         .unwrap_or(rtc_deadline);
+        if armed != Some(wake) {
+            armed = Some(wake);
+            sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
+        }
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, source)) => {
@@ -345,7 +353,8 @@ async fn run(
             },
             Some((track_id, frame)) = media_rx.recv() => c.write_frame(&track_id, frame),
             _ = flush.notified() => c.flush_channels(),
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+            () = &mut sleep => {
+                armed = None;
                 if let Err(e) = c.rtc.handle_input(Input::Timeout(Instant::now())) {
                     tracing::warn!(peer = %c.p.remote_id, error = %e, "webrtc timeout handling failed");
                 }

@@ -1,0 +1,528 @@
+//! The agent loop: joins a room with one outbound voice, runs one listening loop per human
+//! (VAD → speech-to-text on the human's own thread), answers each utterance through the
+//! reply and speech hooks, and stops talking the moment a human starts (barge-in).
+//!
+//! What the agent tells the room (server-routed `send`, JSON; see `docs/agent.md`):
+//! `{"type":"transcript","role":"human"|"agent","peerId":…,"text":…,"final":bool}`,
+//! `{"type":"state","state":"listening"|"thinking"|"speaking"|"ended","peerId":…}`,
+//! `{"type":"metrics","peerId":…,"eouToFirstAudioMs":…}` (end of the human's utterance, as
+//! the VAD saw it, to the first reply audio handed to the voice) and
+//! `{"type":"barge-in","peerId":…}`. What a human may send, on a data channel labelled
+//! [`AgentOptions::control_label`] or through the server: `{"type":"hangup"}` and
+//! `{"type":"text","text":…}` (a typed turn).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout, SpeechDownsampler};
+use parlor_peer::room::FatalError;
+use parlor_peer::{
+    DataChannel, DataMessage, LocalTrack, RemoteTrack, RoomError, RoomEvent, RoomPeer, TrackKind,
+};
+use serde_json::{Value, json};
+
+use crate::hooks::{Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn};
+use crate::vad::{Vad, VadEvent, VadOptions};
+
+/// Tuning of an [`Agent`].
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Utterance detection on each human's audio.
+    pub vad: VadOptions,
+    /// Label of the data channel a human opens for control messages.
+    pub control_label: String,
+    /// Said to each human when their audio arrives.
+    pub greeting: Option<String>,
+    /// Reply audio buffered ahead of real time.
+    pub max_buffered: Duration,
+    /// Turns of history handed to the reply hook.
+    pub max_history: usize,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            vad: VadOptions::default(),
+            control_label: "control".to_owned(),
+            greeting: None,
+            max_buffered: Duration::from_secs(2),
+            max_history: 20,
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Joining the room failed.
+    #[error("cannot join the room: {0}")]
+    Join(#[from] RoomError),
+    /// The room failed for good (bad key, reconnect attempts exhausted, …).
+    #[error("the room failed for good: {0}")]
+    Fatal(FatalError),
+    /// A hook could not start.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+}
+
+/// A voice agent in one room. See the module docs for what it says and hears.
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    peer: RoomPeer,
+    stt: Arc<dyn SpeechToText>,
+    llm: Arc<dyn Llm>,
+    tts: Arc<dyn TextToSpeech>,
+    opts: AgentOptions,
+    voice: LocalTrack,
+    speaking: Mutex<Option<Utterance>>,
+    humans: Mutex<HashMap<String, Human>>,
+    next_utterance: AtomicU64,
+}
+
+struct Utterance {
+    id: u64,
+    source: Arc<AudioSource>,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Human {
+    listen: Option<tokio::task::JoinHandle<()>>,
+    history: Vec<Turn>,
+    ended: bool,
+}
+
+impl Agent {
+    /// An agent speaking through `peer` (not yet joined) with the given hooks.
+    pub fn new(
+        peer: RoomPeer,
+        stt: impl SpeechToText,
+        llm: impl Llm,
+        tts: impl TextToSpeech,
+        opts: AgentOptions,
+    ) -> Agent {
+        Agent {
+            inner: Arc::new(Inner {
+                peer,
+                stt: Arc::new(stt),
+                llm: Arc::new(llm),
+                tts: Arc::new(tts),
+                opts,
+                voice: LocalTrack::audio(),
+                speaking: Mutex::new(None),
+                humans: Mutex::new(HashMap::new()),
+                next_utterance: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The room peer.
+    pub fn peer(&self) -> &RoomPeer {
+        &self.inner.peer
+    }
+
+    /// Join `room` and serve it until the room is left (`Ok`) or fails for good.
+    pub async fn run(self, room: &str) -> Result<(), AgentError> {
+        let inner = self.inner;
+        if inner.stt.sample_rate() != 16_000 {
+            return Err(HookError::new("stt", "recognizers must take 16 kHz audio").into());
+        }
+        let mut events = inner.peer.events();
+        inner.peer.add_track(&inner.voice);
+        inner.peer.join(room, true).await?;
+        tracing::info!(room, "agent joined");
+        while let Some(event) = events.recv().await {
+            match event {
+                RoomEvent::PeerJoined { peer_id, .. } => {
+                    inner.humans().entry(peer_id.clone()).or_default();
+                    inner.state("listening", &peer_id).await;
+                }
+                RoomEvent::Track { peer_id, track } if track.kind() == TrackKind::Audio => {
+                    let task = tokio::spawn(listen(inner.clone(), peer_id.clone(), track));
+                    let greet = {
+                        let mut humans = inner.humans();
+                        let h = humans.entry(peer_id.clone()).or_default();
+                        if let Some(old) = h.listen.replace(task) {
+                            old.abort();
+                        }
+                        h.history.is_empty() && !h.ended
+                    };
+                    if let (true, Some(text)) = (greet, inner.opts.greeting.clone()) {
+                        let sentences = vec![text];
+                        tokio::spawn(reply(inner.clone(), peer_id, Said::Fixed(sentences), None));
+                    }
+                }
+                RoomEvent::PeerLeft { peer_id } => inner.forget(&peer_id),
+                RoomEvent::DataChannelOpened { peer_id, channel }
+                    if channel.label() == inner.opts.control_label =>
+                {
+                    tokio::spawn(control(inner.clone(), peer_id, channel));
+                }
+                RoomEvent::Data {
+                    sender_peer_id,
+                    data,
+                    ..
+                } => {
+                    if let Ok(v) = serde_json::from_str::<Value>(data.get()) {
+                        on_control(&inner, &sender_peer_id, &v).await;
+                    }
+                }
+                RoomEvent::Fatal(e) => {
+                    inner.stop_all();
+                    return Err(AgentError::Fatal(e));
+                }
+                RoomEvent::Left => break,
+                _ => {}
+            }
+        }
+        inner.stop_all();
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn humans(&self) -> MutexGuard<'_, HashMap<String, Human>> {
+        self.humans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn speaking(&self) -> MutexGuard<'_, Option<Utterance>> {
+        self.speaking.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn send(&self, v: Value) {
+        if let Err(e) = self.peer.send(&v).await {
+            tracing::debug!(error = %e, "agent message not sent");
+        }
+    }
+
+    async fn state(&self, state: &str, peer_id: &str) {
+        self.send(json!({"type": "state", "state": state, "peerId": peer_id}))
+            .await;
+    }
+
+    /// Stop the voice now (barge-in); true if it was talking.
+    fn interrupt(&self) -> bool {
+        let Some(u) = self.speaking().take() else {
+            return false;
+        };
+        u.cancel.store(true, Ordering::SeqCst);
+        u.source.stop();
+        true
+    }
+
+    fn forget(&self, peer_id: &str) {
+        if let Some(h) = self.humans().remove(peer_id)
+            && let Some(t) = h.listen
+        {
+            t.abort();
+        }
+    }
+
+    fn stop_all(&self) {
+        self.interrupt();
+        for (_, h) in self.humans().drain() {
+            if let Some(t) = h.listen {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// A control message from a human (data channel or server-routed).
+async fn on_control(inner: &Arc<Inner>, peer_id: &str, v: &Value) {
+    match v.get("type").and_then(Value::as_str) {
+        Some("hangup") => {
+            let was = {
+                let mut humans = inner.humans();
+                let h = humans.entry(peer_id.to_owned()).or_default();
+                let was = h.ended;
+                h.ended = true;
+                if let Some(t) = h.listen.take() {
+                    t.abort();
+                }
+                was
+            };
+            if !was {
+                inner.interrupt();
+                tracing::info!(peer = peer_id, "hang-up");
+                inner.state("ended", peer_id).await;
+            }
+        }
+        Some("text") => {
+            if let Some(text) = v.get("text").and_then(Value::as_str) {
+                let text: String = text.chars().take(2_000).collect();
+                on_utterance(inner, peer_id, text, Instant::now()).await;
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn control(inner: Arc<Inner>, peer_id: String, channel: DataChannel) {
+    while let Some(msg) = channel.recv().await {
+        let DataMessage::Text(text) = msg else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        on_control(&inner, &peer_id, &v).await;
+        if v.get("type").and_then(Value::as_str) == Some("hangup") {
+            let _ = channel
+                .send(DataMessage::Text(r#"{"type":"bye"}"#.into()))
+                .await;
+        }
+    }
+}
+
+enum SttCmd {
+    Start(Vec<i16>),
+    Feed(Vec<i16>),
+    Finish(Instant),
+}
+
+/// One human's listening loop: decoded frames → 16 kHz → VAD → their recognizer thread.
+async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
+    let (mut frames, mut down) = match (AudioFrames::new(track), SpeechDownsampler::new()) {
+        (Ok(f), Ok(d)) => (f, d),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(peer = %peer_id, error = %e, "cannot decode this track");
+            return;
+        }
+    };
+    let mut rec = match inner.stt.recognizer() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(peer = %peer_id, error = %e, "no recognizer for this human");
+            return;
+        }
+    };
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<SttCmd>();
+    let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Recognition is blocking work: it runs on this human's own thread, off the audio path.
+    let who = peer_id.clone();
+    std::thread::Builder::new()
+        .name("parlor-stt".into())
+        .spawn(move || {
+            while let Ok(cmd) = cmd_rx.recv() {
+                let r = match cmd {
+                    SttCmd::Start(pre) => rec.start().and_then(|()| rec.feed(&pre)).map(|_| None),
+                    SttCmd::Feed(pcm) => rec.feed(&pcm).map(|_| None),
+                    SttCmd::Finish(at) => rec.finish().map(|text| Some((text, at))),
+                };
+                match r {
+                    Ok(Some(done)) => {
+                        if res_tx.send(done).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(peer = %who, error = %e, "recognizer"),
+                }
+            }
+        })
+        .ok();
+    let mut vad = Vad::new(16_000, inner.opts.vad);
+    let mut pcm = Vec::with_capacity(320);
+    loop {
+        tokio::select! {
+            f = frames.next() => {
+                let Some(f) = f else { break };
+                pcm.clear();
+                if down.process(&f, &mut pcm).is_err() {
+                    continue;
+                }
+                let cmd = match vad.push(&pcm) {
+                    VadEvent::SpeechStart { pre_roll } => {
+                        if inner.interrupt() {
+                            tracing::info!(peer = %peer_id, "barge-in");
+                            inner.send(json!({"type": "barge-in", "peerId": peer_id})).await;
+                            inner.state("listening", &peer_id).await;
+                        }
+                        SttCmd::Start(pre_roll)
+                    }
+                    VadEvent::Speech => SttCmd::Feed(pcm.clone()),
+                    VadEvent::SpeechEnd => SttCmd::Finish(Instant::now()),
+                    VadEvent::None => continue,
+                };
+                if cmd_tx.send(cmd).is_err() {
+                    break;
+                }
+            }
+            Some((text, ended)) = res_rx.recv() => {
+                on_utterance(&inner, &peer_id, text, ended).await;
+            }
+        }
+    }
+    tracing::debug!(peer = %peer_id, "audio ended");
+}
+
+/// A finished human utterance: show it and answer it.
+async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, ended: Instant) {
+    let text = text.trim().to_owned();
+    if text.is_empty() {
+        return;
+    }
+    let history = {
+        let mut humans = inner.humans();
+        let h = humans.entry(peer_id.to_owned()).or_default();
+        if h.ended {
+            return;
+        }
+        h.history.push(Turn {
+            role: Role::Human,
+            text: text.clone(),
+        });
+        let skip = h.history.len().saturating_sub(inner.opts.max_history);
+        h.history[skip..].to_vec()
+    };
+    tracing::info!(peer = peer_id, text = %text, "heard");
+    inner
+        .send(json!({"type": "transcript", "role": "human", "peerId": peer_id, "text": text, "final": true}))
+        .await;
+    tokio::spawn(reply(
+        inner.clone(),
+        peer_id.to_owned(),
+        Said::Model(history),
+        Some(ended),
+    ));
+}
+
+enum Said {
+    /// Ask the reply hook.
+    Model(Vec<Turn>),
+    /// Say these sentences.
+    Fixed(Vec<String>),
+}
+
+/// Speak one reply as one utterance (one `AudioSource` on the agent's voice track).
+async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, ended: Option<Instant>) {
+    let options = AudioSourceOptions::new(inner.tts.sample_rate(), Layout::Mono)
+        .max_buffered(inner.opts.max_buffered);
+    let source = match AudioSource::with_track(options, inner.voice.clone()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the reply's audio source");
+            return;
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let id = inner.next_utterance.fetch_add(1, Ordering::Relaxed);
+    inner.interrupt();
+    *inner.speaking() = Some(Utterance {
+        id,
+        source: source.clone(),
+        cancel: cancel.clone(),
+    });
+    inner.state("thinking", &peer_id).await;
+
+    // The reply hook streams sentences from a blocking thread.
+    let (sentence_tx, mut sentences) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let model = match said {
+        Said::Fixed(list) => {
+            for s in list {
+                let _ = sentence_tx.send(s);
+            }
+            drop(sentence_tx);
+            None
+        }
+        Said::Model(history) => {
+            let (llm, c) = (inner.llm.clone(), cancel.clone());
+            Some(tokio::task::spawn_blocking(move || {
+                llm.reply(&history, &mut |s| {
+                    if c.load(Ordering::SeqCst) || sentence_tx.send(s.to_owned()).is_err() {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
+                })
+            }))
+        }
+    };
+    let mut text = String::new();
+    let mut first_audio = true;
+    while let Some(sentence) = sentences.recv().await {
+        if cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(sentence.trim());
+        inner
+            .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": false}))
+            .await;
+        let (pcm_tx, mut pcm_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<i16>>();
+        let (tts, c) = (inner.tts.clone(), cancel.clone());
+        let speech = tokio::task::spawn_blocking(move || {
+            tts.speak(&sentence, &mut |pcm| {
+                if c.load(Ordering::SeqCst) || pcm_tx.send(pcm.to_vec()).is_err() {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                }
+            })
+        });
+        while let Some(pcm) = pcm_rx.recv().await {
+            let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+            if source.push(&bytes).await.is_err() || cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            if first_audio {
+                first_audio = false;
+                inner.state("speaking", &peer_id).await;
+                if let Some(at) = ended {
+                    let ms = at.elapsed().as_secs_f64() * 1_000.0;
+                    tracing::info!(peer = %peer_id, eou_to_first_audio_ms = ms, "replying");
+                    inner
+                        .send(
+                            json!({"type": "metrics", "peerId": peer_id, "eouToFirstAudioMs": ms}),
+                        )
+                        .await;
+                }
+            }
+        }
+        if let Ok(Err(e)) = speech.await {
+            tracing::warn!(error = %e, "speech hook failed");
+        }
+    }
+    if let Some(m) = model
+        && let Ok(Err(e)) = m.await
+    {
+        tracing::warn!(error = %e, "reply hook failed");
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return;
+    }
+    source.end().await;
+    {
+        let mut speaking = inner.speaking();
+        if speaking.as_ref().is_some_and(|u| u.id == id) {
+            *speaking = None;
+        }
+    }
+    if !text.is_empty() {
+        inner
+            .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": true}))
+            .await;
+        if let Some(h) = inner.humans().get_mut(&peer_id) {
+            h.history.push(Turn {
+                role: Role::Agent,
+                text,
+            });
+        }
+    }
+    inner.state("listening", &peer_id).await;
+}

@@ -1,0 +1,91 @@
+//! The three hooks an agent plugs in: speech-to-text, the reply model, text-to-speech.
+//!
+//! Hooks are plain blocking traits that stream through callbacks: the agent runs them on
+//! blocking threads (never on the audio path) and cancels them on barge-in by returning
+//! [`Flow::Stop`] from the callback. Implement them over any engine; `crate::offline` has
+//! PocketSphinx, eSpeak NG and a rule-based reply, `crate::openai` an HTTP model.
+
+use std::fmt;
+
+/// A hook failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{hook} hook: {message}")]
+pub struct HookError {
+    /// Which hook (`stt`, `llm`, `tts`).
+    pub hook: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+impl HookError {
+    /// A new error of `hook`.
+    pub fn new(hook: &'static str, message: impl fmt::Display) -> HookError {
+        HookError {
+            hook,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Whether a streaming hook should go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep producing.
+    Continue,
+    /// Stop now (barge-in, hang-up).
+    Stop,
+}
+
+/// Who said a [`Turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The human.
+    Human,
+    /// The agent.
+    Agent,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// The speaker.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+}
+
+/// Speech-to-text: one [`Recognizer`] per human audio stream.
+pub trait SpeechToText: Send + Sync + 'static {
+    /// The sample rate the recognizers take (mono s16).
+    fn sample_rate(&self) -> u32 {
+        16_000
+    }
+    /// A recognizer for one stream.
+    fn recognizer(&self) -> Result<Box<dyn Recognizer>, HookError>;
+}
+
+/// Recognizes one stream, one utterance at a time (the agent's VAD cuts utterances).
+pub trait Recognizer: Send + 'static {
+    /// An utterance begins.
+    fn start(&mut self) -> Result<(), HookError>;
+    /// More audio of the utterance; may return a partial hypothesis.
+    fn feed(&mut self, pcm: &[i16]) -> Result<Option<String>, HookError>;
+    /// The utterance ended: the final text (empty when nothing was recognized).
+    fn finish(&mut self) -> Result<String, HookError>;
+}
+
+/// The reply model: streams the reply to the conversation so far in pieces (sentences or
+/// tokens) into `sink`, and stops early when `sink` returns [`Flow::Stop`].
+pub trait Llm: Send + Sync + 'static {
+    /// Reply to `history` (its last turn is the human's).
+    fn reply(&self, history: &[Turn], sink: &mut dyn FnMut(&str) -> Flow) -> Result<(), HookError>;
+}
+
+/// Text-to-speech: streams mono s16 PCM at [`sample_rate`](TextToSpeech::sample_rate) into
+/// `sink` as it is synthesized, and stops early when `sink` returns [`Flow::Stop`].
+pub trait TextToSpeech: Send + Sync + 'static {
+    /// Rate of the PCM this hook produces.
+    fn sample_rate(&self) -> u32;
+    /// Speak `text`.
+    fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError>;
+}
