@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian packages the build and the tests need, if missing:
 #   libopus-dev + pkg-config  (crates/media links libopus)
+#   libespeak-ng-dev, espeak-ng (crates/agent: eSpeak NG text-to-speech; the bench's speech)
+#   libpocketsphinx-dev, pocketsphinx-en-us (crates/agent: PocketSphinx speech-to-text)
 #   chromium                  (browser conformance tests; skipped with SKIP_CONFORMANCE=1)
 #   python3-venv              (the conformance venv)
 set -euo pipefail
 need=()
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
+pkg-config --exists espeak-ng 2>/dev/null || need+=(libespeak-ng-dev)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+pkg-config --exists pocketsphinx 2>/dev/null || need+=(libpocketsphinx-dev)
+[ -f /usr/share/pocketsphinx/model/en-us/en-us.lm.bin ] || need+=(pocketsphinx-en-us)
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout, SpeechDownsampler};
 use parlor_peer::room::FatalError;
 use parlor_peer::{
-    DataChannel, DataMessage, LocalTrack, RemoteTrack, RoomError, RoomEvent, RoomPeer, TrackKind,
+    DataChannel, DataMessage, LocalTrack, RemoteTrack, RoomError, RoomEvent, RoomEvents, RoomPeer,
+    TrackKind,
 };
 use serde_json::{Value, json};
 
@@ -135,14 +136,26 @@ impl Agent {
 
     /// Join `room` and serve it until the room is left (`Ok`) or fails for good.
     pub async fn run(self, room: &str) -> Result<(), AgentError> {
-        let inner = self.inner;
+        let events = self.join(room).await?;
+        self.serve(events).await
+    }
+
+    /// Join `room` with the agent's voice; then [`serve`](Agent::serve) the returned events.
+    pub async fn join(&self, room: &str) -> Result<RoomEvents, AgentError> {
+        let inner = &self.inner;
         if inner.stt.sample_rate() != 16_000 {
             return Err(HookError::new("stt", "recognizers must take 16 kHz audio").into());
         }
-        let mut events = inner.peer.events();
+        let events = inner.peer.events();
         inner.peer.add_track(&inner.voice);
         inner.peer.join(room, true).await?;
         tracing::info!(room, "agent joined");
+        Ok(events)
+    }
+
+    /// Serve the joined room until it is left (`Ok`) or fails for good.
+    pub async fn serve(self, mut events: RoomEvents) -> Result<(), AgentError> {
+        let inner = self.inner;
         while let Some(event) = events.recv().await {
             match event {
                 RoomEvent::PeerJoined { peer_id, .. } => {

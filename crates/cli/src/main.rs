@@ -6,6 +6,7 @@
 //! * `parlor bench audio` — the audio pipeline's CPU, latency and memory per conversation.
 
 mod bench;
+mod demo;
 mod echo;
 
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ enum Command {
     Token(TokenArgs),
     /// Join a room as a Rust peer that echoes data-channel messages and loops audio back.
     Echo(echo::EchoArgs),
+    /// The demo: server + voice agent + browser page on one port (prints the URL).
+    Demo(demo::DemoArgs),
     /// Benchmarks (see `parlor bench audio --help`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -198,6 +201,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(echo::run(args)),
+        Command::Demo(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(demo::run(args)),
         Command::Bench(cmd) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -90,6 +90,17 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, config, Router::new(), shutdown).await
+}
+
+/// [`serve`], with `extra` routes beside the server's own (`parlor demo` serves its page
+/// this way, on the same port as `/v1`).
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -102,7 +113,7 @@ pub async fn serve(
         active: AtomicUsize::new(0),
         idle: Notify::new(),
     });
-    let router = router(app.clone());
+    let router = router(app.clone()).merge(extra);
     let drain = app.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -182,12 +193,21 @@ impl ServerHandle {
 /// # }
 /// ```
 pub fn spawn(listener: TcpListener, config: Config) -> std::io::Result<ServerHandle> {
+    spawn_with(listener, config, Router::new())
+}
+
+/// [`spawn`], with `extra` routes beside the server's own (see [`serve_with`]).
+pub fn spawn_with(
+    listener: TcpListener,
+    config: Config,
+    extra: Router,
+) -> std::io::Result<ServerHandle> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, config, async move {
+    let task = tokio::spawn(serve_with(listener, config, extra, async move {
         // A dropped handle also stops the server.
         let _ = stopped.await;
     }));
