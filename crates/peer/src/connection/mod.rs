@@ -2,10 +2,12 @@
 //! and a UDP socket (the IO), fed by commands from the room peer. Every negotiation decision
 //! comes from the pure rules in [`crate::rtc`]; this module only moves bytes and events.
 //!
-//! Offer timing: the impolite side offers after [`IMPOLITE_OFFER_DELAY`] unless the remote
-//! offered first; the polite side waits [`POLITE_OFFER_DELAY`]. The short wait lets a browser
-//! that offers at `peer-joined` go first, which avoids glare where the browser would have to
-//! roll back an offer carrying a data channel (see `docs/decisions/webrtc-stack.md`).
+//! Offer timing: the polite side offers at once ([`POLITE_OFFER_DELAY`]); if the remote
+//! offers too, the polite side rolls its own back, which str0m does cleanly. The impolite side
+//! waits [`IMPOLITE_OFFER_DELAY`] for the remote's offer before offering itself: a polite
+//! browser offers 40–170 ms after `peer-joined`, and offering into it would make the browser
+//! roll back an offer carrying a data channel, which Chromium does not survive (see
+//! `docs/decisions/webrtc-stack.md`).
 
 pub mod data_channel;
 
@@ -41,7 +43,8 @@ use crate::track::{
 
 /// How long the impolite side waits for the remote's first offer before offering itself.
 pub const IMPOLITE_OFFER_DELAY: Duration = Duration::from_millis(250);
-/// How long the polite side waits for the remote's first offer before offering itself.
+/// How long the polite side waits before its first offer: none (glare costs it only a
+/// rollback).
 pub const POLITE_OFFER_DELAY: Duration = Duration::from_millis(0);
 /// An offer unanswered this long is rolled back and made again.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
