@@ -665,3 +665,35 @@ fn print_side_by_side(args: &AudioArgs, rust: &serde_json::Value, py: &serde_jso
         f(rust, "libopus_floor_cpu_s_per_audio_s")
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(rate: u32, channels: u16, samples: &[i16], data_len: u32) -> Vec<u8> {
+        let mut w = b"RIFF\xff\xff\xff\xffWAVEfmt ".to_vec();
+        w.extend(16u32.to_le_bytes());
+        w.extend(1u16.to_le_bytes());
+        w.extend(channels.to_le_bytes());
+        w.extend(rate.to_le_bytes());
+        w.extend((rate * 2).to_le_bytes());
+        w.extend(2u16.to_le_bytes());
+        w.extend(16u16.to_le_bytes());
+        w.extend(b"data");
+        w.extend(data_len.to_le_bytes());
+        w.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+        w
+    }
+
+    #[test]
+    fn wav_parsing_takes_streamed_and_sized_files_and_refuses_others() {
+        // espeak-ng --stdout leaves the sizes unset (0xffffffff): read to the end.
+        let (s, r) = parse_wav_mono(&wav(22_050, 1, &[1, -2, 3], u32::MAX)).expect("streamed");
+        assert_eq!((s, r), (vec![1, -2, 3], 22_050));
+        let (s, _) = parse_wav_mono(&wav(16_000, 1, &[1, -2, 3], 4)).expect("sized");
+        assert_eq!(s, vec![1, -2]);
+        assert!(parse_wav_mono(&wav(16_000, 2, &[1, 2], 4)).is_err());
+        assert!(parse_wav_mono(b"RIFF").is_err());
+        assert!(parse_wav_mono(&[0; 64]).is_err());
+    }
+}
