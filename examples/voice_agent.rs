@@ -10,7 +10,8 @@
 //! | `FatalError`                        | `AgentError::Fatal` → exit 1                     |
 //!
 //! The hooks are traits; this example plugs in the offline ones (PocketSphinx, eSpeak NG) and
-//! its own reply hook, to show how one is written.
+//! its own reply hook, to show how one is written — or, when `PARLOR_LLM_BASE_URL` is set, an
+//! OpenAI-compatible model (`PARLOR_LLM_MODEL`, `PARLOR_LLM_API_KEY`; see `parlor_agent::openai`).
 //!
 //! ```text
 //! cargo run --release -p parlor -- serve --dev-key pk_test_x &      # a server
@@ -21,6 +22,7 @@
 use std::time::Duration;
 
 use parlor_agent::offline::{EspeakTts, RuleReply, SphinxStt};
+use parlor_agent::openai::OpenAiLlm;
 use parlor_agent::{Agent, AgentError, AgentOptions, Flow, HookError, Llm, Role, Turn};
 use parlor_peer::{ReconnectOptions, RoomPeer, SignallingClient};
 
@@ -68,10 +70,14 @@ async fn run(url: &str, key: &str, room: &str) -> Result<(), Box<dyn std::error:
             ..ReconnectOptions::default()
         }))
         .build()?;
+    let llm: Box<dyn Llm> = match OpenAiLlm::from_env() {
+        Some(model) => Box::new(model),
+        None => Box::new(Polite { rules: RuleReply }),
+    };
     let agent = Agent::new(
         RoomPeer::new(client),
         SphinxStt::new()?,
-        Polite { rules: RuleReply },
+        llm,
         EspeakTts::new()?,
         AgentOptions {
             greeting: Some("Hello, I am listening.".into()),

@@ -89,3 +89,28 @@ pub trait TextToSpeech: Send + Sync + 'static {
     /// Speak `text`.
     fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError>;
 }
+
+/// A boxed hook is a hook (pick one at run time, e.g. from the environment).
+impl<T: Llm + ?Sized> Llm for Box<T> {
+    fn reply(&self, history: &[Turn], sink: &mut dyn FnMut(&str) -> Flow) -> Result<(), HookError> {
+        (**self).reply(history, sink)
+    }
+}
+
+impl<T: TextToSpeech + ?Sized> TextToSpeech for Box<T> {
+    fn sample_rate(&self) -> u32 {
+        (**self).sample_rate()
+    }
+    fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError> {
+        (**self).speak(text, sink)
+    }
+}
+
+impl<T: SpeechToText + ?Sized> SpeechToText for Box<T> {
+    fn sample_rate(&self) -> u32 {
+        (**self).sample_rate()
+    }
+    fn recognizer(&self) -> Result<Box<dyn Recognizer>, HookError> {
+        (**self).recognizer()
+    }
+}

@@ -44,6 +44,7 @@
 pub mod agent;
 pub mod hooks;
 pub mod offline;
+pub mod openai;
 pub mod vad;
 
 pub use agent::{Agent, AgentError, AgentOptions};

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Args;
 use parlor_agent::offline::{EspeakTts, RuleReply, SphinxStt};
-use parlor_agent::{Agent, AgentOptions};
+use parlor_agent::openai::OpenAiLlm;
+use parlor_agent::{Agent, AgentOptions, Llm};
 use parlor_peer::{ReconnectOptions, RoomPeer, SignallingClient};
 
 #[derive(Args, Debug)]
@@ -108,7 +109,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         greeting: args.greeting.clone(),
         ..AgentOptions::default()
     };
-    let agent = Agent::new(RoomPeer::new(client), stt, RuleReply, tts, options);
+    // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
+    let llm: Box<dyn Llm> = match OpenAiLlm::from_env() {
+        Some(llm) => {
+            tracing::info!(?llm, "replies from an OpenAI-compatible endpoint");
+            Box::new(llm)
+        }
+        None => Box::new(RuleReply),
+    };
+    let agent = Agent::new(RoomPeer::new(client), stt, llm, tts, options);
     let events = agent
         .join(&args.room)
         .await
