@@ -9,8 +9,9 @@
 #   PYTEST_ARGS  extra pytest arguments (e.g. "-k presence -x")
 #
 # Installs what it needs idempotently: a venv at tests/conformance/.venv from
-# requirements.txt, node_modules via `npm ci`, and Debian chromium if /usr/bin/chromium
-# is missing. Exits non-zero if any part fails (all parts still run).
+# requirements.txt, node_modules via `npm ci` (here, and in web/ for the demo page's SDK),
+# and Debian chromium if /usr/bin/chromium is missing. Exits non-zero if any part fails
+# (all parts still run).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,6 +50,18 @@ setup_node() {
   want_sha="$(sha256sum "$HERE/package-lock.json" | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_sha" ]; then
     (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    echo "$want_sha" > "$stamp"
+  fi
+}
+
+# The demo page's SDK (web/node_modules, served by `parlor demo`): npm ci in web/ when it is
+# missing or web/package-lock.json changed since the last install.
+setup_web() {
+  local web="$REPO_ROOT/web" stamp="$REPO_ROOT/web/node_modules/.lock.sha" want_sha
+  want_sha="$(sha256sum "$web/package-lock.json" | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_sha" ] \
+    || [ ! -f "$web/node_modules/@metered-ca/realtime/dist/index.mjs" ]; then
+    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error) || return 1
     echo "$want_sha" > "$stamp"
   fi
 }
@@ -96,7 +109,7 @@ fi
 
 if want browser; then
   log "browser: @metered-ca/realtime in Chromium (playwright-core)"
-  if [ $node_ok -eq 1 ] && setup_chromium; then
+  if [ $node_ok -eq 1 ] && setup_web && setup_chromium; then
     (cd "$HERE" && timeout 600 node --test --test-concurrency=1 --test-timeout=240000 browser/)
     rc=$?; [ $rc -eq 0 ] && record browser PASS || record browser "FAIL (rc=$rc)"
   else

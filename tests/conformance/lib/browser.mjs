@@ -32,8 +32,11 @@ export function startStatic(page) {
   return new Promise((resolve) => srv.listen(0, "127.0.0.1", () => resolve(srv)));
 }
 
-/** Headless Debian Chromium with a fake microphone and no mDNS candidate hiding. */
-export function launchChromium() {
+/**
+ * Headless Debian Chromium with a fake microphone and no mDNS candidate hiding.
+ * `extraArgs` are appended to the command line (e.g. `--use-file-for-fake-audio-capture=…`).
+ */
+export function launchChromium(extraArgs = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -45,6 +48,7 @@ export function launchChromium() {
       "--use-fake-device-for-media-stream",
       "--autoplay-policy=no-user-gesture-required",
       "--disable-features=WebRtcHideLocalIpsWithMdns",
+      ...extraArgs,
     ],
   });
 }

@@ -1,0 +1,366 @@
+// The whole `parlor demo` in Chromium: `parlor demo --listen 127.0.0.1:0` (server + voice
+// agent + page on one port) and the page (web/) in headless Debian Chromium, its microphone
+// fed from a WAV of eSpeak NG speech (`--use-file-for-fake-audio-capture`).
+//
+// One human (the WAV says "What is the weather like today?", then, while the agent's three
+// sentence reply is still playing, "Hello, what is your name?"):
+//   (a) a human transcript containing "weather" tagged with the page's peer id;
+//   (b) the reply is heard: inbound-rtp audio packetsReceived and totalAudioEnergy grow while
+//       the agent's state is "speaking";
+//   (c) barge-in: the second utterance interrupts the reply; a barge-in message arrives and the
+//       inbound audio energy goes flat (measured from page-side getStats samples every 50 ms);
+//   (d) the metrics message (eouToFirstAudioMs) arrives;
+//   (e) hang-up over the "control" data channel: state "ended" for our id, "bye" on the
+//       channel, and the page shows "call ended" (then "Call again" joins as a new peer);
+//   (f) screenshots out/demo-call.png (during the call) and out/demo.png (call ended).
+// Two humans (two browsers, two WAVs: "weather" and "What time is it?"): each one's transcript
+// is tagged with its own peer id, on both pages.
+//
+// Run: node --test browser/demo.test.mjs   (PARLOR_BIN=... ; PARLOR_LOG=... for the demo)
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync, mkdirSync, mkdtempSync, openSync, closeSync, existsSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { launchChromium, poll } from "../lib/browser.mjs";
+import { parlorBin, Recorder, CONFORMANCE_DIR, REPO_ROOT, WAIT_MS } from "../lib/parlor.mjs";
+
+const OUT_DIR = path.join(CONFORMANCE_DIR, "out");
+const WEB_DIR = path.join(REPO_ROOT, "web");
+// Everything one describe block waits for shares its budget (from the start of its `before`),
+// so a demo that never answers fails the file in about two minutes, not after every wait's
+// own timeout. A passing run needs ~25 s and ~17 s here (2 cores).
+const BUDGET_MS = 75_000;
+const BUDGET_TWO_MS = 50_000;
+const BARGE_IN_STOP_BOUND_MS = 1500; // barge-in message -> the agent's voice energy goes flat
+const SAMPLE_MS = 50;
+
+const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ------------------------------------------------------------------ speech WAVs
+/** PCM (s16le mono) and rate of `text` spoken by eSpeak NG. */
+function espeak(text, dir) {
+  const file = path.join(dir, "say.wav");
+  execFileSync("espeak-ng", ["-v", "en-us", "-s", "150", "-w", file, text], { timeout: WAIT_MS });
+  const wav = readFileSync(file);
+  assert.equal(wav.toString("ascii", 0, 4), "RIFF", "espeak-ng wrote a RIFF file");
+  let rate = 0, channels = 0, bits = 0, pcm = null;
+  for (let off = 12; off + 8 <= wav.length;) {
+    const id = wav.toString("ascii", off, off + 4);
+    const size = Math.min(wav.readUInt32LE(off + 4), wav.length - off - 8);
+    if (id === "fmt ") {
+      channels = wav.readUInt16LE(off + 10);
+      rate = wav.readUInt32LE(off + 12);
+      bits = wav.readUInt16LE(off + 22);
+    } else if (id === "data") {
+      pcm = wav.subarray(off + 8, off + 8 + size);
+    }
+    off += 8 + size + (size & 1);
+  }
+  assert.ok(pcm && channels === 1 && bits === 16 && rate > 0, `espeak-ng WAV is 16-bit mono (${channels} ch, ${bits} bit, ${rate} Hz)`);
+  return { rate, pcm };
+}
+
+/**
+ * Write a 16-bit mono WAV: `parts` are numbers (seconds of silence) or strings (speech).
+ * Returns { file, rate, seconds, spans: [{text, start, end}] }.
+ */
+function speechWav(file, parts, dir) {
+  const speech = parts.map((p) => (typeof p === "string" ? espeak(p, dir) : null));
+  const rate = speech.find(Boolean).rate;
+  assert.ok(speech.every((s) => !s || s.rate === rate), "one sample rate");
+  const bufs = [], spans = [];
+  let at = 0; // samples
+  for (const [i, p] of parts.entries()) {
+    const buf = speech[i] ? speech[i].pcm : Buffer.alloc(Math.round(p * rate) * 2);
+    if (speech[i]) spans.push({ text: p, start: +(at / rate).toFixed(2), end: +((at + buf.length / 2) / rate).toFixed(2) });
+    bufs.push(buf);
+    at += buf.length / 2;
+  }
+  const data = Buffer.concat(bufs);
+  const hdr = Buffer.alloc(44);
+  hdr.write("RIFF", 0, "ascii");
+  hdr.writeUInt32LE(36 + data.length, 4);
+  hdr.write("WAVEfmt ", 8, "ascii");
+  hdr.writeUInt32LE(16, 16);
+  hdr.writeUInt16LE(1, 20); // PCM
+  hdr.writeUInt16LE(1, 22); // mono
+  hdr.writeUInt32LE(rate, 24);
+  hdr.writeUInt32LE(rate * 2, 28);
+  hdr.writeUInt16LE(2, 32);
+  hdr.writeUInt16LE(16, 34);
+  hdr.write("data", 36, "ascii");
+  hdr.writeUInt32LE(data.length, 40);
+  writeFileSync(file, Buffer.concat([hdr, data]));
+  return { file, rate, seconds: at / rate, spans };
+}
+
+// ------------------------------------------------------------------ the demo process
+/** `parlor demo --listen 127.0.0.1:0 --web <repo>/web`; resolves once it printed its URL. */
+async function startDemo(name) {
+  const errPath = path.join(OUT_DIR, `${name}.stderr.log`);
+  const errFd = openSync(errPath, "w");
+  const env = { ...process.env, NO_COLOR: "1", PARLOR_LOG: process.env.PARLOR_LOG || "parlor_agent=debug,parlor=info" };
+  const proc = spawn(parlorBin(), ["demo", "--listen", "127.0.0.1:0", "--web", WEB_DIR], { stdio: ["ignore", "pipe", errFd], env });
+  closeSync(errFd);
+  const rec = new Recorder("parlor demo");
+  const lines = [];
+  readline.createInterface({ input: proc.stdout }).on("line", (l) => { lines.push(l); rec.push("line", l); });
+  proc.on("exit", (code, sig) => rec.push("exit", { code, sig }));
+  proc.on("error", (e) => rec.push("exit", { error: e.message }));
+  const demo = {
+    proc, lines,
+    stderrTail: (n = 6000) => (existsSync(errPath) ? stripAnsi(readFileSync(errPath, "utf8")).slice(-n) : ""),
+    logs: (n = 5000) => `demo stdout: ${JSON.stringify(lines.slice(-40))}\ndemo stderr (tail):\n${demo.stderrTail(n)}`,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null || proc.pid === undefined) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGTERM");
+      const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(t);
+      writeFileSync(path.join(OUT_DIR, `${name}.stdout.log`), lines.join("\n") + "\n");
+    },
+  };
+  try {
+    const early = rec.waitFor("exit", () => true, "", WAIT_MS + 1000).then((x) => { throw new Error(`parlor demo exited early ${JSON.stringify(x)}`); });
+    early.catch(() => {});
+    const open = await Promise.race([rec.waitFor("line", (l) => /^demo: open http:\/\/\S+\/$/.test(l), "'demo: open' line"), early]);
+    demo.url = open.split(" ").pop();
+    demo.agentId = (lines.map((l) => /^demo: agent joined room \S+ as (\S+)$/.exec(l)).find(Boolean) || [])[1] || null;
+  } catch (e) {
+    await demo.stop();
+    e.message += `\n${demo.logs(3000)}`;
+    throw e;
+  }
+  return demo;
+}
+
+// ------------------------------------------------------------------ one page
+async function openPage(browser, url, name) {
+  const context = await browser.newContext({ permissions: ["microphone"] });
+  const page = await context.newPage();
+  const consoleLines = [];
+  page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
+  await page.goto(url + "?autojoin=1");
+  const p = {
+    name, page, context, consoleLines,
+    state: () => page.evaluate(() => window.demo),
+    stats: () => page.evaluate(() => window.demoStats()),
+    async dump() {
+      const s = await page.evaluate(async () => ({ demo: window.demo, stats: await window.demoStats?.(), status: document.getElementById("status")?.textContent }))
+        .catch((e) => String(e));
+      return `page ${name} state: ${JSON.stringify(s).slice(0, 6000)}\npage ${name} console (tail):\n${consoleLines.slice(-40).join("\n").slice(-4000)}`;
+    },
+    async close(shot) {
+      writeFileSync(path.join(OUT_DIR, `${shot}-console.log`), consoleLines.join("\n") + "\n");
+      await page.screenshot({ path: path.join(OUT_DIR, `${shot}.png`), fullPage: true }).catch(() => {});
+      await context.close().catch(() => {});
+    },
+  };
+  return p;
+}
+
+const humanLines = (st, re) => st.transcripts.filter((x) => x.role === "human" && re.test(x.text));
+
+describe("parlor demo: the page in Chromium talks to the voice agent", () => {
+  let dir, wav, demo, browser, human;
+  let deadline = Infinity;
+  const left = () => Math.max(1000, deadline - Date.now());
+  const check = async (fn) => {
+    try { await fn(); } catch (e) { e.message += `\n${human ? await human.dump() : "(no page)"}\n${demo ? demo.logs() : "(no demo)"}`; throw e; }
+  };
+
+  before(async () => {
+    deadline = Date.now() + BUDGET_MS;
+    mkdirSync(OUT_DIR, { recursive: true });
+    dir = mkdtempSync(path.join(tmpdir(), "parlor-demo-"));
+    // The 3 s lead-in leaves time to join and connect before the first words; %noloop: the
+    // file plays once (then silence), so each sentence is said exactly once. "Hello." warms
+    // the recognizer up (PocketSphinx often mishears a human's first utterance, e.g. "what is
+    // not whether like to do you"); the agent's answer to it is over before the question.
+    // The name question comes 4 s after the weather question: the agent is still talking
+    // then whichever reply it chose (the weather one is ~12 s, "I heard you say…" ~5 s).
+    wav = speechWav(path.join(dir, "human.wav"),
+      [3, "Hello.", 8, "What is the weather like today?", 4, "Hello, what is your name?", 8], dir);
+    demo = await startDemo("demo");
+    browser = await launchChromium([`--use-file-for-fake-audio-capture=${wav.file}%noloop`]);
+    human = await openPage(browser, demo.url, "human");
+  });
+
+  after(async () => {
+    await human?.close("demo-last"); // the page as the test left it (demo.png: call ended)
+    await browser?.close().catch(() => {});
+    await demo?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("transcript, reply audio, barge-in, metrics, hang-up", { timeout: BUDGET_MS + 30_000 }, (t) => check(async () => {
+    const { page } = human;
+    t.diagnostic(`human WAV ${wav.seconds.toFixed(1)} s at ${wav.rate} Hz: ${JSON.stringify(wav.spans)}; demo at ${demo.url}, agent ${demo.agentId}`);
+    const st0 = await poll(human.state, (s) => s && s.joined && s.peerId, "the page to join", left());
+    const me = st0.peerId;
+    await page.waitForFunction(() => window.demo.agentPeerId, null, { timeout: left() });
+    // Sample the agent's inbound audio every 50 ms in the page from now on.
+    await page.evaluate((ms) => {
+      window.samples = [];
+      window.sampler = setInterval(async () => { const s = await window.demoStats(); if (s) window.samples.push(s); }, ms);
+    }, SAMPLE_MS);
+
+    // (a) what the human said, tagged with our peer id
+    // Done when "weather" is heard, or when all three utterances were heard without it.
+    const heard = await poll(human.state, (s) => humanLines(s, /weather/i).length > 0 || humanLines(s, /./).length >= 3,
+      "a human transcript with 'weather'", left());
+    const line = humanLines(heard, /weather/i)[0];
+    assert.ok(line, `a human transcript with "weather": ${JSON.stringify(humanLines(heard, /./))}`);
+    assert.equal(line.peerId, me, `the transcript is tagged with our peer id: ${JSON.stringify(line)}`);
+    assert.equal(heard.agentPeerId, demo.agentId ?? heard.agentPeerId, "the agent is the peer the demo announced");
+    t.diagnostic(`heard: ${JSON.stringify(line.text)} (peer ${me})`);
+
+    // (b) the reply is heard while the agent says it is speaking
+    // Inbound audio and the agent's latest state for us, read together.
+    const statsAndState = () => page.evaluate(async (id) => ({
+      ...(await window.demoStats()), state: window.demo.states.filter((x) => x.peerId === id).pop()?.state,
+    }), me);
+    const a = await poll(statsAndState, (x) => x.state === "speaking", "state speaking", left());
+    const b = await poll(statsAndState, (x) => x.state !== "speaking" ||
+      (x.packetsReceived >= a.packetsReceived + 25 && x.totalAudioEnergy > a.totalAudioEnergy + 1e-3),
+      `inbound audio packets and energy growing past ${JSON.stringify(a)}`, Math.min(5000, left()));
+    t.diagnostic(`while speaking: inbound-rtp packetsReceived ${a.packetsReceived} -> ${b.packetsReceived}, ` +
+      `totalAudioEnergy ${a.totalAudioEnergy.toFixed(5)} -> ${b.totalAudioEnergy.toFixed(5)}, audioLevel ${b.audioLevel.toFixed(3)}`);
+    assert.equal(b.state, "speaking", `packets and energy grew while the agent was speaking: ${JSON.stringify({ a, b })}`);
+
+    // (d) end of utterance -> first reply audio
+    const m = await poll(human.state, (s) => s.metrics.some((x) => x.peerId === me), "metrics", left());
+    const eou = m.metrics.find((x) => x.peerId === me).eouToFirstAudioMs;
+    assert.equal(typeof eou, "number");
+    assert.ok(eou >= 0 && eou < 10_000, `eouToFirstAudioMs plausible: ${eou}`);
+
+    // (c) barge-in: the second utterance starts while the reply (~3 sentences) still plays
+    const bi = await poll(human.state, (s) => s.bargeIns.some((x) => x.peerId === me), "a barge-in message", left());
+    const tBarge = bi.bargeIns.find((x) => x.peerId === me).t;
+    // The agent answers the second utterance after it ends: look at the samples up to that
+    // reply's "speaking" (or 3 s), and find when the energy stopped growing.
+    await sleep(Math.min(3000, left()));
+    const { samples, states } = await page.evaluate(() => ({ samples: window.samples, states: window.demo.states }));
+    const nextSpeaking = states.find((x) => x.peerId === me && x.state === "speaking" && x.t > tBarge);
+    const windowEnd = Math.min(tBarge + 3000, nextSpeaking ? nextSpeaking.t : Infinity);
+    const grow = (i) => samples[i].totalAudioEnergy - samples[i - 1].totalAudioEnergy;
+    // Energy added per sample: the agent's speech adds ~1e-3..1e-2, silence 0. 1e-4 per 50 ms
+    // is an audio level of ~0.045 held for the whole sample. Chromium refreshes these stats
+    // about every 100 ms, so the measurement has that resolution.
+    const EPS = 1e-4;
+    let lastGrowth = null, grewBefore = 0;
+    for (let i = 1; i < samples.length && samples[i].t <= windowEnd; i++) {
+      if (samples[i].t < tBarge - 2000) continue;
+      if (samples[i].t < tBarge && grow(i) > EPS) grewBefore++;
+      if (grow(i) > EPS) lastGrowth = samples[i].t;
+    }
+    const flatFor = windowEnd === Infinity ? 0 : Math.min(windowEnd, samples.at(-1).t) - (lastGrowth ?? tBarge);
+    const stopMs = lastGrowth === null ? 0 : lastGrowth - tBarge;
+    const trace = samples.filter((s) => s.t > tBarge - 600 && s.t < tBarge + 1600)
+      .map((s, i, arr) => `${(s.t - tBarge).toFixed(0)}:${i ? ((s.totalAudioEnergy - arr[i - 1].totalAudioEnergy) * 1e4).toFixed(2) : "-"}`).join(" ");
+    t.diagnostic(`barge-in: voice energy last grew ${stopMs.toFixed(0)} ms after the barge-in message ` +
+      `(growing samples in the 2 s before: ${grewBefore}; flat for ${flatFor.toFixed(0)} ms after; next reply speaking at ` +
+      `${nextSpeaking ? (nextSpeaking.t - tBarge).toFixed(0) + " ms" : "-"})`);
+    t.diagnostic(`energy growth x1e-4 per ${SAMPLE_MS} ms sample around the barge-in (ms from message:delta): ${trace}`);
+    console.log(`demo: barge-in -> voice energy flat ${stopMs.toFixed(0)} ms`);
+    assert.ok(grewBefore > 0, "the agent was talking just before the barge-in");
+    assert.ok(stopMs <= BARGE_IN_STOP_BOUND_MS, `the voice stopped within ${BARGE_IN_STOP_BOUND_MS} ms of the barge-in message (took ${stopMs.toFixed(0)} ms)`);
+    assert.ok(flatFor >= 300, `the voice stayed silent after the barge-in (flat for ${flatFor.toFixed(0)} ms)`);
+    const agentLines = (await human.state()).transcripts.filter((x) => x.role === "agent" && x.peerId === me);
+    t.diagnostic(`agent said: ${JSON.stringify(agentLines.map((x) => x.text))}`);
+
+    // (d) every reply's latency, end of utterance -> first audio
+    const eous = (await human.state()).metrics.filter((x) => x.peerId === me).map((x) => x.eouToFirstAudioMs.toFixed(1));
+    t.diagnostic(`eouToFirstAudioMs per reply: ${eous.join(", ")} ms`);
+    console.log(`demo: eouToFirstAudioMs ${eous.join(", ")} ms`);
+
+    // (e) hang-up over the control channel (a screenshot of the call first)
+    await page.screenshot({ path: path.join(OUT_DIR, "demo-call.png"), fullPage: true }).catch(() => {});
+    await page.waitForFunction(() => window.demo.controlOpen, null, { timeout: left() });
+    await page.evaluate(() => clearInterval(window.sampler));
+    await page.click("#hangup");
+    const end = await poll(human.state, (s) => s.ended, "the page to end the call", left());
+    assert.ok(end.states.some((x) => x.peerId === me && x.state === "ended"), `state ended for ${me}: ${JSON.stringify(end.states.slice(-5))}`);
+    assert.ok(end.bye, "the agent answered the hang-up with bye on the control channel");
+    assert.match(await page.textContent("#status"), /call ended/);
+    assert.equal(await page.isVisible("text=call ended"), true);
+    assert.deepEqual(end.errors, [], "page errors");
+    t.diagnostic(`transcript: ${JSON.stringify(end.transcripts.map((x) => `${x.role}(${x.peerId === me ? "me" : x.peerId}): ${x.text}`))}`);
+    await page.screenshot({ path: path.join(OUT_DIR, "demo.png"), fullPage: true });
+
+    // "Call again": a new MeteredPeer (new peer id) that the agent greets with "listening".
+    await page.click("#join");
+    const again = await poll(human.state, (s) => s.joined && s.peerId && s.peerId !== me && s.controlOpen &&
+      s.states.some((x) => x.peerId === s.peerId && x.state === "listening"), "a second call from the same page", left());
+    assert.equal(again.ended, false);
+    t.diagnostic(`called again as ${again.peerId}`);
+  }));
+});
+
+describe("parlor demo: two humans in the room, each with their own transcript", () => {
+  let dir, demo, browsers = [], humans = [];
+  let deadline = Infinity;
+  const left = () => Math.max(1000, deadline - Date.now());
+  const check = async (fn) => {
+    try { await fn(); } catch (e) {
+      for (const h of humans) e.message += "\n" + await h.dump();
+      e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
+      throw e;
+    }
+  };
+  const SAYS = [
+    { name: "a", text: "What is the weather like today?", re: /weather/i },
+    // "What time is it?" comes back as "what type it" from eSpeak's voice: ask the name.
+    { name: "b", text: "Hello, what is your name?", re: /name/i },
+  ];
+
+  before(async () => {
+    deadline = Date.now() + BUDGET_TWO_MS;
+    mkdirSync(OUT_DIR, { recursive: true });
+    dir = mkdtempSync(path.join(tmpdir(), "parlor-demo2-"));
+    demo = await startDemo("demo-two");
+    for (const s of SAYS) {
+      // Each says its sentence twice (a first utterance is often misheard); b a second later.
+      const wav = speechWav(path.join(dir, `${s.name}.wav`), [s.name === "a" ? 3 : 4, s.text, 6, s.text, 8], dir);
+      const browser = await launchChromium([`--use-file-for-fake-audio-capture=${wav.file}%noloop`]);
+      browsers.push(browser);
+      humans.push(await openPage(browser, demo.url, s.name));
+    }
+  });
+
+  after(async () => {
+    for (const h of humans) await h.close(`demo-two-${h.name}`);
+    for (const b of browsers) await b.close().catch(() => {});
+    await demo?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("each human's words come back tagged with their own peer id, on both pages", { timeout: BUDGET_TWO_MS + 30_000 }, (t) => check(async () => {
+    const ids = [];
+    for (const h of humans) ids.push((await poll(h.state, (s) => s && s.joined && s.peerId, `page ${h.name} to join`, left())).peerId);
+    assert.notEqual(ids[0], ids[1]);
+    for (const [i, h] of humans.entries()) {
+      const st = await poll(h.state, (s) => humanLines(s, SAYS[i].re).some((x) => x.peerId === ids[i]),
+        `page ${h.name}: a human transcript matching ${SAYS[i].re} tagged ${ids[i]}`, left());
+      t.diagnostic(`page ${h.name} (${ids[i]}) heard itself: ${JSON.stringify(humanLines(st, SAYS[i].re).filter((x) => x.peerId === ids[i]).map((x) => x.text))}`);
+    }
+    // Both pages see both humans' lines (broadcast), each tagged with its speaker, never swapped.
+    for (const h of humans) {
+      const st = await poll(h.state, (s) => SAYS.every((say, i) => humanLines(s, say.re).some((x) => x.peerId === ids[i])),
+        `page ${h.name}: both humans' transcripts`, left());
+      for (const [i, say] of SAYS.entries()) {
+        const other = ids[1 - i];
+        assert.deepEqual(humanLines(st, say.re).filter((x) => x.peerId === other && !SAYS[1 - i].re.test(x.text)), [],
+          `page ${h.name}: "${say.text}" is never attributed to ${other}`);
+      }
+      assert.equal(st.agentPeerId, demo.agentId ?? st.agentPeerId);
+      assert.deepEqual(st.errors, [], `page ${h.name} errors`);
+    }
+  }));
+});
