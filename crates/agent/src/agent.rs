@@ -398,8 +398,10 @@ async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, ended: In
             role: Role::Human,
             text: text.clone(),
         });
+        // Only the last `max_history` turns are ever used; keep no more.
         let skip = h.history.len().saturating_sub(inner.opts.max_history);
-        h.history[skip..].to_vec()
+        h.history.drain(..skip);
+        h.history.clone()
     };
     tracing::info!(peer = peer_id, text = %text, "heard");
     inner
