@@ -148,9 +148,9 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Process CPU time (user + system) from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+/// CPU time (user + system) from a `/proc/…/stat` file.
+fn stat_cpu(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
@@ -158,6 +158,11 @@ fn cpu_seconds() -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// This process's CPU time.
+fn cpu_seconds() -> f64 {
+    stat_cpu("/proc/self/stat")
 }
 
 fn rss_bytes() -> u64 {
@@ -244,13 +249,7 @@ fn opus_floor(settings: OpusSettings, signal: &[i16], rate: u32) -> anyhow::Resu
 
 /// This thread's CPU time (the floor runs on one thread).
 fn thread_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
-        return 0.0;
-    };
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    stat_cpu("/proc/thread-self/stat")
 }
 
 struct Conversation {
