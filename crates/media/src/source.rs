@@ -321,14 +321,33 @@ fn convert_channels(input: &[i16], from: usize, to: usize) -> Vec<i16> {
     }
 }
 
-/// The pacer: one frame every 20 ms; after a stall the interval re-anchors (no burst).
+/// Frame period of every source.
+const FRAME_PERIOD: Duration = Duration::from_millis(20);
+
+/// The next tick of the process-wide 20 ms frame clock strictly after `now`.
+///
+/// Every source in the process ticks on the same grid, so N sources cost one timer
+/// wake-up per 20 ms instead of N at scattered phases (and their packets leave, and
+/// wake the far ends, together). After a stall the next frame is simply the next grid
+/// point: the clock re-anchors instead of bursting to catch up.
+fn next_tick(now: tokio::time::Instant) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let Some(since) = now.checked_duration_since(epoch) else {
+        // A runtime whose clock is behind the epoch (a paused test clock): no grid.
+        return now + FRAME_PERIOD;
+    };
+    let period = FRAME_PERIOD.as_nanos();
+    let k = since.as_nanos() / period + 1;
+    epoch + Duration::from_nanos(u64::try_from(k * period).unwrap_or(u64::MAX))
+}
+
+/// The pacer: one frame per tick of the shared frame clock.
 async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let frame_len = FRAME_SAMPLES * shared.out_channels;
     let mut pcm: Vec<i16> = Vec::with_capacity(frame_len);
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(next_tick(tokio::time::Instant::now())).await;
         {
             let mut st = shared.lock();
             if st.phase == Phase::Done {

@@ -22,9 +22,12 @@ use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::events::EventSender;
 
 use self::data_channel::{
     BUFFERED_AMOUNT_LOW_THRESHOLD, DataChannel, DataMessage, MAX_BUFFERED_AMOUNT,
@@ -94,7 +97,7 @@ pub(crate) struct ConnParams {
     pub(crate) remote_id: String,
     pub(crate) polite: bool,
     pub(crate) bind_ip: IpAddr,
-    pub(crate) events: broadcast::Sender<RoomEvent>,
+    pub(crate) events: EventSender<RoomEvent>,
     pub(crate) signals: mpsc::UnboundedSender<Value>,
     pub(crate) track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
 }
@@ -199,8 +202,26 @@ pub const MAX_STUN_RTO: Duration = Duration::from_millis(1500);
 /// ladder) about 15 s after it went quiet.
 pub const MAX_STUN_RETRANSMITS: usize = 7;
 
+/// Due timeouts handled inside one [`Conn::drive`] before yielding to the reactor.
+const MAX_INLINE_TIMEOUTS: u32 = 8;
+
 fn new_rtc(local: SocketAddr, now: Instant) -> Rtc {
-    let mut config = Rtc::builder();
+    // No transport-wide congestion control: it exists to feed a sender's bandwidth estimate,
+    // which fixed-bitrate voice does not use, and its feedback is an RTCP packet every 50 ms
+    // each way (a wake-up and a syscall at both ends). Without the header extension in our
+    // map, str0m neither offers nor accepts it.
+    let mut exts = ExtensionMap::empty();
+    for (id, ext) in [
+        (1, Extension::AudioLevel),
+        (2, Extension::AbsoluteSendTime),
+        (4, Extension::RtpMid),
+        (10, Extension::RtpStreamId),
+        (11, Extension::RepairedRtpStreamId),
+        (13, Extension::VideoOrientation),
+    ] {
+        exts.set(id, ext);
+    }
+    let mut config = Rtc::builder().set_extension_map(exts);
     config.set_max_stun_rto(MAX_STUN_RTO);
     config.set_max_stun_retransmits(MAX_STUN_RETRANSMITS);
     let mut rtc = config.build(now);
@@ -368,7 +389,7 @@ async fn run(
 
 impl Conn {
     fn emit(&self, e: RoomEvent) {
-        let _ = self.p.events.send(e);
+        self.p.events.send(e);
     }
 
     fn set_state(&mut self, s: PeerConnectionState) {
@@ -394,10 +415,25 @@ impl Conn {
     }
 
     /// Drain str0m's output; returns when it next needs a timeout.
+    ///
+    /// A timeout that is already due (str0m asks for one right after every media write, to
+    /// packetize it) is handled here at once, instead of costing a trip through the
+    /// reactor and the timer wheel per packet.
     async fn drive(&mut self) -> Instant {
+        let mut due_now = 0;
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return t,
+                Ok(Output::Timeout(t)) => {
+                    let now = Instant::now();
+                    if t > now || due_now == MAX_INLINE_TIMEOUTS {
+                        return t;
+                    }
+                    due_now += 1;
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                        tracing::warn!(peer = %self.p.remote_id, error = %e, "webrtc timeout handling failed");
+                        return now + Duration::from_millis(50);
+                    }
+                }
                 Ok(Output::Transmit(t)) => {
                     if self.blackholed() {
                         continue;

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::events::EventSender;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::broadcast;
 
 use crate::connection::data_channel::DataChannel;
 use crate::connection::{self as conn, Command, ConnHandle, ConnParams, ConnectionError};
@@ -93,7 +93,7 @@ struct RemoteShared {
     conn: Mutex<Option<ConnHandle>>,
     /// Tracks added to this remote only (survive connection resets).
     tracks: Mutex<Vec<LocalTrack>>,
-    events: broadcast::Sender<RoomEvent>,
+    events: EventSender<RoomEvent>,
 }
 
 /// The events of one remote peer (a filtered view of the room's stream).
@@ -144,7 +144,7 @@ impl RemotePeer {
     /// Events about this peer only (subscribe before acting to see them all).
     pub fn events(&self) -> RemoteEvents {
         RemoteEvents {
-            inner: RoomEvents::new(self.shared.events.subscribe()),
+            inner: self.shared.events.subscribe(),
             peer_id: self.shared.peer_id.clone(),
         }
     }
@@ -220,7 +220,7 @@ impl RemotePeer {
 struct Inner {
     client: SignallingClient,
     core: Mutex<RoomCore>,
-    events: broadcast::Sender<RoomEvent>,
+    events: EventSender<RoomEvent>,
     track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
     remotes: Mutex<HashMap<String, RemotePeer>>,
     /// Tracks sent to every current and future remote peer.
@@ -261,7 +261,7 @@ impl RoomPeer {
 
     /// A room peer with connection options.
     pub fn with_options(client: SignallingClient, options: RoomOptions) -> RoomPeer {
-        let (events, _) = broadcast::channel(4096);
+        let events = EventSender::new(4096);
         RoomPeer {
             inner: Arc::new(Inner {
                 client,
@@ -280,7 +280,7 @@ impl RoomPeer {
 
     /// Subscribe to events (before `join` to see them all).
     pub fn events(&self) -> RoomEvents {
-        RoomEvents::new(self.inner.events.subscribe())
+        self.inner.events.subscribe()
     }
 
     /// Current state.
@@ -443,7 +443,7 @@ impl RoomPeer {
         self.apply(RoomCore::leave);
         self.inner.client.close().await;
         if state != RoomState::Idle {
-            let _ = self.inner.events.send(RoomEvent::Left);
+            self.inner.events.send(RoomEvent::Left);
         }
         if let Some(p) = lock(&self.inner.pump).take() {
             p.abort();
@@ -518,7 +518,7 @@ impl RoomPeer {
                     RoomEvent::Fatal(err) => tracing::error!(error = %err, "room peer failed"),
                     _ => {}
                 }
-                let _ = self.inner.events.send(e);
+                self.inner.events.send(e);
             }
             Output::TrackMeta { peer_id, meta } => {
                 lock(&self.inner.track_meta)
@@ -581,7 +581,7 @@ impl RoomPeer {
             Ok(h) => *lock(&remote.shared.conn) = Some(h),
             Err(e) => {
                 tracing::error!(peer = %remote.id(), error = %e, "cannot open a WebRTC connection");
-                let _ = self.inner.events.send(RoomEvent::NegotiationError {
+                self.inner.events.send(RoomEvent::NegotiationError {
                     peer_id: remote.id().to_owned(),
                     message: format!("socket: {e}"),
                 });

@@ -20,7 +20,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::events::EventSender;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -314,7 +316,7 @@ impl SignallingClientBuilder {
             ));
         }
         let (state, _) = watch::channel(ClientState::Idle);
-        let (events, _) = broadcast::channel(self.event_capacity.max(16));
+        let events = EventSender::new(self.event_capacity.max(16));
         Ok(SignallingClient {
             shared: Arc::new(Shared {
                 base,
@@ -360,7 +362,7 @@ struct Shared {
     welcome_timeout: Duration,
     ack_timeout: Duration,
     state: watch::Sender<ClientState>,
-    events: broadcast::Sender<Event>,
+    events: EventSender<Event>,
     conn: Mutex<Option<ConnHandle>>,
     pending: Mutex<Pending>,
     /// Tracked subscriptions, in subscribe order: (channel, includeSenderMetadata).
@@ -380,7 +382,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn emit(&self, e: Event) {
         // No receivers is fine; lagging receivers lose the oldest events.
-        let _ = self.events.send(e);
+        self.events.send(e);
     }
 
     fn set_state(&self, to: ClientState) {
@@ -447,7 +449,7 @@ impl SignallingClient {
 
     /// Subscribe to events. Subscribe before `connect` to see every event.
     pub fn events(&self) -> Events {
-        Events::new(self.shared.events.subscribe())
+        self.shared.events.subscribe()
     }
 
     /// Connect; resolves at the first `welcome`. Allowed from `Idle` or `Closed`. A failure of
