@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Bearer secret for the admin HTTP API (overrides the config file).
     #[arg(long, env = "PARLOR_ADMIN_SECRET", hide_env_values = true)]
     admin_secret: Option<String>,
+    /// Serve wss:// with this PEM certificate chain (needs --tls-key; overrides `[tls]`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -134,7 +140,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.admin_secret.is_some() {
         config.admin_secret = args.admin_secret;
     }
+    if let (Some(cert_file), Some(key_file)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(parlor_server::tls::TlsConfig {
+            cert_file,
+            key_file,
+        });
+    }
     config.validate()?;
+    if let Some(tls) = &config.tls {
+        // Fail before the readiness line, naming the bad file.
+        parlor_server::tls::TlsAcceptor::from_config(tls)?;
+    }
     if config.keys.is_empty() && config.secrets.is_empty() {
         bail!(
             "no credentials configured: pass --dev-key KEY or a --config file with keys or secrets"
@@ -150,7 +166,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // The stable readiness line (CLI contract): printed once the socket accepts.
-    println!("listening on ws://{addr}");
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, "parlor serve ready");
     parlor_server::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -200,3 +200,29 @@ fn token_rejects_bad_input() {
         assert!(!out.status.success(), "{args:?}");
     }
 }
+
+#[test]
+fn serve_tls_flags_fail_clearly() {
+    // Both or neither.
+    let out = Command::new(BIN)
+        .args(["serve", "--dev-key", "pk_x", "--tls-cert", "/nonexistent/cert.pem"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A missing file is named before the readiness line, which is never printed.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dev-key", "pk_x"])
+        .args(["--tls-cert", "/nonexistent/cert.pem"])
+        .args(["--tls-key", "/nonexistent/key.pem"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}

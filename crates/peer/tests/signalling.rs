@@ -402,3 +402,95 @@ async fn inactivity_watchdog_closes_4000_and_reconnects() {
     assert!(took >= Duration::from_millis(2500), "{took:?}");
     c.close().await;
 }
+
+/// A CA and a `localhost` leaf it signed: (CA PEM, server TLS config). Files live in `dir`.
+fn test_pki(dir: &std::path::Path) -> (String, parlor_server::tls::TlsConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).expect("dir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let cert_file = dir.join("server.pem");
+    let key_file = dir.join("server.key");
+    std::fs::write(&cert_file, leaf.pem()).expect("write");
+    std::fs::write(&key_file, leaf_key.serialize_pem()).expect("write");
+    (
+        ca_cert.pem(),
+        parlor_server::tls::TlsConfig {
+            cert_file,
+            key_file,
+        },
+    )
+}
+
+#[tokio::test]
+async fn wss_to_a_server_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("parlor-peer-wss-{}", std::process::id()));
+    let (ca_pem, tls) = test_pki(&dir);
+    let mut config = Config::default();
+    config.add_dev_key(KEY);
+    config.tls = Some(tls);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let handle = parlor_server::spawn(listener, config).expect("spawn");
+    let url = format!("wss://localhost:{}", handle.local_addr().port());
+
+    // Trusting the CA: connected, and a publish round-trips over TLS.
+    let client = SignallingClient::builder()
+        .url(&url)
+        .api_key(KEY)
+        .tls_root_certificates_pem(&ca_pem)
+        .reconnect(None)
+        .build()
+        .expect("build");
+    let mut events = client.events();
+    client.connect().await.expect("connect over wss");
+    client
+        .subscribe("tls-room", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    client
+        .publish("tls-room", &json!({"over": "tls"}))
+        .await
+        .expect("publish");
+    let data = wait_for(&mut events, |e| match e {
+        Event::Message { data, .. } => Some(data.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(data.get(), r#"{"over":"tls"}"#);
+    client.close().await;
+
+    // Web roots only: the connect fails on the certificate, without the key in the reason.
+    let client = SignallingClient::builder()
+        .url(&url)
+        .api_key(KEY)
+        .reconnect(None)
+        .build()
+        .expect("build");
+    match client.connect().await {
+        Err(SignallingError::ConnectFailed { reason, .. }) => {
+            assert!(reason.contains("certificate"), "{reason}");
+            assert!(!reason.contains(KEY), "{reason}");
+        }
+        other => panic!("expected ConnectFailed, got {other:?}"),
+    }
+
+    // Bad PEM is a build-time InvalidArgument.
+    let e = SignallingClient::builder()
+        .url(&url)
+        .api_key(KEY)
+        .tls_root_certificates_pem("not a certificate")
+        .build()
+        .expect_err("bad pem");
+    assert!(matches!(e, SignallingError::InvalidArgument(_)), "{e:?}");
+
+    handle.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -202,6 +202,10 @@ pub struct Config {
     /// JWT signing secrets.
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+    /// Serve `wss://` with these certificate and key files (relative paths are relative to
+    /// the config file); plain `ws://` when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn yes() -> bool {
@@ -218,6 +222,7 @@ impl Default for Config {
             accounts: Vec::new(),
             keys: Vec::new(),
             secrets: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -242,7 +247,12 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut config = Config::from_toml(&text)?;
+        if let (Some(tls), Some(dir)) = (&mut config.tls, path.parent()) {
+            tls.cert_file = dir.join(&tls.cert_file);
+            tls.key_file = dir.join(&tls.key_file);
+        }
+        Ok(config)
     }
 
     /// Add a development key: a publishable key allowed every action on every channel.

@@ -25,7 +25,10 @@ use parlor_protocol::{ClientFrame, ClientRequest, CloseCode, ErrorCode, FrameErr
 use crate::auth::{AuthError, Grant};
 use crate::config::{Action, Config, Limits};
 use crate::metrics::Metrics;
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::Frame;
+/// A connection's outbound queue and what its writer does next (drained by `conn`, or by
+/// hand in tests and fuzz targets).
+pub use crate::outbox::{Next, Outbox};
 
 /// Identifies one connection for its whole life (never reused).
 pub type ConnId = u64;

@@ -11,6 +11,7 @@
 //! * [`hub`]: the sans-IO core (tenants, channels, presence, routing, quotas);
 //! * `outbox`: each connection's bounded FIFO queue (the slow-consumer policy);
 //! * `conn`: the per-connection IO driver (reader + writer futures, timers);
+//! * [`tls`]: `wss://` termination with rustls (the `[tls]` config section);
 //! * this file: the HTTP router and [`serve`].
 //!
 //! ```no_run
@@ -32,6 +33,7 @@ mod conn;
 pub mod hub;
 pub mod metrics;
 mod outbox;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,15 +115,33 @@ pub async fn serve_with(
         active: AtomicUsize::new(0),
         idle: Notify::new(),
     });
+    let tls =
+        match &app.config.tls {
+            Some(t) => Some(tls::TlsAcceptor::from_config(t).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?),
+            None => None,
+        };
     let router = router(app.clone()).merge(extra);
     let drain = app.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: sending going_away to every connection");
-            drain.hub().shutdown();
-        })
-        .await?;
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: sending going_away to every connection");
+        drain.hub().shutdown();
+    };
+    match tls {
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+    }
     let grace = Duration::from_secs(app.config.limits.shutdown_grace_secs);
     let drained = tokio::time::timeout(grace, async {
         loop {
@@ -146,6 +166,7 @@ pub async fn serve_with(
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: std::net::SocketAddr,
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -156,9 +177,10 @@ impl ServerHandle {
         self.addr
     }
 
-    /// The base URL clients connect to (`ws://HOST:PORT`).
+    /// The base URL clients connect to (`ws://HOST:PORT`, or `wss://` with TLS).
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Begin a graceful shutdown (going_away, close 1001) without waiting for it.
@@ -205,6 +227,12 @@ pub fn spawn_with(
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    if let Some(t) = &config.tls {
+        // Report a bad certificate or key here rather than from the background task.
+        tls::TlsAcceptor::from_config(t)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    }
+    let tls = config.tls.is_some();
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve_with(listener, config, extra, async move {
@@ -213,6 +241,7 @@ pub fn spawn_with(
     }));
     Ok(ServerHandle {
         addr,
+        tls,
         stop: Some(stop),
         task,
     })

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
 
 WAIT = 20.0  # max seconds for any single async wait
-LISTEN_RE = re.compile(r"^listening on ws://127\.0\.0\.1:(\d+)\s*$")
+LISTEN_RE = re.compile(r"^listening on wss?://127\.0\.0\.1:(\d+)\s*$")
 
 DEV_KEY = "pk_test_x"
 ADMIN_SECRET = "adm_secret"

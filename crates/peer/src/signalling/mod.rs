@@ -236,6 +236,8 @@ pub struct SignallingClientBuilder {
     welcome_timeout: Duration,
     ack_timeout: Duration,
     event_capacity: usize,
+    /// PEM trust anchors added to the built-in web roots for `wss://`.
+    extra_roots_pem: Vec<Vec<u8>>,
 }
 
 impl Default for SignallingClientBuilder {
@@ -249,6 +251,7 @@ impl Default for SignallingClientBuilder {
             welcome_timeout: WELCOME_TIMEOUT,
             ack_timeout: ACK_TIMEOUT,
             event_capacity: 4096,
+            extra_roots_pem: Vec::new(),
         }
     }
 }
@@ -301,9 +304,21 @@ impl SignallingClientBuilder {
         self
     }
 
+    /// Trust the CA certificates in this PEM text for `wss://`, beside the built-in web
+    /// roots (a self-hosted server with a private CA). Repeatable.
+    pub fn tls_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.extra_roots_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// Validate and build.
     pub fn build(self) -> Result<SignallingClient, SignallingError> {
         let base = BaseUrl::parse(&self.url).map_err(SignallingError::InvalidArgument)?;
+        let tls = if base.as_str().starts_with("wss://") {
+            Some(tls_config(&self.extra_roots_pem).map_err(SignallingError::InvalidArgument)?)
+        } else {
+            None
+        };
         let credential = self.credential.ok_or_else(|| {
             SignallingError::InvalidArgument("exactly one of api_key or token_provider".into())
         })?;
@@ -320,6 +335,7 @@ impl SignallingClientBuilder {
         Ok(SignallingClient {
             shared: Arc::new(Shared {
                 base,
+                tls,
                 credential,
                 reconnect: self.reconnect,
                 inactivity_timeout: self.inactivity_timeout,
@@ -355,6 +371,8 @@ type Pending = HashMap<String, oneshot::Sender<Result<(), SignallingError>>>;
 
 struct Shared {
     base: BaseUrl,
+    /// The TLS client configuration for `wss://` (built once).
+    tls: Option<Arc<rustls::ClientConfig>>,
     credential: CredentialSource,
     reconnect: Option<ReconnectOptions>,
     inactivity_timeout: Duration,
@@ -373,6 +391,36 @@ struct Shared {
     closing: AtomicBool,
     stop: Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A rustls client configuration: the web PKI roots plus `extra_pem` CA certificates, with
+/// ring as the crypto provider (explicit, so no process-wide default is needed).
+fn tls_config(extra_pem: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for pem in extra_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("tls_root_certificates_pem: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("tls_root_certificates_pem: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("tls_root_certificates_pem: no CERTIFICATE block found".into());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -754,7 +802,15 @@ async fn connection(
     };
     let (ws, _) = match timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
+        tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            None,
+            true,
+            Some(match &shared.tls {
+                Some(config) => tokio_tungstenite::Connector::Rustls(config.clone()),
+                None => tokio_tungstenite::Connector::Plain,
+            }),
+        ),
     )
     .await
     {
