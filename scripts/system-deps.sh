@@ -5,6 +5,7 @@
 #   libpocketsphinx-dev, pocketsphinx-en-us (crates/agent: PocketSphinx speech-to-text)
 #   chromium                  (browser conformance tests; skipped with SKIP_CONFORMANCE=1)
 #   python3-venv              (the conformance venv)
+#   nats-server               (`parlor bench fanout` runs the same shape against it; tests)
 set -euo pipefail
 need=()
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
@@ -12,6 +13,7 @@ pkg-config --exists espeak-ng 2>/dev/null || need+=(libespeak-ng-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 pkg-config --exists pocketsphinx 2>/dev/null || need+=(libpocketsphinx-dev)
 [ -f /usr/share/pocketsphinx/model/en-us/en-us.lm.bin ] || need+=(pocketsphinx-en-us)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -4,6 +4,7 @@
 #
 #   scripts/test.sh            # everything
 #   SKIP_CONFORMANCE=1 scripts/test.sh   # Rust only
+#   SKIP_FUZZ=1 scripts/test.sh          # without the bounded fuzz pass (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,6 +21,11 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
 
 echo "==== cargo test (unit, doc and integration tests)"
 cargo test --workspace
+
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  echo "==== bounded fuzz pass (cargo-fuzz; FUZZ_SECONDS per target)"
+  scripts/fuzz.sh
+fi
 
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   echo "==== conformance: real SDKs against parlor serve"

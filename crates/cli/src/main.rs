@@ -161,9 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(_), Some(addr)) if args.listen == default_listen() => addr,
         _ => args.listen,
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // The stable readiness line (CLI contract): printed once the socket accepts.
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
@@ -173,6 +171,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Bind with a deep accept queue: a reconnect storm of thousands of clients otherwise
+/// overflows the default 1024 and the overflow waits out a 1 s SYN retransmit (the kernel
+/// caps it at `net.core.somaxconn`).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The accept queue `parlor serve` asks for.
+const LISTEN_BACKLOG: u32 = 16384;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7800))
@@ -204,7 +219,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PARLOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

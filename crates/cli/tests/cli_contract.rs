@@ -205,7 +205,13 @@ fn token_rejects_bad_input() {
 fn serve_tls_flags_fail_clearly() {
     // Both or neither.
     let out = Command::new(BIN)
-        .args(["serve", "--dev-key", "pk_x", "--tls-cert", "/nonexistent/cert.pem"])
+        .args([
+            "serve",
+            "--dev-key",
+            "pk_x",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+        ])
         .output()
         .expect("run");
     assert!(!out.status.success());
@@ -225,4 +231,49 @@ fn serve_tls_flags_fail_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+#[test]
+fn bench_connections_and_fanout_run_small() {
+    let out = Command::new(BIN)
+        .args(["bench", "connections", "--count", "40", "--sources", "4"])
+        .args(["--hold-secs", "0", "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["held"], 40, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+
+    // nats-server is installed by scripts/system-deps.sh; PATH may lack /usr/sbin.
+    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["bench", "fanout", "--channels", "2", "--subscribers", "3"])
+        .args(["--seconds", "1", "--json"]);
+    match nats {
+        Some(p) => cmd.args(["--nats-server", p]),
+        None => cmd.arg("--no-nats"),
+    };
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for side in ["parlor", "nats"] {
+        if side == "nats" && nats.is_none() {
+            continue;
+        }
+        let r = &v[side];
+        assert!(r["published"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert_eq!(r["lost"], 0, "{v}");
+        assert_eq!(r["out_of_order"], 0, "{v}");
+    }
 }

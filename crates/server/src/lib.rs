@@ -277,7 +277,7 @@ async fn upgrade(
     let cap = app.config.limits.max_message_size + ENVELOPE_ALLOWANCE;
     ws.max_message_size(cap)
         .max_frame_size(cap)
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .on_upgrade(move |socket| async move {
             app.active.fetch_add(1, Ordering::SeqCst);
             let guard = Active(app.clone());

@@ -7,19 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
+
+use super::{cpu_seconds, percentile, rss_bytes, stat_cpu};
 use serde_json::json;
 
 use parlor_media::codec::{Decoder, Encoder, FRAME_SAMPLES};
 use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout, OpusSettings};
 use parlor_peer::room::{RoomEvent, RoomPeer};
 use parlor_peer::signalling::SignallingClient;
-
-#[derive(Subcommand, Debug)]
-pub(crate) enum BenchCommand {
-    /// Audio pipeline: CPU per audio-second, push→frame latency, join→first audio, RSS.
-    Audio(AudioArgs),
-}
 
 #[derive(Args, Debug)]
 pub(crate) struct AudioArgs {
@@ -142,41 +138,6 @@ fn parse_wav_mono(wav: &[u8]) -> anyhow::Result<(Vec<i16>, u32)> {
     anyhow::bail!("no data chunk")
 }
 
-pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Audio(args) => audio(args).await,
-    }
-}
-
-/// CPU time (user + system) from a `/proc/…/stat` file.
-fn stat_cpu(path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// This process's CPU time.
-fn cpu_seconds() -> f64 {
-    stat_cpu("/proc/self/stat")
-}
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 4096
-}
-
 /// A deterministic speech-like signal: a 140 Hz voice with formant-weighted harmonics,
 /// syllables at ~4 Hz and pauses, at `rate`.
 fn speech(rate: u32, secs: f64) -> Vec<i16> {
@@ -219,14 +180,6 @@ fn to_bytes(s: &[i16]) -> Vec<u8> {
     s.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// libopus encode + decode CPU-s per audio-second on the same signal and settings.
 fn opus_floor(settings: OpusSettings, signal: &[i16], rate: u32) -> anyhow::Result<f64> {
     let secs = signal.len() as f64 / f64::from(rate);
@@ -260,7 +213,7 @@ struct Conversation {
     join_to_first_audio: Arc<Mutex<Option<Duration>>>,
 }
 
-async fn audio(args: AudioArgs) -> anyhow::Result<()> {
+pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.conversations >= 1,
         "--conversations must be at least 1"

@@ -1,0 +1,914 @@
+//! Server load with real WebSocket clients speaking the protocol, against a `parlor serve`
+//! child process (so its memory and CPU are its own), from many loopback source addresses
+//! (127.0.0.1, .2, …) so ephemeral ports are not the limit.
+//!
+//! * `connections`: hold N idle connections; server RSS per connection, connect rate,
+//!   connect → `welcome` latency.
+//! * `fanout`: K channels × P publishers × S subscribers; delivered messages/s, publish →
+//!   delivery latency, loss and order checks; then the same shape against nats-server.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::{percentile, stat_cpu};
+
+const BENCH_KEY: &str = "pk_bench";
+
+#[derive(Args, Debug)]
+pub(crate) struct ConnectionsArgs {
+    /// Idle connections to open and hold.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Loopback source addresses to spread connections over (127.0.0.1 … 127.0.0.N).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// Connection handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Seconds to hold every connection before measuring memory.
+    #[arg(long, default_value_t = 5)]
+    hold_secs: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct FanoutArgs {
+    /// Channels.
+    #[arg(long, default_value_t = 10)]
+    channels: usize,
+    /// Publishers per channel.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers per channel.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Messages per second per publisher; 0 = as fast as the subscribers keep up (each
+    /// publisher stays at most `--window` messages ahead of its slowest subscriber).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// In-flight messages per publisher when `--rate 0`.
+    #[arg(long, default_value_t = 256)]
+    window: u64,
+    /// Measured seconds of publishing.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Extra payload bytes per message (beyond the ~40-byte timestamp/sequence body).
+    #[arg(long, default_value_t = 0)]
+    payload: usize,
+    /// Loopback source addresses for the clients.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// Skip the nats-server run.
+    #[arg(long)]
+    no_nats: bool,
+    /// The nats-server program.
+    #[arg(long, default_value = "nats-server")]
+    nats_server: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared plumbing
+
+/// Raise this process's open-file limit to at least `want` (children inherit it): the soft
+/// limit up to the hard one, and the hard one too where permitted (root).
+fn raise_nofile(want: u64) -> anyhow::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let soft = cur.current.unwrap_or(u64::MAX);
+    let hard = cur.maximum.unwrap_or(u64::MAX);
+    if soft >= want {
+        return Ok(soft);
+    }
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: Some(hard.max(want)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_ok() {
+        return Ok(want);
+    }
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        },
+    );
+    bail!(
+        "need {want} open files but the hard limit is {hard}: run as root or raise it \
+         (`ulimit -Hn {want}`)"
+    )
+}
+
+/// `parlor serve` as a child process with limits opened up for load.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    _config: TempFile,
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl ServerProcess {
+    fn spawn() -> anyhow::Result<ServerProcess> {
+        let path = std::env::temp_dir().join(format!("parlor-bench-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
+             max_channel_members = 1000000\noutbound_queue_bytes = 16777216\n",
+        )?;
+        let config = TempFile(path);
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--dev-key", BENCH_KEY])
+            .arg("--config")
+            .arg(&config.0)
+            .env("PARLOR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start `parlor serve`")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ws://")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected readiness line {line:?}"))?;
+        Ok(ServerProcess {
+            child,
+            addr,
+            _config: config,
+        })
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        stat_cpu(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1?key={BENCH_KEY}", self.addr)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn source(i: usize, sources: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        1 + (i % usize::from(sources)) as u8,
+    ))
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn ws_connect(addr: SocketAddr, src: IpAddr, url: &str) -> anyhow::Result<Ws> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))
+        .with_context(|| format!("bind {src}"))?;
+    let tcp = sock.connect(addr).await.context("connect")?;
+    tcp.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
+        .await
+        .context("upgrade")?;
+    Ok(ws)
+}
+
+/// The next text frame's JSON `type`, skipping control frames.
+async fn next_type(ws: &mut Ws) -> anyhow::Result<String> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str::<Typed>(&t)?.ty),
+            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed"),
+        }
+    }
+}
+
+/// A progress line on stderr (only when it is a terminal).
+struct Progress {
+    done: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Progress {
+    fn start(label: &'static str, total: usize) -> Progress {
+        let done = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        if std::io::stderr().is_terminal() {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                loop {
+                    let n = done.load(Ordering::Relaxed);
+                    let filled = (n * 30).checked_div(total).unwrap_or(30);
+                    let rate = n as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+                    eprint!(
+                        "\r{label} [{}{}] {n}/{total} ({rate:.0}/s)  ",
+                        "#".repeat(filled.min(30)),
+                        ".".repeat(30 - filled.min(30))
+                    );
+                    let _ = std::io::stderr().flush();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = &mut stopped => break,
+                    }
+                }
+                eprintln!();
+            });
+        }
+        Progress {
+            done,
+            stop: Some(stop),
+        }
+    }
+
+    fn tick(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn ms(d: f64) -> String {
+    format!("{d:.2} ms")
+}
+
+// ---------------------------------------------------------------------------------------
+// connections
+
+pub(super) async fn connections(args: ConnectionsArgs) -> anyhow::Result<()> {
+    // Each process (this one, the server) holds one descriptor per connection.
+    raise_nofile(args.count as u64 + 512)?;
+    let server = ServerProcess::spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = server.rss_bytes();
+    let url = server.url();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let live = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let progress = Progress::start("connecting", args.count);
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Result<f64, String>>();
+    let t0 = Instant::now();
+    for i in 0..args.count {
+        let permit = gate.clone().acquire_owned().await?;
+        let (url, addr, src) = (url.clone(), server.addr, source(i, args.sources));
+        let (live, lat_tx, mut stop_rx) = (live.clone(), lat_tx.clone(), stop_rx.clone());
+        let done = progress.done.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let ws = async {
+                let mut ws = ws_connect(addr, src, &url).await?;
+                match next_type(&mut ws).await?.as_str() {
+                    "welcome" => Ok(ws),
+                    other => bail!("first frame {other}"),
+                }
+            }
+            .await;
+            drop(permit);
+            done.fetch_add(1, Ordering::Relaxed);
+            let mut ws = match ws {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let _ = lat_tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let _ = lat_tx.send(Ok(start.elapsed().as_secs_f64() * 1e3));
+            drop(lat_tx);
+            live.fetch_add(1, Ordering::Relaxed);
+            // Idle: answer the server's pings until told to stop.
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            live.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(lat_tx);
+    let mut latencies = Vec::with_capacity(args.count);
+    let mut errors: Vec<String> = Vec::new();
+    while let Some(r) = lat_rx.recv().await {
+        match r {
+            Ok(l) => latencies.push(l),
+            Err(e) => errors.push(e),
+        }
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    drop(progress);
+    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    let held = live.load(Ordering::Relaxed);
+    let rss_after = server.rss_bytes();
+    let server_cpu = server.cpu_seconds();
+    let per_conn = rss_after.saturating_sub(rss_before) as f64 / held.max(1) as f64;
+    let _ = stop_tx.send(true);
+
+    let (p50, p99, max) = (
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+        percentile(&mut latencies, 1.0),
+    );
+    let rate = latencies.len() as f64 / connect_secs;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "connections",
+                "requested": args.count,
+                "held": held,
+                "failed": errors.len(),
+                "sources": args.sources,
+                "connect_per_sec": rate,
+                "welcome_ms": {"p50": p50, "p99": p99, "max": max},
+                "server_rss_before_bytes": rss_before,
+                "server_rss_after_bytes": rss_after,
+                "server_rss_per_connection_bytes": per_conn,
+                "server_cpu_seconds": server_cpu,
+            })
+        );
+    } else {
+        println!(
+            "parlor bench connections: {} connections from {} loopback addresses, {} handshakes in flight",
+            args.count, args.sources, args.concurrency
+        );
+        println!(
+            "| held | failed | connect rate | connect→welcome p50 / p99 / max | server RSS before → after | per connection |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| {held} | {} | {rate:.0}/s | {} / {} / {} | {:.1} → {:.1} MiB | {:.2} KiB |",
+            errors.len(),
+            ms(p50),
+            ms(p99),
+            ms(max),
+            rss_before as f64 / 1048576.0,
+            rss_after as f64 / 1048576.0,
+            per_conn / 1024.0
+        );
+    }
+    if let Some(e) = errors.first() {
+        eprintln!("first connect error: {e}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// fanout
+
+/// One delivery's body: publish time (µs since the bench epoch), publisher, sequence.
+#[derive(serde::Serialize, Deserialize)]
+struct Body<'a> {
+    t: u64,
+    p: u32,
+    s: u64,
+    #[serde(borrow, default)]
+    x: &'a str,
+}
+
+/// What every subscriber and publisher of one run shares.
+struct Tally {
+    epoch: Instant,
+    /// `received[p * subscribers_per_channel + k]`: messages of publisher `p` that its
+    /// channel's `k`-th subscriber received.
+    received: Vec<AtomicU64>,
+    sent: Vec<AtomicU64>,
+    out_of_order: AtomicU64,
+    subscribers: usize,
+}
+
+impl Tally {
+    fn new(publishers: usize, subscribers: usize) -> Tally {
+        Tally {
+            epoch: Instant::now(),
+            received: (0..publishers * subscribers)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            sent: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+            out_of_order: AtomicU64::new(0),
+            subscribers,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Record a delivery of `(p, s)` to subscriber `k`; returns its latency in µs.
+    fn deliver(&self, k: usize, body: &Body<'_>) -> u64 {
+        let slot = &self.received[body.p as usize * self.subscribers + k];
+        let before = slot.fetch_add(1, Ordering::Relaxed);
+        if before != body.s {
+            self.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        self.now_us().saturating_sub(body.t)
+    }
+
+    /// How far publisher `p` is ahead of its slowest subscriber.
+    fn lead(&self, p: usize) -> u64 {
+        let sent = self.sent[p].load(Ordering::Relaxed);
+        let slowest = (0..self.subscribers)
+            .map(|k| self.received[p * self.subscribers + k].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(sent);
+        sent.saturating_sub(slowest)
+    }
+}
+
+/// Pace publisher `p`: wait for its `i`-th slot (fixed rate) or for room in the window.
+async fn pace(tally: &Tally, p: usize, i: u64, args: &FanoutArgs, start: Instant) {
+    if args.rate > 0 {
+        let at = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+    } else if i.is_multiple_of(16) {
+        while tally.lead(p) >= args.window {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FanoutResult {
+    published: u64,
+    expected: u64,
+    delivered: u64,
+    out_of_order: u64,
+    seconds: f64,
+    latency_us: Vec<u64>,
+    server_cpu: f64,
+    server_rss: u64,
+}
+
+impl FanoutResult {
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.seconds
+    }
+    fn pct(&mut self, p: f64) -> f64 {
+        let mut v: Vec<f64> = self.latency_us.iter().map(|u| *u as f64 / 1e3).collect();
+        percentile(&mut v, p)
+    }
+    fn json(&mut self) -> serde_json::Value {
+        serde_json::json!({
+            "published": self.published,
+            "expected_deliveries": self.expected,
+            "delivered": self.delivered,
+            "lost": self.expected.saturating_sub(self.delivered),
+            "out_of_order": self.out_of_order,
+            "seconds": self.seconds,
+            "delivered_per_sec": self.rate(),
+            "latency_ms": {"p50": self.pct(0.5), "p99": self.pct(0.99), "max": self.pct(1.0)},
+            "server_cpu_seconds": self.server_cpu,
+            "server_rss_bytes": self.server_rss,
+        })
+    }
+}
+
+fn body_text(tally: &Tally, p: usize, s: u64, pad: &str) -> String {
+    serde_json::to_string(&Body {
+        t: tally.now_us(),
+        p: p as u32,
+        s,
+        x: pad,
+    })
+    .unwrap_or_default()
+}
+
+async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
+    let server = ServerProcess::spawn()?;
+    let url = server.url();
+    let (k_ch, n_pub, n_sub) = (args.channels, args.publishers, args.subscribers);
+    let tally = Arc::new(Tally::new(k_ch * n_pub, n_sub));
+    let pad = "x".repeat(args.payload);
+
+    // Subscribers: subscribe, wait for the ack, then record every `message`.
+    let progress = Progress::start("subscribing", k_ch * n_sub);
+    let mut subs = Vec::new();
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for c in 0..k_ch {
+        for k in 0..n_sub {
+            let mut ws = ws_connect(server.addr, source(subs.len(), args.sources), &url).await?;
+            ws.send(Message::text(format!(
+                r#"{{"type":"subscribe","channel":"bench-{c}","requestId":"s"}}"#
+            )))
+            .await?;
+            loop {
+                if next_type(&mut ws).await? == "ack" {
+                    break;
+                }
+            }
+            progress.tick();
+            let (tally, lat_tx, mut stop_rx) = (tally.clone(), lat_tx.clone(), stop_rx.clone());
+            subs.push(tokio::spawn(async move {
+                #[derive(Deserialize)]
+                struct Frame<'a> {
+                    #[serde(rename = "type")]
+                    ty: &'a str,
+                    #[serde(borrow)]
+                    data: Option<Body<'a>>,
+                }
+                let mut lat = Vec::new();
+                loop {
+                    let m = tokio::select! {
+                        m = ws.next() => m,
+                        _ = stop_rx.changed() => break,
+                    };
+                    match m {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Ok(Frame {
+                                ty: "message",
+                                data: Some(body),
+                            }) = serde_json::from_str::<Frame<'_>>(&t)
+                            {
+                                lat.push(tally.deliver(k, &body));
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+                let _ = lat_tx.send(lat);
+            }));
+        }
+    }
+    drop(progress);
+    drop(lat_tx);
+
+    // Publishers.
+    let mut pubs = Vec::new();
+    for c in 0..k_ch {
+        for j in 0..n_pub {
+            let ws = ws_connect(server.addr, source(c * n_pub + j, args.sources), &url).await?;
+            pubs.push((c, c * n_pub + j, ws));
+        }
+    }
+    let cpu0 = server.cpu_seconds();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (c, p, mut ws) in pubs {
+        let (tally, pad) = (tally.clone(), pad.clone());
+        let args = args.clone_shape();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < end {
+                pace(&tally, p, i, &args, start).await;
+                let frame = format!(
+                    r#"{{"type":"publish","channel":"bench-{c}","data":{}}}"#,
+                    body_text(&tally, p, i, &pad)
+                );
+                tally.sent[p].fetch_add(1, Ordering::Relaxed);
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                i += 1;
+            }
+            // Keep the socket open until the deliveries drain.
+            ws
+        }));
+    }
+    let mut publishers = Vec::new();
+    for t in tasks {
+        publishers.push(t.await?);
+    }
+    let result = drain_and_collect(&tally, k_ch * n_pub, n_sub, start).await;
+    let server_cpu = server.cpu_seconds() - cpu0;
+    let server_rss = server.rss_bytes();
+    let _ = stop_tx.send(true);
+    let mut latency_us = Vec::new();
+    while let Some(l) = lat_rx.recv().await {
+        latency_us.extend(l);
+    }
+    drop(publishers);
+    Ok(FanoutResult {
+        latency_us,
+        server_cpu,
+        server_rss,
+        ..result
+    })
+}
+
+/// Wait (≤ 5 s) until every subscriber has every message, then tally.
+async fn drain_and_collect(
+    tally: &Tally,
+    publishers: usize,
+    subscribers: usize,
+    start: Instant,
+) -> FanoutResult {
+    let published: u64 = tally.sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    let expected = published * subscribers as u64;
+    let delivered = || -> u64 {
+        tally
+            .received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = delivered();
+    let mut last_change = Instant::now();
+    while last < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = delivered();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+    let _ = publishers;
+    FanoutResult {
+        published,
+        expected,
+        delivered: last,
+        out_of_order: tally.out_of_order.load(Ordering::Relaxed),
+        seconds: last_change.duration_since(start).as_secs_f64(),
+        ..FanoutResult::default()
+    }
+}
+
+impl FanoutArgs {
+    /// The fields a publisher task needs (clap args are not `Clone`).
+    fn clone_shape(&self) -> FanoutArgs {
+        FanoutArgs {
+            channels: self.channels,
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            rate: self.rate,
+            window: self.window,
+            seconds: self.seconds,
+            payload: self.payload,
+            sources: self.sources,
+            no_nats: self.no_nats,
+            nats_server: self.nats_server.clone(),
+            json: self.json,
+        }
+    }
+}
+
+/// nats-server as a child process on a free loopback port.
+struct NatsProcess {
+    child: Child,
+    port: u16,
+}
+
+impl NatsProcess {
+    fn spawn(program: &PathBuf) -> anyhow::Result<NatsProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (Debian: apt install nats-server; or pass --no-nats)",
+                    program.display()
+                )
+            })?;
+        Ok(NatsProcess { child, port })
+    }
+
+    async fn ready(&self) -> anyhow::Result<()> {
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("nats-server did not listen on port {}", self.port)
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn fanout_nats(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
+    let nats = NatsProcess::spawn(&args.nats_server)?;
+    nats.ready().await?;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let (k_ch, n_pub, n_sub) = (args.channels, args.publishers, args.subscribers);
+    let tally = Arc::new(Tally::new(k_ch * n_pub, n_sub));
+    let pad = "x".repeat(args.payload);
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let progress = Progress::start("nats subscribing", k_ch * n_sub);
+    let mut clients = Vec::new();
+    for c in 0..k_ch {
+        for k in 0..n_sub {
+            let client = async_nats::connect(&url).await?;
+            let mut sub = client.subscribe(format!("bench-{c}")).await?;
+            client.flush().await?;
+            clients.push(client);
+            progress.tick();
+            let (tally, lat_tx, mut stop_rx) = (tally.clone(), lat_tx.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let m = tokio::select! {
+                        m = sub.next() => m,
+                        _ = stop_rx.changed() => break,
+                    };
+                    let Some(m) = m else { break };
+                    if let Ok(body) = serde_json::from_slice::<Body<'_>>(&m.payload) {
+                        lat.push(tally.deliver(k, &body));
+                    }
+                }
+                let _ = lat_tx.send(lat);
+            });
+        }
+    }
+    drop(progress);
+    drop(lat_tx);
+    let mut pubs = Vec::new();
+    for c in 0..k_ch {
+        for j in 0..n_pub {
+            pubs.push((c, c * n_pub + j, async_nats::connect(&url).await?));
+        }
+    }
+    let cpu0 = stat_cpu(&format!("/proc/{}/stat", nats.child.id()));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (c, p, client) in pubs {
+        let (tally, pad) = (tally.clone(), pad.clone());
+        let args = args.clone_shape();
+        tasks.push(tokio::spawn(async move {
+            let subject = format!("bench-{c}");
+            let mut i = 0u64;
+            while Instant::now() < end {
+                pace(&tally, p, i, &args, start).await;
+                let body = body_text(&tally, p, i, &pad);
+                tally.sent[p].fetch_add(1, Ordering::Relaxed);
+                if client.publish(subject.clone(), body.into()).await.is_err() {
+                    break;
+                }
+                i += 1;
+            }
+            let _ = client.flush().await;
+            client
+        }));
+    }
+    let mut publishers = Vec::new();
+    for t in tasks {
+        publishers.push(t.await?);
+    }
+    let result = drain_and_collect(&tally, k_ch * n_pub, n_sub, start).await;
+    let server_cpu = stat_cpu(&format!("/proc/{}/stat", nats.child.id())) - cpu0;
+    let server_rss = std::fs::read_to_string(format!("/proc/{}/statm", nats.child.id()))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096;
+    let _ = stop_tx.send(true);
+    let mut latency_us = Vec::new();
+    while let Some(l) = lat_rx.recv().await {
+        latency_us.extend(l);
+    }
+    drop(publishers);
+    drop(clients);
+    Ok(FanoutResult {
+        latency_us,
+        server_cpu,
+        server_rss,
+        ..result
+    })
+}
+
+pub(super) async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    if args.channels == 0 || args.publishers == 0 || args.subscribers == 0 {
+        bail!("--channels, --publishers and --subscribers must be at least 1");
+    }
+    let conns = args.channels * (args.publishers + args.subscribers);
+    raise_nofile(conns as u64 + 512)?;
+    let mut parlor = fanout_parlor(&args).await?;
+    let mut nats = if args.no_nats {
+        None
+    } else {
+        Some(fanout_nats(&args).await?)
+    };
+    let shape = format!(
+        "{} channels × {} publishers × {} subscribers, {}, {} s, {}-byte padding",
+        args.channels,
+        args.publishers,
+        args.subscribers,
+        if args.rate == 0 {
+            format!("as fast as delivered (window {})", args.window)
+        } else {
+            format!("{} msg/s per publisher", args.rate)
+        },
+        args.seconds,
+        args.payload
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "fanout",
+                "shape": shape,
+                "parlor": parlor.json(),
+                "nats": nats.as_mut().map(FanoutResult::json),
+            })
+        );
+        return Ok(());
+    }
+    println!("parlor bench fanout: {shape}");
+    println!(
+        "| server | delivered msg/s | latency p50 / p99 / max | published | lost | out of order | server CPU-s | server RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |name: &str, r: &mut FanoutResult| {
+        let (p50, p99, max) = (r.pct(0.5), r.pct(0.99), r.pct(1.0));
+        println!(
+            "| {name} | {:.0} | {} / {} / {} | {} | {} | {} | {:.2} | {:.1} MiB |",
+            r.rate(),
+            ms(p50),
+            ms(p99),
+            ms(max),
+            r.published,
+            r.expected.saturating_sub(r.delivered),
+            r.out_of_order,
+            r.server_cpu,
+            r.server_rss as f64 / 1048576.0
+        );
+    };
+    row("parlor", &mut parlor);
+    if let Some(n) = nats.as_mut() {
+        row("nats-server", n);
+        println!(
+            "parlor ÷ nats-server delivered msg/s: {:.2}",
+            parlor.rate() / n.rate()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `parlor bench`: measurements that print a table (or `--json`) and compare side by side
+//! with a reference in the same run.
+//!
+//! * [`audio`]: the audio pipeline against the libopus floor and the Python SDK;
+//! * [`load`]: the server under many WebSocket clients (`connections`, `fanout`), fan-out
+//!   beside nats-server.
+
+mod audio;
+mod load;
+
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Audio pipeline: CPU per audio-second, push→frame latency, join→first audio, RSS.
+    Audio(audio::AudioArgs),
+    /// Hold N idle connections: server RSS per connection, connect rate, welcome latency.
+    Connections(load::ConnectionsArgs),
+    /// Publishers × subscribers per channel: delivered messages/s, latency, loss; the same
+    /// shape against nats-server in the same run.
+    Fanout(load::FanoutArgs),
+}
+
+pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Audio(args) => audio::audio(args).await,
+        BenchCommand::Connections(args) => load::connections(args).await,
+        BenchCommand::Fanout(args) => load::fanout(args).await,
+    }
+}
+
+/// CPU time (user + system) from a `/proc/…/stat` file.
+pub(crate) fn stat_cpu(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// This process's CPU time.
+pub(crate) fn cpu_seconds() -> f64 {
+    stat_cpu("/proc/self/stat")
+}
+
+pub(crate) fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 4096
+}
+
+/// The `p` quantile (0–1) of `v` (sorted in place); NaN when empty.
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
