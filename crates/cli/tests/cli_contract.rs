@@ -277,3 +277,49 @@ fn bench_connections_and_fanout_run_small() {
         assert_eq!(r["out_of_order"], 0, "{v}");
     }
 }
+
+#[test]
+fn bench_direct_and_reconnect_storm_run_small() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "direct",
+            "--pairs",
+            "5",
+            "--rate",
+            "20",
+            "--seconds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["sent"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "reconnect-storm",
+            "--clients",
+            "30",
+            "--sources",
+            "3",
+        ])
+        .args(["--initial-delay-ms", "100", "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["rejoined"], 30, "{v}");
+}

@@ -22,6 +22,73 @@ async fn sigterm_style_shutdown_sends_going_away_then_1001() {
     server.shutdown().await;
 }
 
+/// A shutdown in the middle of a stream of publishes: every publish the server acknowledged
+/// reached the subscriber before its close (an ack is a promise of delivery).
+#[tokio::test]
+async fn shutdown_loses_no_acknowledged_message() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::collections::HashSet;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut server = Server::start("[limits]\nrate_per_sec = 100000\nrate_burst = 100000").await;
+    let mut sub = Client::dev(&server).await;
+    sub.subscribe("room").await;
+    let publisher = Client::dev(&server).await;
+    let (mut tx, mut rx) = publisher.ws.split();
+    let writer = tokio::spawn(async move {
+        let mut i = 0u64;
+        loop {
+            let frame =
+                json!({"type":"publish","channel":"room","data":i,"requestId":format!("m{i}")});
+            if tx.send(Message::text(frame.to_string())).await.is_err() {
+                return i;
+            }
+            i += 1;
+            if i.is_multiple_of(8) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let reader = tokio::spawn(async move {
+        let mut acked = HashSet::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, rx.next()).await {
+            if let Message::Text(t) = m {
+                let f: Value = serde_json::from_str(&t).expect("json");
+                if f["type"] == "ack" {
+                    let rid = f["requestId"].as_str().unwrap_or_default();
+                    acked.insert(rid.trim_start_matches('m').parse::<u64>().expect("id"));
+                }
+            }
+        }
+        acked
+    });
+    let mut delivered = HashSet::new();
+    let start = Instant::now();
+    let mut stopped = false;
+    loop {
+        if !stopped && start.elapsed() > Duration::from_millis(300) {
+            server.stop_signal();
+            stopped = true;
+        }
+        match next_inbound(&mut sub.ws).await {
+            Inbound::Frame(f) if f["type"] == "message" => {
+                delivered.insert(f["data"].as_u64().expect("data"));
+            }
+            Inbound::Frame(_) => {}
+            Inbound::Closed(code, _) => {
+                assert_eq!(code, Some(1001));
+                break;
+            }
+        }
+    }
+    let sent = writer.await.expect("writer");
+    let acked = reader.await.expect("reader");
+    assert!(acked.len() > 10, "only {} acked of {sent}", acked.len());
+    let lost: Vec<_> = acked.difference(&delivered).collect();
+    assert!(lost.is_empty(), "acked but never delivered: {lost:?}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn dead_peers_leave_presence_within_two_ping_intervals() {
     let server = Server::start("[limits]\nping_interval_secs = 1").await;

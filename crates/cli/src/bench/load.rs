@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::{percentile, stat_cpu};
 
 const BENCH_KEY: &str = "pk_bench";
+const QUIET_KEY: &str = "pk_bench_quiet";
 
 #[derive(Args, Debug)]
 pub(crate) struct ConnectionsArgs {
@@ -86,6 +87,48 @@ pub(crate) struct FanoutArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct DirectArgs {
+    /// Sender → receiver pairs.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Direct messages per second per sender.
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Loopback source addresses for the clients.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReconnectStormArgs {
+    /// Clients, each subscribed to one shared channel.
+    #[arg(long, default_value_t = 5000)]
+    clients: usize,
+    /// First reconnect delay in ms (the SDKs' default ladder starts at 500 ms), ±20 %
+    /// jitter, doubling per failed attempt up to 5 s.
+    #[arg(long, default_value_t = 500)]
+    initial_delay_ms: u64,
+    /// Restart gracefully (SIGTERM: going_away, close 1001) instead of killing the server.
+    #[arg(long)]
+    graceful: bool,
+    /// Loopback source addresses for the clients.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// Connection handshakes in flight at once, for the initial connect only.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 // ---------------------------------------------------------------------------------------
 // Shared plumbing
 
@@ -136,15 +179,27 @@ impl Drop for TempFile {
 
 impl ServerProcess {
     fn spawn() -> anyhow::Result<ServerProcess> {
+        Self::spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn spawn_on(listen: SocketAddr) -> anyhow::Result<ServerProcess> {
         let path = std::env::temp_dir().join(format!("parlor-bench-{}.toml", std::process::id()));
+        // `pk_quiet` may not see presence: thousands of members of one channel would
+        // otherwise each get a roster of thousands.
         std::fs::write(
             &path,
-            "[limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
-             max_channel_members = 1000000\noutbound_queue_bytes = 16777216\n",
+            format!(
+                "[limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
+                 max_channel_members = 1000000\noutbound_queue_bytes = 16777216\n\
+                 [[keys]]\nkey = \"{QUIET_KEY}\"\naccount = \"dev\"\n\
+                 actions = [\"subscribe\", \"publish\", \"send\"]\n"
+            ),
         )?;
         let config = TempFile(path);
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--dev-key", BENCH_KEY])
+            .args(["serve", "--dev-key", BENCH_KEY])
+            .arg("--listen")
+            .arg(listen.to_string())
             .arg("--config")
             .arg(&config.0)
             .env("PARLOR_LOG", "warn")
@@ -186,6 +241,10 @@ impl ServerProcess {
 
     fn url(&self) -> String {
         format!("ws://{}/v1?key={BENCH_KEY}", self.addr)
+    }
+
+    fn quiet_url(&self) -> String {
+        format!("ws://{}/v1?key={QUIET_KEY}", self.addr)
     }
 }
 
@@ -908,6 +967,345 @@ pub(super) async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         println!(
             "parlor ÷ nats-server delivered msg/s: {:.2}",
             parlor.rate() / n.rate()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// direct
+
+pub(super) async fn direct(args: DirectArgs) -> anyhow::Result<()> {
+    if args.pairs == 0 || args.rate == 0 {
+        bail!("--pairs and --rate must be at least 1");
+    }
+    raise_nofile(args.pairs as u64 * 2 + 512)?;
+    let server = ServerProcess::spawn()?;
+    let url = server.quiet_url();
+    let epoch = Instant::now();
+    let progress = Progress::start("connecting", args.pairs * 2);
+    let mut pairs = Vec::new();
+    for i in 0..args.pairs {
+        let mut rx = ws_connect(server.addr, source(2 * i, args.sources), &url).await?;
+        let welcome = loop {
+            match rx.next().await {
+                Some(Ok(Message::Text(t))) => break serde_json::from_str::<serde_json::Value>(&t)?,
+                Some(Ok(_)) => continue,
+                _ => bail!("no welcome"),
+            }
+        };
+        let to = welcome["peerId"].as_str().context("peerId")?.to_owned();
+        let tx = ws_connect(server.addr, source(2 * i + 1, args.sources), &url).await?;
+        progress.tick();
+        progress.tick();
+        pairs.push((tx, rx, to));
+    }
+    drop(progress);
+    let cpu0 = server.cpu_seconds();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.seconds);
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for (mut tx, mut rx, to) in pairs {
+        let rate = args.rate;
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent_by_sender = sent.clone();
+        senders.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < end {
+                let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                tokio::time::sleep_until(at.into()).await;
+                let t = epoch.elapsed().as_micros() as u64;
+                let frame =
+                    format!(r#"{{"type":"send","to":"{to}","data":{{"t":{t},"p":0,"s":{i}}}}}"#);
+                if tx.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                i += 1;
+                sent_by_sender.store(i, Ordering::Relaxed);
+            }
+            (i, tx)
+        }));
+        receivers.push(tokio::spawn(async move {
+            #[derive(Deserialize)]
+            struct Frame<'a> {
+                #[serde(rename = "type")]
+                ty: &'a str,
+                #[serde(borrow)]
+                data: Option<Body<'a>>,
+            }
+            let mut lat = Vec::new();
+            let mut next_seq = 0u64;
+            let mut out_of_order = 0u64;
+            // Until the window is over and everything sent has arrived (or 5 s more).
+            let deadline = end + Duration::from_secs(5);
+            loop {
+                if Instant::now() >= end && lat.len() as u64 >= sent.load(Ordering::Relaxed) {
+                    break;
+                }
+                let wait = (Instant::now() + Duration::from_millis(50)).min(deadline);
+                match tokio::time::timeout_at(wait.into(), rx.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        if let Ok(Frame {
+                            ty: "direct",
+                            data: Some(b),
+                        }) = serde_json::from_str::<Frame<'_>>(&t)
+                        {
+                            if b.s != next_seq {
+                                out_of_order += 1;
+                            }
+                            next_seq = b.s + 1;
+                            lat.push((epoch.elapsed().as_micros() as u64).saturating_sub(b.t));
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => break,
+                    Err(_) if Instant::now() >= deadline => break,
+                    Err(_) => {}
+                }
+            }
+            (lat, out_of_order)
+        }));
+    }
+    let mut sent = 0u64;
+    let mut keep = Vec::new();
+    for s in senders {
+        let (n, tx) = s.await?;
+        sent += n;
+        keep.push(tx);
+    }
+    let mut lat_us = Vec::new();
+    let mut out_of_order = 0;
+    for r in receivers {
+        let (l, o) = r.await?;
+        lat_us.extend(l);
+        out_of_order += o;
+    }
+    let server_cpu = server.cpu_seconds() - cpu0;
+    drop(keep);
+    let mut lat: Vec<f64> = lat_us.iter().map(|u| *u as f64 / 1e3).collect();
+    let received = lat.len() as u64;
+    let (p50, p99, max) = (
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99),
+        percentile(&mut lat, 1.0),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "direct", "pairs": args.pairs, "rate_per_sender": args.rate,
+                "sent": sent, "received": received, "lost": sent.saturating_sub(received),
+                "out_of_order": out_of_order,
+                "latency_ms": {"p50": p50, "p99": p99, "max": max},
+                "server_cpu_seconds": server_cpu,
+            })
+        );
+    } else {
+        println!(
+            "parlor bench direct: {} pairs × {} msg/s for {} s",
+            args.pairs, args.rate, args.seconds
+        );
+        println!(
+            "| sent | received | lost | out of order | send→direct p50 / p99 / max | server CPU-s |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| {sent} | {received} | {} | {out_of_order} | {} / {} / {} | {server_cpu:.2} |",
+            sent.saturating_sub(received),
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// reconnect-storm
+
+/// One client of the storm: connect + subscribe, hold, and after a drop reconnect with the
+/// SDKs' ladder; reports each (re)join's instant.
+async fn storm_client(
+    i: usize,
+    addr: SocketAddr,
+    url: String,
+    src: IpAddr,
+    initial: Duration,
+    joined: tokio::sync::mpsc::UnboundedSender<(usize, Instant)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let session = async {
+            let mut ws = ws_connect(addr, src, &url).await?;
+            if next_type(&mut ws).await? != "welcome" {
+                bail!("no welcome");
+            }
+            ws.send(Message::text(
+                r#"{"type":"subscribe","channel":"storm","requestId":"s"}"#,
+            ))
+            .await?;
+            while next_type(&mut ws).await? != "ack" {}
+            Ok(ws)
+        };
+        match session.await {
+            Ok(mut ws) => {
+                attempt = 0;
+                let _ = joined.send((i, Instant::now()));
+                loop {
+                    tokio::select! {
+                        m = ws.next() => match m {
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+            Err(_) => attempt += 1,
+        }
+        // The ladder: initial × 2^attempt (≤ 5 s), ±20 % jitter.
+        let base = initial
+            .saturating_mul(1 << attempt.min(4))
+            .min(Duration::from_secs(5));
+        let jitter = 0.8 + 0.4 * (fastrand_unit(i as u64 ^ u64::from(attempt) << 32));
+        tokio::select! {
+            _ = tokio::time::sleep(base.mul_f64(jitter)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// A uniform number in [0, 1) from a seed (splitmix64), for jitter without an RNG crate.
+fn fastrand_unit(seed: u64) -> f64 {
+    let nanos = Instant::now().elapsed().as_nanos() as u64;
+    let mut z = seed
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(nanos)
+        .wrapping_add(std::process::id() as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub(super) async fn reconnect_storm(args: ReconnectStormArgs) -> anyhow::Result<()> {
+    raise_nofile(args.clients as u64 + 512)?;
+    let mut server = ServerProcess::spawn()?;
+    let (addr, url) = (server.addr, server.quiet_url());
+    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let progress = Progress::start("connecting", args.clients);
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let initial = Duration::from_millis(args.initial_delay_ms);
+    for i in 0..args.clients {
+        let permit = gate.clone().acquire_owned().await?;
+        let (url, joined, stop) = (url.clone(), joined_tx.clone(), stop_rx.clone());
+        let src = source(i, args.sources);
+        // Hold the permit until the first join is reported.
+        let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(storm_client(i, addr, url, src, initial, first_tx, stop));
+        let gate_joined = joined.clone();
+        tokio::spawn(async move {
+            let mut permit = Some(permit);
+            while let Some(j) = first_rx.recv().await {
+                permit.take();
+                let _ = gate_joined.send(j);
+            }
+        });
+    }
+    let mut seen = vec![false; args.clients];
+    let mut count = 0;
+    while count < args.clients {
+        let Some((i, _)) = tokio::time::timeout(Duration::from_secs(60), joined_rx.recv()).await?
+        else {
+            bail!("clients stopped");
+        };
+        if !std::mem::replace(&mut seen[i], true) {
+            count += 1;
+            progress.tick();
+        }
+    }
+    drop(progress);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The restart.
+    let down = Instant::now();
+    if args.graceful {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(server.child.id().to_string())
+            .status();
+        let _ = server.child.wait();
+    } else {
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+    }
+    let stopped = down.elapsed();
+    drop(server);
+    let _restarted = ServerProcess::spawn_on(addr)?;
+    let up = Instant::now();
+    let progress = Progress::start("rejoining", args.clients);
+    let mut rejoin: Vec<Option<Instant>> = vec![None; args.clients];
+    let mut count = 0;
+    let deadline = up + Duration::from_secs(60);
+    while count < args.clients {
+        match tokio::time::timeout_at(deadline.into(), joined_rx.recv()).await {
+            Ok(Some((i, t))) if t > down && rejoin[i].is_none() => {
+                rejoin[i] = Some(t);
+                count += 1;
+                progress.tick();
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    drop(progress);
+    let _ = stop_tx.send(true);
+    let mut since_up: Vec<f64> = rejoin
+        .iter()
+        .flatten()
+        .map(|t| t.saturating_duration_since(up).as_secs_f64())
+        .collect();
+    let all = since_up.iter().cloned().fold(0.0, f64::max);
+    let (p50, p99) = (
+        percentile(&mut since_up, 0.5),
+        percentile(&mut since_up, 0.99),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "reconnect-storm", "clients": args.clients, "rejoined": count,
+                "graceful": args.graceful, "stop_seconds": stopped.as_secs_f64(),
+                "initial_delay_ms": args.initial_delay_ms,
+                "rejoin_after_restart_seconds": {"p50": p50, "p99": p99, "all": all},
+            })
+        );
+    } else {
+        println!(
+            "parlor bench reconnect-storm: {} clients subscribed to one channel, server {} and restarted on the same port; reconnect ladder from {} ms ±20 %",
+            args.clients,
+            if args.graceful {
+                "stopped with SIGTERM"
+            } else {
+                "killed"
+            },
+            args.initial_delay_ms
+        );
+        println!("| rejoined | stop took | new server listening → rejoined p50 / p99 / all |");
+        println!("|---|---|---|");
+        println!(
+            "| {count} / {} | {:.2} s | {p50:.2} / {p99:.2} / {all:.2} s |",
+            args.clients,
+            stopped.as_secs_f64()
+        );
+    }
+    if count < args.clients {
+        bail!(
+            "{} clients did not rejoin within 60 s",
+            args.clients - count
         );
     }
     Ok(())

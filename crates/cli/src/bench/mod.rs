@@ -3,7 +3,7 @@
 //!
 //! * [`audio`]: the audio pipeline against the libopus floor and the Python SDK;
 //! * [`load`]: the server under many WebSocket clients (`connections`, `fanout`), fan-out
-//!   beside nats-server.
+//!   beside nats-server; `direct`; `reconnect-storm`.
 
 mod audio;
 mod load;
@@ -19,6 +19,10 @@ pub(crate) enum BenchCommand {
     /// Publishers × subscribers per channel: delivered messages/s, latency, loss; the same
     /// shape against nats-server in the same run.
     Fanout(load::FanoutArgs),
+    /// Sender → receiver pairs of direct messages: send→direct latency, loss, order.
+    Direct(load::DirectArgs),
+    /// Restart the server under N subscribed clients: time until all have rejoined.
+    ReconnectStorm(load::ReconnectStormArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -26,6 +30,8 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Audio(args) => audio::audio(args).await,
         BenchCommand::Connections(args) => load::connections(args).await,
         BenchCommand::Fanout(args) => load::fanout(args).await,
+        BenchCommand::Direct(args) => load::direct(args).await,
+        BenchCommand::ReconnectStorm(args) => load::reconnect_storm(args).await,
     }
 }
 
