@@ -279,7 +279,7 @@ fn bench_connections_and_fanout_run_small() {
 }
 
 #[test]
-fn bench_direct_and_reconnect_storm_run_small() {
+fn bench_direct_churn_and_reconnect_storm_run_small() {
     let out = Command::new(BIN)
         .args([
             "bench",
@@ -302,6 +302,30 @@ fn bench_direct_and_reconnect_storm_run_small() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(v["sent"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(v["lost"], 0, "{v}");
+
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "churn",
+            "--watchers",
+            "4",
+            "--churners",
+            "3",
+            "--seconds",
+            "1",
+        ])
+        .arg("--json")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["cycles"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["events"], v["expected_events"], "{v}");
+    assert_eq!(v["out_of_order"], 0, "{v}");
 
     let out = Command::new(BIN)
         .args([

@@ -107,6 +107,28 @@ pub(crate) struct DirectArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct ChurnArgs {
+    /// Members who stay and watch presence.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Members who join and leave in a loop.
+    #[arg(long, default_value_t = 50)]
+    churners: usize,
+    /// Join + leave cycles per second per churner.
+    #[arg(long, default_value_t = 5)]
+    rate: u64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Loopback source addresses for the clients.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct ReconnectStormArgs {
     /// Clients, each subscribed to one shared channel.
     #[arg(long, default_value_t = 5000)]
@@ -1306,6 +1328,181 @@ pub(super) async fn reconnect_storm(args: ReconnectStormArgs) -> anyhow::Result<
         bail!(
             "{} clients did not rejoin within 60 s",
             args.clients - count
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// churn
+
+/// First text frame as JSON.
+async fn next_json(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(_)) => continue,
+            _ => bail!("closed"),
+        }
+    }
+}
+
+pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
+    if args.watchers == 0 || args.churners == 0 || args.rate == 0 {
+        bail!("--watchers, --churners and --rate must be at least 1");
+    }
+    raise_nofile((args.watchers + args.churners) as u64 + 512)?;
+    let server = ServerProcess::spawn()?;
+    let epoch = Instant::now();
+    // Churners first (they are not members yet), so their peer ids are known to watchers.
+    let mut churners = Vec::new();
+    let mut ids = std::collections::HashMap::new();
+    for i in 0..args.churners {
+        let mut ws = ws_connect(server.addr, source(i, args.sources), &server.quiet_url()).await?;
+        let welcome = next_json(&mut ws).await?;
+        ids.insert(welcome["peerId"].as_str().context("peerId")?.to_owned(), i);
+        churners.push(ws);
+    }
+    let ids = Arc::new(ids);
+    // `sent[2 * i]`: µs of churner i's last subscribe, `sent[2 * i + 1]`: of its last unsubscribe.
+    let sent: Arc<Vec<AtomicU64>> =
+        Arc::new((0..2 * args.churners).map(|_| AtomicU64::new(0)).collect());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut watchers = Vec::new();
+    let progress = Progress::start("watchers", args.watchers);
+    for w in 0..args.watchers {
+        let mut ws = ws_connect(
+            server.addr,
+            source(args.churners + w, args.sources),
+            &server.url(),
+        )
+        .await?;
+        ws.send(Message::text(
+            r#"{"type":"subscribe","channel":"churn","requestId":"s"}"#,
+        ))
+        .await?;
+        while next_type(&mut ws).await? != "ack" {}
+        progress.tick();
+        let (ids, sent, mut stop) = (ids.clone(), sent.clone(), stop_rx.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut member = std::collections::HashMap::<usize, bool>::new();
+            let (mut events, mut disorder) = (0u64, 0u64);
+            loop {
+                let m = tokio::select! {
+                    m = ws.next() => m,
+                    _ = stop.changed() => break,
+                };
+                let Some(Ok(Message::Text(t))) = m else {
+                    if matches!(m, Some(Ok(_))) {
+                        continue;
+                    } else {
+                        break;
+                    }
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                    continue;
+                };
+                if v["type"] != "presence" {
+                    continue;
+                }
+                let now = epoch.elapsed().as_micros() as u64;
+                for (key, joined) in [("joined", true), ("left", false)] {
+                    for p in v[key].as_array().into_iter().flatten() {
+                        let Some(&i) = p["peerId"].as_str().and_then(|id| ids.get(id)) else {
+                            continue;
+                        };
+                        events += 1;
+                        if member.insert(i, joined).unwrap_or(false) == joined {
+                            disorder += 1;
+                        }
+                        let at = sent[2 * i + usize::from(!joined)].load(Ordering::Relaxed);
+                        lat.push(now.saturating_sub(at));
+                    }
+                }
+            }
+            (lat, events, disorder)
+        }));
+    }
+    drop(progress);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.seconds);
+    let half = Duration::from_secs_f64(0.5 / args.rate as f64);
+    let mut tasks = Vec::new();
+    for (i, mut ws) in churners.into_iter().enumerate() {
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            // Spread the churners over one period.
+            tokio::time::sleep(half.mul_f64(2.0 * i as f64 / 64.0 % 2.0)).await;
+            let mut cycles = 0u64;
+            while Instant::now() < end {
+                for (slot, frame) in [
+                    (
+                        2 * i,
+                        r#"{"type":"subscribe","channel":"churn","requestId":"j"}"#,
+                    ),
+                    (
+                        2 * i + 1,
+                        r#"{"type":"unsubscribe","channel":"churn","requestId":"l"}"#,
+                    ),
+                ] {
+                    sent[slot].store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    ws.send(Message::text(frame)).await?;
+                    while next_type(&mut ws).await? != "ack" {}
+                    tokio::time::sleep(half).await;
+                }
+                cycles += 1;
+            }
+            anyhow::Ok((cycles, ws))
+        }));
+    }
+    let mut cycles = 0;
+    let mut keep = Vec::new();
+    for t in tasks {
+        let (c, ws) = t.await??;
+        cycles += c;
+        keep.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(true);
+    let (mut lat_us, mut events, mut disorder) = (Vec::new(), 0, 0);
+    for w in watchers {
+        let (l, e, d) = w.await?;
+        lat_us.extend(l);
+        events += e;
+        disorder += d;
+    }
+    let expected = 2 * cycles * args.watchers as u64;
+    let mut lat: Vec<f64> = lat_us.iter().map(|u| *u as f64 / 1e3).collect();
+    let (p50, p99, max) = (
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99),
+        percentile(&mut lat, 1.0),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "churn", "watchers": args.watchers, "churners": args.churners,
+                "cycles": cycles, "expected_events": expected, "events": events,
+                "out_of_order": disorder,
+                "latency_ms": {"p50": p50, "p99": p99, "max": max},
+            })
+        );
+    } else {
+        println!(
+            "parlor bench churn: {} watchers, {} churners × {} join+leave/s for {} s",
+            args.watchers, args.churners, args.rate, args.seconds
+        );
+        println!(
+            "| join+leave cycles | presence deltas expected / seen | out of order | request → delta p50 / p99 / max |"
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| {cycles} | {expected} / {events} | {disorder} | {} / {} / {} |",
+            ms(p50),
+            ms(p99),
+            ms(max)
         );
     }
     Ok(())

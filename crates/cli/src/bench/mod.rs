@@ -3,7 +3,7 @@
 //!
 //! * [`audio`]: the audio pipeline against the libopus floor and the Python SDK;
 //! * [`load`]: the server under many WebSocket clients (`connections`, `fanout`), fan-out
-//!   beside nats-server; `direct`; `reconnect-storm`.
+//!   beside nats-server; `direct`; `churn`; `reconnect-storm`.
 
 mod audio;
 mod load;
@@ -21,6 +21,8 @@ pub(crate) enum BenchCommand {
     Fanout(load::FanoutArgs),
     /// Sender → receiver pairs of direct messages: send→direct latency, loss, order.
     Direct(load::DirectArgs),
+    /// Join/leave storms: presence deltas seen by watchers, their latency and order.
+    Churn(load::ChurnArgs),
     /// Restart the server under N subscribed clients: time until all have rejoined.
     ReconnectStorm(load::ReconnectStormArgs),
 }
@@ -31,6 +33,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Connections(args) => load::connections(args).await,
         BenchCommand::Fanout(args) => load::fanout(args).await,
         BenchCommand::Direct(args) => load::direct(args).await,
+        BenchCommand::Churn(args) => load::churn(args).await,
         BenchCommand::ReconnectStorm(args) => load::reconnect_storm(args).await,
     }
 }
