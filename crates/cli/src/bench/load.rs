@@ -49,7 +49,7 @@ pub(crate) struct ConnectionsArgs {
     json: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub(crate) struct FanoutArgs {
     /// Channels.
     #[arg(long, default_value_t = 10)]
@@ -693,7 +693,7 @@ async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let mut tasks = Vec::new();
     for (c, p, mut ws) in pubs {
         let (tally, pad) = (tally.clone(), pad.clone());
-        let args = args.clone_shape();
+        let args = args.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < end {
@@ -768,25 +768,6 @@ async fn drain_and_collect(
         out_of_order: tally.out_of_order.load(Ordering::Relaxed),
         seconds: last_change.duration_since(start).as_secs_f64(),
         ..FanoutResult::default()
-    }
-}
-
-impl FanoutArgs {
-    /// The fields a publisher task needs (clap args are not `Clone`).
-    fn clone_shape(&self) -> FanoutArgs {
-        FanoutArgs {
-            channels: self.channels,
-            publishers: self.publishers,
-            subscribers: self.subscribers,
-            rate: self.rate,
-            window: self.window,
-            seconds: self.seconds,
-            payload: self.payload,
-            sources: self.sources,
-            no_nats: self.no_nats,
-            nats_server: self.nats_server.clone(),
-            json: self.json,
-        }
     }
 }
 
@@ -883,7 +864,7 @@ async fn fanout_nats(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let mut tasks = Vec::new();
     for (c, p, client) in pubs {
         let (tally, pad) = (tally.clone(), pad.clone());
-        let args = args.clone_shape();
+        let args = args.clone();
         tasks.push(tokio::spawn(async move {
             let subject = format!("bench-{c}");
             let mut i = 0u64;
@@ -997,6 +978,9 @@ pub(super) async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // direct
 
+/// Set in a sender's published count once it has stopped sending.
+const DONE: u64 = 1 << 63;
+
 pub(super) async fn direct(args: DirectArgs) -> anyhow::Result<()> {
     if args.pairs == 0 || args.rate == 0 {
         bail!("--pairs and --rate must be at least 1");
@@ -1046,6 +1030,8 @@ pub(super) async fn direct(args: DirectArgs) -> anyhow::Result<()> {
                 i += 1;
                 sent_by_sender.store(i, Ordering::Relaxed);
             }
+            // The final count, marked final: the receiver may stop once it has them all.
+            sent_by_sender.store(i | DONE, Ordering::Release);
             (i, tx)
         }));
         receivers.push(tokio::spawn(async move {
@@ -1062,7 +1048,8 @@ pub(super) async fn direct(args: DirectArgs) -> anyhow::Result<()> {
             // Until the window is over and everything sent has arrived (or 5 s more).
             let deadline = end + Duration::from_secs(5);
             loop {
-                if Instant::now() >= end && lat.len() as u64 >= sent.load(Ordering::Relaxed) {
+                let total = sent.load(Ordering::Acquire);
+                if total & DONE != 0 && lat.len() as u64 >= total & !DONE {
                     break;
                 }
                 let wait = (Instant::now() + Duration::from_millis(50)).min(deadline);
@@ -1368,6 +1355,7 @@ pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     let sent: Arc<Vec<AtomicU64>> =
         Arc::new((0..2 * args.churners).map(|_| AtomicU64::new(0)).collect());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let seen = Arc::new(AtomicU64::new(0));
     let mut watchers = Vec::new();
     let progress = Progress::start("watchers", args.watchers);
     for w in 0..args.watchers {
@@ -1383,7 +1371,8 @@ pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         .await?;
         while next_type(&mut ws).await? != "ack" {}
         progress.tick();
-        let (ids, sent, mut stop) = (ids.clone(), sent.clone(), stop_rx.clone());
+        let (ids, sent, seen, mut stop) =
+            (ids.clone(), sent.clone(), seen.clone(), stop_rx.clone());
         watchers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut member = std::collections::HashMap::<usize, bool>::new();
@@ -1413,6 +1402,7 @@ pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
                             continue;
                         };
                         events += 1;
+                        seen.fetch_add(1, Ordering::Relaxed);
                         if member.insert(i, joined).unwrap_or(false) == joined {
                             disorder += 1;
                         }
@@ -1463,7 +1453,12 @@ pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         cycles += c;
         keep.push(ws);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every delta of every cycle, or 5 s more.
+    let expected = 2 * cycles * args.watchers as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = stop_tx.send(true);
     let (mut lat_us, mut events, mut disorder) = (Vec::new(), 0, 0);
     for w in watchers {
@@ -1472,7 +1467,6 @@ pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         events += e;
         disorder += d;
     }
-    let expected = 2 * cycles * args.watchers as u64;
     let mut lat: Vec<f64> = lat_us.iter().map(|u| *u as f64 / 1e3).collect();
     let (p50, p99, max) = (
         percentile(&mut lat, 0.5),
