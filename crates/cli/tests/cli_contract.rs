@@ -233,19 +233,30 @@ fn serve_tls_flags_fail_clearly() {
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
 
-#[test]
-fn bench_connections_and_fanout_run_small() {
+/// `parlor bench ARGS --json`, which must succeed; its JSON.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
-        .args(["bench", "connections", "--count", "40", "--sources", "4"])
-        .args(["--hold-secs", "0", "--json"])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {err}");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn bench_connections_and_fanout_run_small() {
+    let v = bench_json(&[
+        "connections",
+        "--count",
+        "40",
+        "--sources",
+        "4",
+        "--hold-secs",
+        "0",
+    ]);
     assert_eq!(v["held"], 40, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
 
@@ -253,24 +264,26 @@ fn bench_connections_and_fanout_run_small() {
     let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
-    let mut cmd = Command::new(BIN);
-    cmd.args(["bench", "fanout", "--channels", "2", "--subscribers", "3"])
-        .args(["--seconds", "1", "--json"]);
+    let mut args = vec![
+        "fanout",
+        "--channels",
+        "2",
+        "--subscribers",
+        "3",
+        "--seconds",
+        "1",
+    ];
     match nats {
-        Some(p) => cmd.args(["--nats-server", p]),
-        None => cmd.arg("--no-nats"),
+        Some(p) => args.extend(["--nats-server", p]),
+        None => args.push("--no-nats"),
+    }
+    let v = bench_json(&args);
+    let sides: &[&str] = if nats.is_some() {
+        &["parlor", "nats"]
+    } else {
+        &["parlor"]
     };
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    for side in ["parlor", "nats"] {
-        if side == "nats" && nats.is_none() {
-            continue;
-        }
+    for side in sides {
         let r = &v[side];
         assert!(r["published"].as_u64().unwrap_or(0) > 0, "{v}");
         assert_eq!(r["lost"], 0, "{v}");
@@ -280,70 +293,31 @@ fn bench_connections_and_fanout_run_small() {
 
 #[test]
 fn bench_direct_churn_and_reconnect_storm_run_small() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "direct",
-            "--pairs",
-            "5",
-            "--rate",
-            "20",
-            "--seconds",
-            "1",
-            "--json",
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = bench_json(&["direct", "--pairs", "5", "--rate", "20", "--seconds", "1"]);
     assert!(v["sent"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(v["lost"], 0, "{v}");
 
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "churn",
-            "--watchers",
-            "4",
-            "--churners",
-            "3",
-            "--seconds",
-            "1",
-        ])
-        .arg("--json")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = bench_json(&[
+        "churn",
+        "--watchers",
+        "4",
+        "--churners",
+        "3",
+        "--seconds",
+        "1",
+    ]);
     assert!(v["cycles"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(v["events"], v["expected_events"], "{v}");
     assert_eq!(v["out_of_order"], 0, "{v}");
 
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "reconnect-storm",
-            "--clients",
-            "30",
-            "--sources",
-            "3",
-        ])
-        .args(["--initial-delay-ms", "100", "--json"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = bench_json(&[
+        "reconnect-storm",
+        "--clients",
+        "30",
+        "--sources",
+        "3",
+        "--initial-delay-ms",
+        "100",
+    ]);
     assert_eq!(v["rejoined"], 30, "{v}");
 }

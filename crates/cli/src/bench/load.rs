@@ -25,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{percentile, stat_cpu};
+use super::{percentile, rss_bytes_of, stat_cpu};
 
 const BENCH_KEY: &str = "pk_bench";
 const QUIET_KEY: &str = "pk_bench_quiet";
@@ -246,15 +246,7 @@ impl ServerProcess {
     }
 
     fn rss_bytes(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024
+        rss_bytes_of(&self.child.id().to_string())
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -301,22 +293,23 @@ async fn ws_connect(addr: SocketAddr, src: IpAddr, url: &str) -> anyhow::Result<
     Ok(ws)
 }
 
-/// The next text frame's JSON `type`, skipping control frames.
-async fn next_type(ws: &mut Ws) -> anyhow::Result<String> {
-    #[derive(Deserialize)]
-    struct Typed {
-        #[serde(rename = "type")]
-        ty: String,
-    }
+/// The next text frame as JSON, skipping control frames.
+async fn next_json(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str::<Typed>(&t)?.ty),
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
             Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
             None => bail!("closed"),
         }
     }
+}
+
+/// The next text frame's `type`.
+async fn next_type(ws: &mut Ws) -> anyhow::Result<String> {
+    let frame = next_json(ws).await?;
+    Ok(frame["type"].as_str().unwrap_or_default().to_owned())
 }
 
 /// A progress line on stderr (only when it is a terminal).
@@ -887,11 +880,7 @@ async fn fanout_nats(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     }
     let result = drain_and_collect(&tally, k_ch * n_pub, n_sub, start).await;
     let server_cpu = stat_cpu(&format!("/proc/{}/stat", nats.child.id())) - cpu0;
-    let server_rss = std::fs::read_to_string(format!("/proc/{}/statm", nats.child.id()))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096;
+    let server_rss = rss_bytes_of(&nats.child.id().to_string());
     let _ = stop_tx.send(true);
     let mut latency_us = Vec::new();
     while let Some(l) = lat_rx.recv().await {
@@ -993,13 +982,7 @@ pub(super) async fn direct(args: DirectArgs) -> anyhow::Result<()> {
     let mut pairs = Vec::new();
     for i in 0..args.pairs {
         let mut rx = ws_connect(server.addr, source(2 * i, args.sources), &url).await?;
-        let welcome = loop {
-            match rx.next().await {
-                Some(Ok(Message::Text(t))) => break serde_json::from_str::<serde_json::Value>(&t)?,
-                Some(Ok(_)) => continue,
-                _ => bail!("no welcome"),
-            }
-        };
+        let welcome = next_json(&mut rx).await?;
         let to = welcome["peerId"].as_str().context("peerId")?.to_owned();
         let tx = ws_connect(server.addr, source(2 * i + 1, args.sources), &url).await?;
         progress.tick();
@@ -1322,17 +1305,6 @@ pub(super) async fn reconnect_storm(args: ReconnectStormArgs) -> anyhow::Result<
 
 // ---------------------------------------------------------------------------------------
 // churn
-
-/// First text frame as JSON.
-async fn next_json(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
-            Some(Ok(_)) => continue,
-            _ => bail!("closed"),
-        }
-    }
-}
 
 pub(super) async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     if args.watchers == 0 || args.churners == 0 || args.rate == 0 {

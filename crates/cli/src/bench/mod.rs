@@ -55,16 +55,18 @@ pub(crate) fn cpu_seconds() -> f64 {
     stat_cpu("/proc/self/stat")
 }
 
-pub(crate) fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
+/// Resident memory of a process (`"self"` or a pid), from `/proc/…/statm`.
+pub(crate) fn rss_bytes_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0)
         * 4096
+}
+
+/// This process's resident memory.
+pub(crate) fn rss_bytes() -> u64 {
+    rss_bytes_of("self")
 }
 
 /// The `p` quantile (0–1) of `v` (sorted in place); NaN when empty.
