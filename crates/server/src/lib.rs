@@ -45,6 +45,7 @@ use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -137,6 +138,11 @@ pub async fn serve_with(
                 .await?
         }
         None => {
+            // Frames are small and latency matters: no Nagle delay (with delayed ACKs it
+            // stalls a busy connection for ~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await?
