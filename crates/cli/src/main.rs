@@ -65,6 +65,13 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run as a cluster node sharing channels through this NATS (e.g. nats://127.0.0.1:4222;
+    /// overrides `[cluster] nats_url`). See docs/cluster.md.
+    #[arg(long, env = "PARLOR_CLUSTER_NATS", hide_env_values = true)]
+    cluster_nats: Option<String>,
+    /// Cluster name (the NATS subject prefix): nodes with the same name share channels.
+    #[arg(long, requires = "cluster_nats")]
+    cluster_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +153,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             key_file,
         });
     }
+    if let Some(url) = args.cluster_nats {
+        let cluster = config
+            .cluster
+            .get_or_insert_with(|| parlor_server::cluster::ClusterConfig::new(url.clone()));
+        cluster.nats_url = url;
+        if let Some(name) = args.cluster_name {
+            cluster.name = name;
+        }
+    }
     config.validate()?;
     if let Some(tls) = &config.tls {
         // Fail before the readiness line, naming the bad file.
@@ -163,11 +179,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    // The stable readiness line (CLI contract): printed once the socket accepts.
+    // The stable readiness line (CLI contract): printed once the server accepts (TLS files
+    // loaded, NATS reached in cluster mode).
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
-    println!("listening on {scheme}://{addr}");
-    tracing::info!(%addr, "parlor serve ready");
-    parlor_server::serve(listener, config, shutdown_signal()).await?;
+    let ready = move || {
+        println!("listening on {scheme}://{addr}");
+        tracing::info!(%addr, "parlor serve ready");
+    };
+    parlor_server::serve_with_ready(
+        listener,
+        config,
+        axum::Router::new(),
+        shutdown_signal(),
+        ready,
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

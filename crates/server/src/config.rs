@@ -206,6 +206,10 @@ pub struct Config {
     /// the config file); plain `ws://` when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Run as one node of a cluster sharing channels through NATS; a single in-memory node
+    /// when absent.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 fn yes() -> bool {
@@ -223,6 +227,7 @@ impl Default for Config {
             keys: Vec::new(),
             secrets: Vec::new(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -320,6 +325,9 @@ impl Config {
             if !kids.insert(s.kid.as_str()) {
                 return bad(format!("duplicate secret kid {:?}", s.kid));
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

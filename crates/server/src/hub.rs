@@ -23,6 +23,8 @@ use parlor_protocol::event::{self, MAX_OUTBOUND_FRAME, Welcome};
 use parlor_protocol::{ClientFrame, ClientRequest, CloseCode, ErrorCode, FrameError};
 
 use crate::auth::{AuthError, Grant};
+use crate::cluster::replica::{Effect, Replica};
+use crate::cluster::wire::{self, Event, NodeId};
 use crate::config::{Action, Config, Limits};
 use crate::metrics::Metrics;
 use crate::outbox::Frame;
@@ -63,7 +65,7 @@ struct Conn {
     grant: Grant,
     outbox: Arc<Outbox>,
     /// `{"peerId":…,"metadata":…}`, encoded once.
-    entry: Box<str>,
+    entry: Box<RawValue>,
     /// Channel → includeSenderMetadata.
     subs: HashMap<String, bool>,
     /// Subscriptions with includeSenderMetadata (for `fromMetadata` on directs, spec §1.9).
@@ -75,7 +77,8 @@ struct Tenant {
     channels: HashMap<String, Channel>,
     peers: HashMap<Arc<str>, ConnId>,
     connections: usize,
-    quota_window_start_ms: u64,
+    /// Quota window index (`now_ms / window_ms`, aligned so that nodes agree).
+    quota_window: u64,
     quota_used: u64,
 }
 
@@ -122,6 +125,8 @@ pub struct Hub {
     next_conn: ConnId,
     shutting_down: bool,
     metrics: Arc<Metrics>,
+    /// The other nodes, in cluster mode.
+    cluster: Option<Replica>,
 }
 
 impl Hub {
@@ -149,7 +154,13 @@ impl Hub {
             next_conn: 1,
             shutting_down: false,
             metrics,
+            cluster: None,
         }
+    }
+
+    /// Run as one node of a cluster (see [`crate::cluster`]).
+    pub fn enable_cluster(&mut self, replica: Replica) {
+        self.cluster = Some(replica);
     }
 
     /// Admit an authenticated connection: enforce the account's concurrent cap, assign a
@@ -162,10 +173,14 @@ impl Hub {
             });
         }
         let limits = self.account_limits(&grant.account);
+        let remote = self
+            .cluster
+            .as_ref()
+            .map_or(0, |r| r.connections(&grant.account));
         let tenant = self.tenants.entry(grant.account.clone()).or_default();
         if limits
             .max_connections
-            .is_some_and(|max| tenant.connections >= max)
+            .is_some_and(|max| tenant.connections + remote >= max)
         {
             return Err(AuthError {
                 code: CloseCode::OVER_CONCURRENT_LIMIT,
@@ -177,7 +192,12 @@ impl Hub {
                 code: CloseCode::INTERNAL,
                 reason: "internal error",
             })?;
-            if !tenant.peers.contains_key(id.as_str()) {
+            let taken = tenant.peers.contains_key(id.as_str())
+                || self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|r| r.peer_node(&grant.account, &id).is_some());
+            if !taken {
                 break Arc::from(id);
             }
         };
@@ -194,7 +214,21 @@ impl Hub {
             max_message_size: self.limits.max_message_size,
             metadata: grant.welcome_metadata.as_deref(),
         });
-        let entry = event::presence_entry(&peer_id, grant.peer_metadata.as_deref()).into();
+        let entry = RawValue::from_string(event::presence_entry(
+            &peer_id,
+            grant.peer_metadata.as_deref(),
+        ))
+        .map_err(|_| AuthError {
+            code: CloseCode::INTERNAL,
+            reason: "internal error",
+        })?;
+        if let Some(r) = self.cluster.as_mut() {
+            r.to_all(&Event::Up {
+                t: (*grant.account).into(),
+                p: (*peer_id).into(),
+                e: &entry,
+            });
+        }
         self.conns.insert(
             conn,
             Conn {
@@ -319,6 +353,7 @@ impl Hub {
             return;
         };
         let sees_presence = c.grant.actions.allows(Action::Presence);
+        let mut joined = false;
         let tenant = self
             .tenants
             .get_mut(&c.grant.account)
@@ -351,9 +386,14 @@ impl Hub {
                 );
                 return;
             }
-            let entry_bytes = c.entry.len() + 1;
+            let entry_bytes = c.entry.get().len() + 1;
             let ch = tenant.channels.get(&channel);
             let (members, roster) = ch.map_or((0, 0), |ch| (ch.members.len(), ch.roster_bytes));
+            let (r_members, r_roster) = self
+                .cluster
+                .as_ref()
+                .map_or((0, 0), |r| r.channel_size(&c.grant.account, &channel));
+            let (members, roster) = (members + r_members, roster + r_roster);
             if members >= self.limits.max_channel_members
                 || event::presence_overhead(&channel) + roster + entry_bytes > MAX_OUTBOUND_FRAME
             {
@@ -382,7 +422,7 @@ impl Hub {
             );
             ch.roster_bytes += entry_bytes;
             // Deltas to the others first (spec §1.8.3 step 3 happens-before the ack).
-            let delta: Frame = event::presence(&channel, [&*c.entry], []).into();
+            let delta: Frame = event::presence(&channel, [c.entry.get()], []).into();
             let others: Vec<ConnId> = ch
                 .members
                 .iter()
@@ -392,10 +432,20 @@ impl Hub {
             for other in others {
                 self.push_to(other, delta.clone());
             }
+            joined = true;
         }
         self.ack(conn, rid);
         if sees_presence {
             self.push_to(conn, self.snapshot(conn, &channel));
+        }
+        // Other nodes learn of the member after its ack and snapshot are queued here, so
+        // whatever they send in reaction reaches it after its snapshot (spec §1.8.3).
+        if joined && let (Some(r), Some(c)) = (self.cluster.as_mut(), self.conns.get(&conn)) {
+            r.to_all(&Event::Join {
+                t: (*c.grant.account).into(),
+                c: channel.as_str().into(),
+                p: (*c.peer_id).into(),
+            });
         }
     }
 
@@ -411,8 +461,12 @@ impl Hub {
             .into_iter()
             .flat_map(|ch| ch.members.keys())
             .filter(|id| **id != conn)
-            .filter_map(|id| self.conns.get(id).map(|m| &*m.entry));
-        event::presence(channel, entries, []).into()
+            .filter_map(|id| self.conns.get(id).map(|m| m.entry.get()));
+        let remote = self
+            .cluster
+            .iter()
+            .flat_map(|r| r.entries(&c.grant.account, channel));
+        event::presence(channel, entries.chain(remote), []).into()
     }
 
     fn unsubscribe(&mut self, conn: ConnId, channel: &str, rid: Option<&str>) {
@@ -441,7 +495,7 @@ impl Hub {
         if ch.members.remove(&conn).is_none() {
             return false;
         }
-        ch.roster_bytes -= c.entry.len() + 1;
+        ch.roster_bytes -= c.entry.get().len() + 1;
         let left: Frame = event::presence(
             channel,
             [],
@@ -461,6 +515,13 @@ impl Hub {
         for other in others {
             self.push_to(other, left.clone());
         }
+        if let Some(r) = self.cluster.as_mut() {
+            r.to_all(&Event::Leave {
+                t: (*c.grant.account).into(),
+                c: channel.into(),
+                p: (*c.peer_id).into(),
+            });
+        }
         true
     }
 
@@ -476,11 +537,16 @@ impl Hub {
         let Some(t) = self.tenants.get_mut(&c.grant.account) else {
             return false;
         };
-        if now_ms.saturating_sub(t.quota_window_start_ms) >= limits.quota_window_ms {
-            t.quota_window_start_ms = now_ms;
+        let window = now_ms / limits.quota_window_ms.max(1);
+        if t.quota_window != window {
+            t.quota_window = window;
             t.quota_used = 0;
         }
-        if t.quota_used >= quota {
+        let remote = self
+            .cluster
+            .as_ref()
+            .map_or(0, |r| r.usage(&c.grant.account, window));
+        if t.quota_used + remote >= quota {
             self.reply_error(
                 conn,
                 ErrorCode::OverMessageQuota,
@@ -490,6 +556,9 @@ impl Hub {
             return false;
         }
         t.quota_used += 1;
+        if let Some(r) = self.cluster.as_mut() {
+            r.usage_changed(&c.grant.account);
+        }
         true
     }
 
@@ -550,6 +619,19 @@ impl Hub {
                 self.push_to(*id, frame);
             }
         }
+        if let Some(r) = self.cluster.as_mut() {
+            r.to_channel(
+                &c.grant.account,
+                channel,
+                &Event::Msg {
+                    t: (*c.grant.account).into(),
+                    c: channel.into(),
+                    p: (*c.peer_id).into(),
+                    m: c.grant.peer_metadata.as_deref(),
+                    d: data,
+                },
+            );
+        }
         self.ack(conn, rid);
     }
 
@@ -569,7 +651,33 @@ impl Hub {
             .and_then(|t| t.peers.get(to))
             .and_then(|id| self.conns.get(id).map(|t| (*id, t)));
         let Some((target_id, target)) = target else {
-            self.reply_error(conn, ErrorCode::PeerNotFound, rid, "peer not found");
+            let node = self
+                .cluster
+                .as_ref()
+                .and_then(|r| r.peer_node(&c.grant.account, to));
+            // On another node: route it there (delivery is that node's business, like a
+            // local target that disconnects right after this ack).
+            let routed = match (node, self.cluster.as_mut()) {
+                (Some(node), Some(r)) => {
+                    r.to_node(
+                        node,
+                        &Event::Dm {
+                            t: (*c.grant.account).into(),
+                            to: to.into(),
+                            p: (*c.peer_id).into(),
+                            m: c.grant.peer_metadata.as_deref(),
+                            d: data,
+                        },
+                    );
+                    true
+                }
+                _ => false,
+            };
+            if routed {
+                self.ack(conn, rid);
+            } else {
+                self.reply_error(conn, ErrorCode::PeerNotFound, rid, "peer not found");
+            }
             return;
         };
         let meta = c
@@ -593,6 +701,12 @@ impl Hub {
             self.remove_member(conn, &ch);
         }
         if let Some(c) = self.conns.remove(&conn) {
+            if let Some(r) = self.cluster.as_mut() {
+                r.to_all(&Event::Down {
+                    t: (*c.grant.account).into(),
+                    p: (*c.peer_id).into(),
+                });
+            }
             if let Some(t) = self.tenants.get_mut(&c.grant.account) {
                 t.connections -= 1;
                 t.peers.remove(&c.peer_id);
@@ -615,7 +729,16 @@ impl Hub {
                 self.close(conn, CloseCode::ADMIN_DISCONNECT, "disconnected by admin");
                 true
             }
-            None => false,
+            None => match self.cluster.as_mut() {
+                Some(r) => match r.find_peer(peer_id) {
+                    Some(node) => {
+                        r.to_node(node, &Event::Kick { p: peer_id.into() });
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
+            },
         }
     }
 
@@ -673,6 +796,184 @@ impl Hub {
         out
     }
 }
+
+/// Cluster mode: what the NATS driver calls (see [`crate::cluster`]).
+impl Hub {
+    /// Apply one batch received from another node. Malformed input is refused as a whole
+    /// (and only logged by the driver): nodes trust each other, but not blindly.
+    pub fn apply_cluster(&mut self, payload: &[u8], now_ms: u64) -> Result<(), ClusterInputError> {
+        let batch: wire::Batch<'_> =
+            serde_json::from_slice(payload).map_err(|_| ClusterInputError)?;
+        let from = wire::parse_node(&batch.from).ok_or(ClusterInputError)?;
+        let Some(r) = self.cluster.as_mut() else {
+            return Ok(());
+        };
+        let mut effects = Vec::new();
+        r.apply(from, &batch.ev, now_ms, &mut effects);
+        for e in effects {
+            self.apply_effect(e);
+        }
+        Ok(())
+    }
+
+    fn apply_effect(&mut self, effect: Effect<'_>) {
+        match effect {
+            Effect::Joined { t, c, entry } => {
+                let frame: Frame = event::presence(&c, [&*entry], []).into();
+                self.push_to_watchers(&t, &c, &frame);
+            }
+            Effect::Left { t, c, p } => {
+                let gone = event::presence_entry(&p, None);
+                let frame: Frame = event::presence(&c, [], [gone.as_str()]).into();
+                self.push_to_watchers(&t, &c, &frame);
+            }
+            Effect::Message { t, c, p, m, d } => {
+                let Some(ch) = self.tenants.get(t).and_then(|tn| tn.channels.get(c)) else {
+                    return;
+                };
+                let mut plain: Option<Frame> = None;
+                let mut stamped: Option<Frame> = None;
+                let ids: Vec<(ConnId, bool)> = ch
+                    .members
+                    .iter()
+                    .map(|(id, mb)| (*id, mb.include_sender_metadata))
+                    .collect();
+                for (id, flag) in ids {
+                    let frame = match (flag, m) {
+                        (true, Some(meta)) => stamped
+                            .get_or_insert_with(|| event::message(c, p, d, Some(meta)).into())
+                            .clone(),
+                        _ => plain
+                            .get_or_insert_with(|| event::message(c, p, d, None).into())
+                            .clone(),
+                    };
+                    self.push_to(id, frame);
+                }
+            }
+            Effect::Direct { t, to, p, m, d } => {
+                let Some(id) = self.tenants.get(t).and_then(|tn| tn.peers.get(to)).copied() else {
+                    return;
+                };
+                let Some(target) = self.conns.get(&id) else {
+                    return;
+                };
+                let meta = m.filter(|_| target.sender_metadata_subs > 0);
+                self.push_to(id, event::direct(p, d, meta).into());
+            }
+            Effect::Kick { p } => {
+                let found = self
+                    .tenants
+                    .values()
+                    .find_map(|tn| tn.peers.get(p).copied());
+                if let Some(conn) = found {
+                    self.close(conn, CloseCode::ADMIN_DISCONNECT, "disconnected by admin");
+                }
+            }
+            Effect::SendDump { to } => self.send_dump(to),
+        }
+    }
+
+    /// Queue a presence frame to the local members of `t`/`c` that see presence.
+    fn push_to_watchers(&self, t: &str, c: &str, frame: &Frame) {
+        let Some(ch) = self.tenants.get(t).and_then(|tn| tn.channels.get(c)) else {
+            return;
+        };
+        for (id, m) in &ch.members {
+            if m.sees_presence {
+                self.push_to(*id, frame.clone());
+            }
+        }
+    }
+
+    /// Queue this node's full state to node `to`: every connection, its subscriptions and
+    /// the quota usage of the current windows.
+    fn send_dump(&mut self, to: NodeId) {
+        let Some(r) = self.cluster.as_mut() else {
+            return;
+        };
+        r.to_node(to, &Event::DumpStart);
+        for c in self.conns.values() {
+            r.to_node(
+                to,
+                &Event::Up {
+                    t: (*c.grant.account).into(),
+                    p: (*c.peer_id).into(),
+                    e: &c.entry,
+                },
+            );
+            for ch in c.subs.keys() {
+                r.to_node(
+                    to,
+                    &Event::Join {
+                        t: (*c.grant.account).into(),
+                        c: ch.as_str().into(),
+                        p: (*c.peer_id).into(),
+                    },
+                );
+            }
+        }
+        for (name, t) in &self.tenants {
+            if t.quota_used > 0 {
+                r.to_node(
+                    to,
+                    &Event::Usage {
+                        t: (**name).into(),
+                        w: t.quota_window,
+                        n: t.quota_used,
+                    },
+                );
+            }
+        }
+        r.to_node(to, &Event::DumpEnd);
+    }
+
+    /// Periodic work: forget nodes that went silent (their peers leave presence here) and
+    /// announce changed quota usage.
+    pub fn cluster_tick(&mut self, now_ms: u64) {
+        let Some(r) = self.cluster.as_mut() else {
+            return;
+        };
+        let expired = r.expired(now_ms);
+        let mut effects = Vec::new();
+        for node in expired {
+            tracing::warn!(node = %wire::node_str(node), "cluster node timed out: its peers leave presence");
+            r.remove_node(node, &mut effects);
+        }
+        for t in r.take_dirty_usage() {
+            if let Some(tn) = self.tenants.get(&t) {
+                r.to_all(&Event::Usage {
+                    t: (*t).into(),
+                    w: tn.quota_window,
+                    n: tn.quota_used,
+                });
+            }
+        }
+        self.metrics.cluster_nodes.set(r.synced_nodes() as i64);
+        for e in effects {
+            self.apply_effect(e);
+        }
+    }
+
+    /// Outgoing events queued since the last call, in order, with their destination node.
+    pub fn take_cluster_out(&mut self) -> Vec<(NodeId, Arc<str>)> {
+        self.cluster
+            .as_mut()
+            .map(Replica::take_out)
+            .unwrap_or_default()
+    }
+
+    /// Tell every node this one is leaving (graceful shutdown, after local connections).
+    pub fn cluster_bye(&mut self) {
+        if let Some(r) = self.cluster.as_mut() {
+            r.to_all(&Event::Bye);
+        }
+    }
+}
+
+/// A batch from another node that did not parse.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("malformed cluster batch")]
+pub struct ClusterInputError;
 
 /// `p_` + 22 base62 characters from 128 random bits: ASCII, so JS and Python order ids the
 /// same way for politeness (spec §1.7.1).

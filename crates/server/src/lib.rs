@@ -12,6 +12,7 @@
 //! * `outbox`: each connection's bounded FIFO queue (the slow-consumer policy);
 //! * `conn`: the per-connection IO driver (reader + writer futures, timers);
 //! * [`tls`]: `wss://` termination with rustls (the `[tls]` config section);
+//! * [`cluster`]: cluster mode, several nodes sharing channels through NATS;
 //! * this file: the HTTP router and [`serve`].
 //!
 //! ```no_run
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod hub;
@@ -104,13 +106,42 @@ pub async fn serve_with(
     extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_ready(listener, config, extra, shutdown, || {}).await
+}
+
+/// [`serve_with`], calling `ready` once the server is about to accept connections (after
+/// the TLS files loaded and, in cluster mode, NATS answered): `parlor serve` prints its
+/// readiness line there.
+pub async fn serve_with_ready(
+    listener: TcpListener,
+    config: Config,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
+) -> std::io::Result<()> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
+    let mut hub = Hub::new(&config, metrics.clone());
+    let node = match &config.cluster {
+        Some(c) => {
+            let node = cluster::Node::start(c).await.map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string())
+            })?;
+            hub.enable_cluster(cluster::replica::Replica::new(
+                node.me(),
+                c.node_timeout_ms,
+                c.queue_bytes,
+                node.notify.clone(),
+            ));
+            Some(node)
+        }
+        None => None,
+    };
     let app = Arc::new(App {
         auth: Authenticator::new(&config),
-        hub: Mutex::new(Hub::new(&config, metrics.clone())),
+        hub: Mutex::new(hub),
         metrics,
         config,
         active: AtomicUsize::new(0),
@@ -123,7 +154,10 @@ pub async fn serve_with(
             })?),
             None => None,
         };
+    let stop_cluster = Arc::new(Notify::new());
+    let driver = node.map(|n| tokio::spawn(n.run(app.clone(), stop_cluster.clone())));
     let router = router(app.clone()).merge(extra);
+    ready();
     let drain = app.clone();
     let shutdown = async move {
         shutdown.await;
@@ -164,6 +198,11 @@ pub async fn serve_with(
             remaining = app.active.load(Ordering::SeqCst),
             "grace period over; dropping remaining connections"
         );
+    }
+    if let Some(driver) = driver {
+        // Last: the other nodes have had every `left` of ours; now say goodbye.
+        stop_cluster.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(3), driver).await;
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub frames_in: Counter,
     /// Frames queued to clients.
     pub frames_out: Counter,
+    /// Other cluster nodes this node is in sync with (0 outside cluster mode).
+    pub cluster_nodes: Gauge,
     errors: Family<CodeLabel, Counter>,
     closes: Family<CodeLabel, Counter>,
 }
@@ -45,6 +47,7 @@ impl Metrics {
         let channels = Gauge::default();
         let frames_in = Counter::default();
         let frames_out = Counter::default();
+        let cluster_nodes = Gauge::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let closes = Family::<CodeLabel, Counter>::default();
         registry.register(
@@ -64,6 +67,11 @@ impl Metrics {
         );
         registry.register("frames_out", "Frames queued to clients", frames_out.clone());
         registry.register(
+            "cluster_nodes",
+            "Other cluster nodes this node is in sync with",
+            cluster_nodes.clone(),
+        );
+        registry.register(
             "errors",
             "Error frames sent, by protocol error code",
             errors.clone(),
@@ -79,6 +87,7 @@ impl Metrics {
             channels,
             frames_in,
             frames_out,
+            cluster_nodes,
             errors,
             closes,
         }
