@@ -292,6 +292,33 @@ fn bench_connections_and_fanout_run_small() {
 }
 
 #[test]
+fn bench_fanout_runs_against_a_cluster() {
+    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nats-server (scripts/system-deps.sh installs it)");
+    let v = bench_json(&[
+        "fanout",
+        "--nodes",
+        "2",
+        "--channels",
+        "2",
+        "--subscribers",
+        "4",
+        "--seconds",
+        "1",
+        "--no-nats",
+        "--nats-server",
+        nats,
+    ]);
+    assert_eq!(v["parlor_nodes"], 2, "{v}");
+    let r = &v["parlor"];
+    assert!(r["published"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(r["lost"], 0, "{v}");
+    assert_eq!(r["out_of_order"], 0, "{v}");
+}
+
+#[test]
 fn bench_direct_churn_and_reconnect_storm_run_small() {
     let v = bench_json(&["direct", "--pairs", "5", "--rate", "20", "--seconds", "1"]);
     assert!(v["sent"].as_u64().unwrap_or(0) > 0, "{v}");

@@ -200,3 +200,60 @@ export class Recorder {
 function safeJson(v) {
   try { return JSON.stringify(v); } catch { return String(v); }
 }
+
+/**
+ * Start nats-server (Debian package) on a free loopback port for cluster tests.
+ * Resolves to { url, stop() }.
+ */
+export async function startNats() {
+  const { existsSync } = await import("node:fs");
+  const net = await import("node:net");
+  const bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].find((p) => existsSync(p)) || "nats-server";
+  const port = await new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1", () => { const p = srv.address().port; srv.close(() => resolve(p)); });
+    srv.on("error", reject);
+  });
+  const proc = spawn(bin, ["-a", "127.0.0.1", "-p", String(port)], { stdio: "ignore" });
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1", () => { s.destroy(); r(true); });
+      s.on("error", () => r(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error("nats-server did not start"); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/** BASE_CONFIG plus a [cluster] table for a node on `natsUrl`. */
+export function clusterConfig(natsUrl, { heartbeatMs = 250, nodeTimeoutMs = 1500 } = {}) {
+  return `${BASE_CONFIG}\n[cluster]\nnats_url = "${natsUrl}"\nname = "conformance"\nheartbeat_ms = ${heartbeatMs}\nnode_timeout_ms = ${nodeTimeoutMs}\n`;
+}
+
+/** Start `n` cluster nodes on `natsUrl` and wait until each is in sync with the others. */
+export async function startCluster(natsUrl, n) {
+  const nodes = [];
+  for (let i = 0; i < n; i++) nodes.push(await startParlor({ config: clusterConfig(natsUrl) }));
+  const deadline = Date.now() + WAIT_MS;
+  for (const node of nodes) {
+    for (;;) {
+      const body = await fetch(`${node.http}/metrics`).then((r) => r.text());
+      const m = /^parlor_cluster_nodes (\d+)/m.exec(body);
+      if (m && Number(m[1]) === n - 1) break;
+      if (Date.now() > deadline) throw new Error(`node ${node.url} never synced:\n${node.logs()}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return nodes;
+}

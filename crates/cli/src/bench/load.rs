@@ -76,6 +76,10 @@ pub(crate) struct FanoutArgs {
     /// Loopback source addresses for the clients.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=250))]
     sources: u8,
+    /// Parlor nodes: 1 = one server; more = a cluster sharing channels through a
+    /// nats-server, with subscribers and publishers spread over the nodes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    nodes: u8,
     /// Skip the nats-server run.
     #[arg(long)]
     no_nats: bool,
@@ -205,7 +209,48 @@ impl ServerProcess {
     }
 
     fn spawn_on(listen: SocketAddr) -> anyhow::Result<ServerProcess> {
-        let path = std::env::temp_dir().join(format!("parlor-bench-{}.toml", std::process::id()));
+        Self::spawn_with(listen, "")
+    }
+
+    /// A node of a cluster on this NATS.
+    fn spawn_node(nats_url: &str) -> anyhow::Result<ServerProcess> {
+        Self::spawn_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &format!(
+                "[cluster]\nnats_url = \"{nats_url}\"\nname = \"bench\"\n\
+                 heartbeat_ms = 200\nnode_timeout_ms = 2000\n"
+            ),
+        )
+    }
+
+    /// Other cluster nodes this one is in sync with (its `/metrics`).
+    async fn synced_nodes(&self) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = TcpStream::connect(self.addr).await else {
+            return 0;
+        };
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut body = String::new();
+        if s.write_all(req.as_bytes()).await.is_err() || s.read_to_string(&mut body).await.is_err()
+        {
+            return 0;
+        }
+        body.lines()
+            .find_map(|l| l.strip_prefix("parlor_cluster_nodes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn spawn_with(listen: SocketAddr, extra: &str) -> anyhow::Result<ServerProcess> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "parlor-bench-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         // `pk_quiet` may not see presence: thousands of members of one channel would
         // otherwise each get a roster of thousands.
         std::fs::write(
@@ -214,7 +259,7 @@ impl ServerProcess {
                 "[limits]\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
                  max_channel_members = 1000000\noutbound_queue_bytes = 16777216\n\
                  [[keys]]\nkey = \"{QUIET_KEY}\"\naccount = \"dev\"\n\
-                 actions = [\"subscribe\", \"publish\", \"send\"]\n"
+                 actions = [\"subscribe\", \"publish\", \"send\"]\n{extra}"
             ),
         )?;
         let config = TempFile(path);
@@ -612,8 +657,28 @@ fn body_text(tally: &Tally, p: usize, s: u64, pad: &str) -> String {
 }
 
 async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
-    let server = ServerProcess::spawn()?;
-    let url = server.url();
+    let n_nodes = usize::from(args.nodes);
+    let (_bus, servers) = if n_nodes == 1 {
+        (None, vec![ServerProcess::spawn()?])
+    } else {
+        let nats = NatsProcess::spawn(&args.nats_server)?;
+        nats.ready().await?;
+        let url = format!("nats://127.0.0.1:{}", nats.port);
+        let nodes = (0..n_nodes)
+            .map(|_| ServerProcess::spawn_node(&url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            while node.synced_nodes().await != (n_nodes - 1) as u64 {
+                if Instant::now() > deadline {
+                    bail!("cluster nodes did not sync within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        (Some(nats), nodes)
+    };
+    let node = |i: usize| &servers[i % servers.len()];
     let (k_ch, n_pub, n_sub) = (args.channels, args.publishers, args.subscribers);
     let tally = Arc::new(Tally::new(k_ch * n_pub, n_sub));
     let pad = "x".repeat(args.payload);
@@ -625,7 +690,9 @@ async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let (stop_tx, stop_rx) = watch::channel(false);
     for c in 0..k_ch {
         for k in 0..n_sub {
-            let mut ws = ws_connect(server.addr, source(subs.len(), args.sources), &url).await?;
+            let server = node(subs.len());
+            let mut ws =
+                ws_connect(server.addr, source(subs.len(), args.sources), &server.url()).await?;
             ws.send(Message::text(format!(
                 r#"{{"type":"subscribe","channel":"bench-{c}","requestId":"s"}}"#
             )))
@@ -671,16 +738,27 @@ async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     }
     drop(progress);
     drop(lat_tx);
+    if n_nodes > 1 {
+        // Let every node learn every subscription before the first publish.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     // Publishers.
     let mut pubs = Vec::new();
     for c in 0..k_ch {
         for j in 0..n_pub {
-            let ws = ws_connect(server.addr, source(c * n_pub + j, args.sources), &url).await?;
+            let server = node(c * n_pub + j);
+            let ws = ws_connect(
+                server.addr,
+                source(c * n_pub + j, args.sources),
+                &server.url(),
+            )
+            .await?;
             pubs.push((c, c * n_pub + j, ws));
         }
     }
-    let cpu0 = server.cpu_seconds();
+    let cpu_all = || servers.iter().map(ServerProcess::cpu_seconds).sum::<f64>();
+    let cpu0 = cpu_all();
     let start = Instant::now();
     let end = start + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -710,8 +788,8 @@ async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         publishers.push(t.await?);
     }
     let result = drain_and_collect(&tally, k_ch * n_pub, n_sub, start).await;
-    let server_cpu = server.cpu_seconds() - cpu0;
-    let server_rss = server.rss_bytes();
+    let server_cpu = cpu_all() - cpu0;
+    let server_rss = servers.iter().map(ServerProcess::rss_bytes).sum();
     let _ = stop_tx.send(true);
     let mut latency_us = Vec::new();
     while let Some(l) = lat_rx.recv().await {
@@ -927,6 +1005,7 @@ pub(super) async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "bench": "fanout",
                 "shape": shape,
+                "parlor_nodes": args.nodes,
                 "parlor": parlor.json(),
                 "nats": nats.as_mut().map(FanoutResult::json),
             })
@@ -953,7 +1032,12 @@ pub(super) async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             r.server_rss as f64 / 1048576.0
         );
     };
-    row("parlor", &mut parlor);
+    let label = if args.nodes > 1 {
+        format!("parlor, {} nodes + nats-server", args.nodes)
+    } else {
+        "parlor".to_owned()
+    };
+    row(&label, &mut parlor);
     if let Some(n) = nats.as_mut() {
         row("nats-server", n);
         println!(
