@@ -592,33 +592,9 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let members = self
-            .tenants
-            .get(&c.grant.account)
-            .and_then(|t| t.channels.get(channel));
-        if let Some(ch) = members {
-            let meta = c.grant.peer_metadata.as_deref();
-            let mut plain: Option<Frame> = None;
-            let mut stamped: Option<Frame> = None;
-            for (id, m) in &ch.members {
-                if *id == conn && !self.echo_publisher {
-                    continue;
-                }
-                let frame = match (m.include_sender_metadata, meta) {
-                    (true, Some(meta)) => stamped
-                        .get_or_insert_with(|| {
-                            event::message(channel, &c.peer_id, data, Some(meta)).into()
-                        })
-                        .clone(),
-                    _ => plain
-                        .get_or_insert_with(|| {
-                            event::message(channel, &c.peer_id, data, None).into()
-                        })
-                        .clone(),
-                };
-                self.push_to(*id, frame);
-            }
-        }
+        let skip = (!self.echo_publisher).then_some(conn);
+        let meta = c.grant.peer_metadata.as_deref();
+        self.broadcast(&c.grant.account, channel, &c.peer_id, data, meta, skip);
         if let Some(r) = self.cluster.as_mut() {
             r.to_channel(
                 &c.grant.account,
@@ -633,6 +609,42 @@ impl Hub {
             );
         }
         self.ack(conn, rid);
+    }
+
+    /// Queue a `message` to every local member of `tenant`/`channel` but `skip`: encoded
+    /// once, and once more with `fromMetadata` for members that asked for it.
+    fn broadcast(
+        &self,
+        tenant: &str,
+        channel: &str,
+        from: &str,
+        data: &RawValue,
+        meta: Option<&RawValue>,
+        skip: Option<ConnId>,
+    ) {
+        let Some(ch) = self
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.channels.get(channel))
+        else {
+            return;
+        };
+        let mut plain: Option<Frame> = None;
+        let mut stamped: Option<Frame> = None;
+        for (id, m) in &ch.members {
+            if Some(*id) == skip {
+                continue;
+            }
+            let frame = match (m.include_sender_metadata, meta) {
+                (true, Some(meta)) => stamped
+                    .get_or_insert_with(|| event::message(channel, from, data, Some(meta)).into())
+                    .clone(),
+                _ => plain
+                    .get_or_insert_with(|| event::message(channel, from, data, None).into())
+                    .clone(),
+            };
+            self.push_to(*id, frame);
+        }
     }
 
     fn send(&mut self, conn: ConnId, to: &str, data: &RawValue, rid: Option<&str>, now_ms: u64) {
@@ -827,29 +839,7 @@ impl Hub {
                 let frame: Frame = event::presence(&c, [], [gone.as_str()]).into();
                 self.push_to_watchers(&t, &c, &frame);
             }
-            Effect::Message { t, c, p, m, d } => {
-                let Some(ch) = self.tenants.get(t).and_then(|tn| tn.channels.get(c)) else {
-                    return;
-                };
-                let mut plain: Option<Frame> = None;
-                let mut stamped: Option<Frame> = None;
-                let ids: Vec<(ConnId, bool)> = ch
-                    .members
-                    .iter()
-                    .map(|(id, mb)| (*id, mb.include_sender_metadata))
-                    .collect();
-                for (id, flag) in ids {
-                    let frame = match (flag, m) {
-                        (true, Some(meta)) => stamped
-                            .get_or_insert_with(|| event::message(c, p, d, Some(meta)).into())
-                            .clone(),
-                        _ => plain
-                            .get_or_insert_with(|| event::message(c, p, d, None).into())
-                            .clone(),
-                    };
-                    self.push_to(id, frame);
-                }
-            }
+            Effect::Message { t, c, p, m, d } => self.broadcast(t, c, p, d, m, None),
             Effect::Direct { t, to, p, m, d } => {
                 let Some(id) = self.tenants.get(t).and_then(|tn| tn.peers.get(to)).copied() else {
                     return;
