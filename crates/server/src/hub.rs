@@ -603,7 +603,7 @@ impl Hub {
                     t: (*c.grant.account).into(),
                     c: channel.into(),
                     p: (*c.peer_id).into(),
-                    m: c.grant.peer_metadata.as_deref(),
+                    m: meta,
                     d: data,
                 },
             );
