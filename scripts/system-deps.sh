@@ -6,6 +6,7 @@
 #   chromium                  (browser conformance tests; skipped with SKIP_CONFORMANCE=1)
 #   python3-venv              (the conformance venv)
 #   nats-server               (`parlor bench fanout` runs the same shape against it; tests)
+#   coturn                    (TURN relay tests: the server mints REST credentials for it)
 set -euo pipefail
 need=()
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
@@ -14,6 +15,7 @@ command -v espeak-ng >/dev/null || need+=(espeak-ng)
 pkg-config --exists pocketsphinx 2>/dev/null || need+=(libpocketsphinx-dev)
 [ -f /usr/share/pocketsphinx/model/en-us/en-us.lm.bin ] || need+=(pocketsphinx-en-us)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+command -v turnserver >/dev/null || [ -x /usr/bin/turnserver ] || need+=(coturn)
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -41,6 +41,10 @@ pub(crate) struct EchoArgs {
     /// Also open a data channel with this label to every peer once connected.
     #[arg(long)]
     open_channel: Option<String>,
+    /// Announce relayed candidates only (iceTransportPolicy "relay"): every path goes
+    /// through the TURN servers of the welcome's `metadata.iceServers`.
+    #[arg(long)]
+    relay_only: bool,
 }
 
 fn say(line: &str) {
@@ -60,6 +64,7 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     if let Some(ip) = args.bind_ip {
         options = options.bind_ip(ip);
     }
+    options = options.relay_only(args.relay_only);
     let room = RoomPeer::with_options(client, options);
     let mut events = room.events();
     room.join(&args.room, false)

@@ -72,6 +72,14 @@ struct ServeArgs {
     /// Cluster name (the NATS subject prefix): nodes with the same name share channels.
     #[arg(long, requires = "cluster_nats")]
     cluster_name: Option<String>,
+    /// A TURN/STUN server URL handed to clients with minted REST credentials, e.g.
+    /// turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret; overrides
+    /// `[turn] urls`).
+    #[arg(long = "turn-url", requires = "turn_secret")]
+    turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`).
+    #[arg(long, env = "PARLOR_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +169,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(name) = args.cluster_name {
             cluster.name = name;
         }
+    }
+    match (args.turn_urls.is_empty(), args.turn_secret) {
+        (false, Some(secret)) => {
+            let ttl_secs = config.turn.as_ref().map_or(24 * 3600, |t| t.ttl_secs);
+            config.turn = Some(parlor_server::turn::TurnConfig {
+                urls: args.turn_urls,
+                secret,
+                ttl_secs,
+            });
+        }
+        (true, Some(secret)) => match config.turn.as_mut() {
+            Some(t) => t.secret = secret,
+            None => bail!("--turn-secret needs --turn-url or a [turn] section"),
+        },
+        _ => {}
     }
     config.validate()?;
     if let Some(tls) = &config.tls {

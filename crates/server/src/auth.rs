@@ -58,6 +58,9 @@ pub struct Grant {
     pub welcome_metadata: Option<Arc<RawValue>>,
     /// Token expiry (Unix seconds); `None` for keys.
     pub expires_at: Option<u64>,
+    /// Whether TURN credentials may be minted into the welcome (the key's or the token
+    /// secret's `turn` setting).
+    pub turn: bool,
 }
 
 impl Grant {
@@ -124,11 +127,13 @@ struct KeyEntry {
     channels: Arc<[String]>,
     actions: Actions,
     metadata: Option<Arc<RawValue>>,
+    turn: bool,
 }
 
 struct SecretEntry {
     account: Arc<str>,
     key: DecodingKey,
+    turn: bool,
 }
 
 /// Checks `?key=` and `?token=` credentials against the configuration.
@@ -164,6 +169,7 @@ impl Authenticator {
                         channels: k.channels.clone().into(),
                         actions: k.actions.iter().copied().collect(),
                         metadata: k.metadata.as_deref().map(|m| Arc::from(m.to_owned())),
+                        turn: k.turn,
                     },
                 )
             })
@@ -177,6 +183,7 @@ impl Authenticator {
                     SecretEntry {
                         account: Arc::from(s.account.as_str()),
                         key: DecodingKey::from_secret(s.secret.as_bytes()),
+                        turn: s.turn,
                     },
                 )
             })
@@ -237,6 +244,7 @@ impl Authenticator {
             peer_metadata: None,
             welcome_metadata: k.metadata.clone(),
             expires_at: None,
+            turn: k.turn,
         })
     }
 
@@ -299,6 +307,7 @@ impl Authenticator {
             peer_metadata: claims.peer_metadata,
             welcome_metadata,
             expires_at: Some(claims.exp),
+            turn: secret.turn,
         })
     }
 }

@@ -145,6 +145,10 @@ pub struct KeyConfig {
     /// Sent as `welcome.metadata` (e.g. `iceServers`).
     #[serde(default, deserialize_with = "json_bag")]
     pub metadata: Option<Box<RawValue>>,
+    /// Whether connections with this key get TURN credentials minted from `[turn]`
+    /// (unless `metadata` already has `iceServers`).
+    #[serde(default = "yes")]
+    pub turn: bool,
 }
 
 /// A secret key that signs HS256 JWTs (`?token=`); the JWT header `kid` selects it.
@@ -157,6 +161,10 @@ pub struct SecretConfig {
     pub secret: String,
     /// The owning account.
     pub account: String,
+    /// Whether connections with tokens signed by this secret get TURN credentials minted
+    /// from `[turn]` (unless the token's `metadata` claim already has `iceServers`).
+    #[serde(default = "yes")]
+    pub turn: bool,
 }
 
 fn all_channels() -> Vec<String> {
@@ -210,6 +218,10 @@ pub struct Config {
     /// when absent.
     #[serde(default)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// TURN servers sharing a secret with this server: each welcome gets short-lived TURN
+    /// REST credentials in `metadata.iceServers` (see [`crate::turn`]). None when absent.
+    #[serde(default)]
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 fn yes() -> bool {
@@ -228,6 +240,7 @@ impl Default for Config {
             secrets: Vec::new(),
             tls: None,
             cluster: None,
+            turn: None,
         }
     }
 }
@@ -268,6 +281,7 @@ impl Config {
             channels: all_channels(),
             actions: all_actions(),
             metadata: None,
+            turn: true,
         });
     }
 
@@ -325,6 +339,9 @@ impl Config {
             if !kids.insert(s.kid.as_str()) {
                 return bad(format!("duplicate secret kid {:?}", s.kid));
             }
+        }
+        if let Some(t) = &self.turn {
+            t.validate().map_err(ConfigError::Invalid)?;
         }
         if let Some(c) = &self.cluster {
             c.validate().map_err(ConfigError::Invalid)?;

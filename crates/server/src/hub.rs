@@ -31,6 +31,7 @@ use crate::outbox::Frame;
 /// A connection's outbound queue and what its writer does next (drained by `conn`, or by
 /// hand in tests and fuzz targets).
 pub use crate::outbox::{Next, Outbox};
+use crate::turn::TurnMinter;
 
 /// Identifies one connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -127,6 +128,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// The other nodes, in cluster mode.
     cluster: Option<Replica>,
+    /// Mints TURN credentials into welcomes (`[turn]`).
+    turn: Option<TurnMinter>,
 }
 
 impl Hub {
@@ -155,6 +158,7 @@ impl Hub {
             shutting_down: false,
             metrics,
             cluster: None,
+            turn: config.turn.as_ref().map(TurnMinter::new),
         }
     }
 
@@ -207,12 +211,18 @@ impl Hub {
         tenant.peers.insert(peer_id.clone(), conn);
 
         let outbox = Arc::new(Outbox::new(self.limits.outbound_queue_bytes));
+        let minted = match &self.turn {
+            Some(t) if grant.turn => {
+                Some(t.welcome_metadata(grant.welcome_metadata.as_deref(), &peer_id, now_ms / 1000))
+            }
+            _ => None,
+        };
         let welcome = event::welcome(&Welcome {
             peer_id: &peer_id,
             expires_at: grant.expires_at,
             server_time: now_ms,
             max_message_size: self.limits.max_message_size,
-            metadata: grant.welcome_metadata.as_deref(),
+            metadata: minted.as_deref().or(grant.welcome_metadata.as_deref()),
         });
         let entry = RawValue::from_string(event::presence_entry(
             &peer_id,
@@ -1013,6 +1023,7 @@ quota_window_secs = 1
             actions: crate::auth::Actions::ALL,
             peer_metadata: meta.map(|m| RawValue::from_string(m.to_owned()).expect("json")),
             welcome_metadata: None,
+            turn: true,
             expires_at: None,
         }
     }

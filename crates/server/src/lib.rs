@@ -13,6 +13,7 @@
 //! * `conn`: the per-connection IO driver (reader + writer futures, timers);
 //! * [`tls`]: `wss://` termination with rustls (the `[tls]` config section);
 //! * [`cluster`]: cluster mode, several nodes sharing channels through NATS;
+//! * [`turn`]: TURN REST credentials minted into `welcome.metadata.iceServers`;
 //! * this file: the HTTP router and [`serve`].
 //!
 //! ```no_run
@@ -36,6 +37,7 @@ pub mod hub;
 pub mod metrics;
 mod outbox;
 pub mod tls;
+pub mod turn;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

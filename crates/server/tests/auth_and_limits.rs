@@ -111,6 +111,70 @@ metadata = { iceServers = [{ urls = "stun:stun.example.org:3478" }] }
     assert_eq!(e["code"], "action_not_permitted");
 }
 
+/// `[turn]`: each welcome gets its own short-lived TURN REST credential, for keys and token
+/// secrets that allow it, and never over an `iceServers` list the issuer chose.
+#[tokio::test]
+async fn turn_credentials_are_minted_per_connection() {
+    let server = Server::start(&jwt_config(
+        r#"
+[turn]
+urls = ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp"]
+secret = "turn-shared-secret-0123"
+ttl_secs = 600
+[[keys]]
+key = "pk_turn"
+account = "acme"
+metadata = { room = "lobby" }
+[[keys]]
+key = "pk_noturn"
+account = "acme"
+turn = false
+[[keys]]
+key = "pk_own"
+account = "acme"
+metadata = { iceServers = [{ urls = "stun:stun.example.org:3478" }] }
+"#,
+    ))
+    .await;
+    let check = |c: &Client| {
+        let list = &c.welcome["metadata"]["iceServers"];
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{}", c.welcome);
+        assert_eq!(list[0]["urls"].as_array().map(Vec::len), Some(2));
+        let user = list[0]["username"].as_str().expect("username");
+        let (exp, peer) = user.split_once(':').expect("<expiry>:<peer>");
+        assert_eq!(peer, c.peer_id);
+        let exp: u64 = exp.parse().expect("expiry");
+        assert!(
+            (now_secs() + 590..=now_secs() + 610).contains(&exp),
+            "{exp}"
+        );
+        let cred = list[0]["credential"].as_str().expect("credential");
+        assert_eq!(cred.len(), 28, "base64 of a 20-byte HMAC-SHA1");
+        cred.to_owned()
+    };
+    let a = Client::connect(&server.url("key=pk_turn")).await;
+    let b = Client::connect(&server.url("key=pk_turn")).await;
+    assert_eq!(a.welcome["metadata"]["room"], "lobby");
+    assert_ne!(check(&a), check(&b), "one credential per connection");
+
+    let token = mint(json!({"exp": now_secs() + 600, "metadata": {"plan": "pro"}}));
+    let t = Client::connect(&server.url(&format!("token={token}"))).await;
+    check(&t);
+    assert_eq!(t.welcome["metadata"]["plan"], "pro");
+
+    let none = Client::connect(&server.url("key=pk_noturn")).await;
+    assert!(none.welcome.get("metadata").is_none(), "{}", none.welcome);
+    let own = Client::connect(&server.url("key=pk_own")).await;
+    assert_eq!(
+        own.welcome["metadata"],
+        json!({"iceServers":[{"urls":"stun:stun.example.org:3478"}]})
+    );
+    // Other peers never see a credential: presence carries only public metadata.
+    let mut a = a;
+    let snap = a.subscribe("room").await;
+    assert!(!snap.to_string().contains("credential"));
+}
+
 #[tokio::test]
 async fn presence_permission_controls_roster_delivery() {
     let server = Server::start(

@@ -10,6 +10,7 @@
 //! `docs/decisions/webrtc-stack.md`).
 
 pub mod data_channel;
+pub(crate) mod relay;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +33,7 @@ use crate::events::EventSender;
 use self::data_channel::{
     BUFFERED_AMOUNT_LOW_THRESHOLD, DataChannel, DataMessage, MAX_BUFFERED_AMOUNT,
 };
+use self::relay::{RelayEvent, Relays, TurnTarget};
 use crate::room::RoomEvent;
 use crate::rtc::negotiation::{
     CandidateAction, LadderEvent, Negotiator, RemoteAction, RestartLadder, SignalingState,
@@ -100,6 +102,10 @@ pub(crate) struct ConnParams {
     pub(crate) events: EventSender<RoomEvent>,
     pub(crate) signals: mpsc::UnboundedSender<Value>,
     pub(crate) track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
+    /// TURN servers to allocate relayed candidates on.
+    pub(crate) turn: Vec<TurnTarget>,
+    /// Announce and use relayed candidates only (`iceTransportPolicy: "relay"`).
+    pub(crate) relay_only: bool,
 }
 
 pub(crate) enum Command {
@@ -142,7 +148,7 @@ impl Drop for ConnHandle {
 }
 
 /// Bind the socket and start the connection task.
-pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<ConnHandle> {
+pub(crate) fn spawn(mut p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<ConnHandle> {
     let std_sock = std::net::UdpSocket::bind(SocketAddr::new(p.bind_ip, 0))?;
     std_sock.set_nonblocking(true)?;
     let sock = UdpSocket::from_std(std_sock)?;
@@ -155,8 +161,15 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
     } else {
         IMPOLITE_OFFER_DELAY
     };
+    let turn = std::mem::take(&mut p.turn);
     let mut conn = Conn {
-        rtc: new_rtc(local, now),
+        rtc: new_rtc(now),
+        relays: Relays::new(local, now),
+        resolving: turn.len(),
+        local_candidates: Vec::new(),
+        last_description: None,
+        end_of_candidates_owed: false,
+        remote_ips: Vec::new(),
         neg: Negotiator::new(p.polite),
         p,
         sock: Arc::new(sock),
@@ -187,10 +200,15 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         state: PeerConnectionState::Connecting,
         blackhole_until: None,
     };
+    conn.add_local_candidates();
     for t in tracks {
         conn.add_track(t);
     }
-    let task = tokio::spawn(run(conn, cmd_rx, media_rx));
+    let (turn_tx, turn_rx) = mpsc::unbounded_channel();
+    if !turn.is_empty() {
+        tokio::spawn(resolve_turn(turn, local.is_ipv4(), turn_tx));
+    }
+    let task = tokio::spawn(run(conn, cmd_rx, media_rx, turn_rx));
     Ok(ConnHandle { cmd: cmd_tx, task })
 }
 
@@ -205,7 +223,40 @@ pub const MAX_STUN_RETRANSMITS: usize = 7;
 /// Due timeouts handled inside one [`Conn::drive`] before yielding to the reactor.
 const MAX_INLINE_TIMEOUTS: u32 = 8;
 
-fn new_rtc(local: SocketAddr, now: Instant) -> Rtc {
+/// Resolve the TURN servers' names (each in parallel, [`RESOLVE_TIMEOUT`] at most); every
+/// target yields one message, `None` when it cannot be used.
+async fn resolve_turn(
+    targets: Vec<TurnTarget>,
+    ipv4: bool,
+    out: mpsc::UnboundedSender<Option<(SocketAddr, TurnTarget)>>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for t in targets {
+        set.spawn(async move {
+            let lookup = tokio::net::lookup_host((t.host.as_str(), t.port));
+            let addr = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4() == ipv4),
+                Ok(Err(e)) => {
+                    tracing::warn!(host = %t.host, error = %e, "cannot resolve the TURN server");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(host = %t.host, "resolving the TURN server timed out");
+                    None
+                }
+            };
+            addr.map(|a| (a, t))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let _ = out.send(r.ok().flatten());
+    }
+}
+
+/// How long a TURN server's name may take to resolve.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn new_rtc(now: Instant) -> Rtc {
     // No transport-wide congestion control: it exists to feed a sender's bandwidth estimate,
     // which fixed-bitrate voice does not use, and its feedback is an RTCP packet every 50 ms
     // each way (a wake-up and a syscall at both ends). Without the header extension in our
@@ -224,14 +275,7 @@ fn new_rtc(local: SocketAddr, now: Instant) -> Rtc {
     let mut config = Rtc::builder().set_extension_map(exts);
     config.set_max_stun_rto(MAX_STUN_RTO);
     config.set_max_stun_retransmits(MAX_STUN_RETRANSMITS);
-    let mut rtc = config.build(now);
-    match Candidate::host(local, "udp") {
-        Ok(c) => {
-            rtc.add_local_candidate(c);
-        }
-        Err(e) => tracing::warn!(error = %e, "no host candidate"),
-    }
-    rtc
+    config.build(now)
 }
 
 struct PendingOffer {
@@ -257,6 +301,19 @@ struct ChanEntry {
 struct Conn {
     p: ConnParams,
     rtc: Rtc,
+    /// The TURN clients (relayed candidates) on this connection's socket.
+    relays: Relays,
+    /// TURN servers whose names are still being resolved.
+    resolving: usize,
+    /// Our candidates as SDP attribute values (host unless relay-only, then relayed ones).
+    local_candidates: Vec<String>,
+    /// `sdpMid` and ufrag of the last description we sent (for trickled candidates).
+    last_description: Option<(Option<String>, Option<String>)>,
+    /// A description went out while relays were still allocating: end-of-candidates is
+    /// sent when they finish.
+    end_of_candidates_owed: bool,
+    /// Remote candidate addresses (bounded), for TURN permissions on later allocations.
+    remote_ips: Vec<IpAddr>,
     sock: Arc<UdpSocket>,
     local: SocketAddr,
     /// A remote description was seen (the remote is negotiating with us).
@@ -321,6 +378,11 @@ impl Drop for Conn {
         }
         self.end_all_remote_tracks();
         self.rtc.disconnect();
+        // Release the TURN allocations (best effort: one datagram each, not retried).
+        self.relays.close(Instant::now());
+        while let Some((to, data)) = self.relays.poll_transmit() {
+            let _ = self.sock.try_send_to(&data, to);
+        }
         self.set_state(PeerConnectionState::Closed);
     }
 }
@@ -329,6 +391,7 @@ async fn run(
     mut c: Conn,
     mut cmd_rx: mpsc::UnboundedReceiver<Command>,
     mut media_rx: mpsc::Receiver<(Arc<str>, EncodedFrame)>,
+    mut turn_rx: mpsc::UnboundedReceiver<Option<(SocketAddr, TurnTarget)>>,
 ) {
     let mut buf = vec![0u8; 2048];
     let flush = c.flush.clone();
@@ -339,9 +402,12 @@ async fn run(
     let mut armed: Option<Instant> = None;
     loop {
         c.on_timers(Instant::now());
+        // Relays first: a new allocation adds a candidate that str0m then checks.
+        let relay_deadline = c.drive_relays().await;
         let rtc_deadline = c.drive().await;
         let wake = [
             Some(rtc_deadline),
+            relay_deadline,
             c.first_offer_at,
             c.answer_deadline(),
             c.ladder.poll_timeout(),
@@ -360,10 +426,23 @@ async fn run(
                     if c.blackholed() {
                         continue;
                     }
-                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let now = Instant::now();
+                    let relayed;
+                    let (source, destination, data) = if c.relays.is_server(source) {
+                        match c.relays.recv(source, &buf[..n], now) {
+                            Some((peer, to, d)) => {
+                                relayed = d;
+                                (peer, to, &relayed[..])
+                            }
+                            None => continue,
+                        }
+                    } else {
+                        (source, c.local, &buf[..n])
+                    };
+                    let Ok(contents) = data.try_into() else { continue };
                     let input = Input::Receive(
-                        Instant::now(),
-                        Receive { proto: Protocol::Udp, source, destination: c.local, contents },
+                        now,
+                        Receive { proto: Protocol::Udp, source, destination, contents },
                     );
                     if let Err(e) = c.rtc.handle_input(input) {
                         tracing::debug!(peer = %c.p.remote_id, error = %e, "dropped a datagram");
@@ -376,6 +455,7 @@ async fn run(
                 None => return,
             },
             Some((track_id, frame)) = media_rx.recv() => c.write_frame(&track_id, frame),
+            Some(target) = turn_rx.recv() => c.on_turn_resolved(target),
             _ = flush.notified() => c.flush_channels(),
             () = &mut sleep => {
                 armed = None;
@@ -438,6 +518,17 @@ impl Conn {
                     if self.blackholed() {
                         continue;
                     }
+                    if self
+                        .relays
+                        .send(t.source, t.destination, &t.contents, Instant::now())
+                    {
+                        while let Some((to, data)) = self.relays.poll_transmit() {
+                            if let Err(e) = self.sock.send_to(&data, to).await {
+                                tracing::debug!(error = %e, "udp send to TURN server");
+                            }
+                        }
+                        continue;
+                    }
                     if let Err(e) = self.sock.send_to(&t.contents, t.destination).await {
                         tracing::debug!(error = %e, "udp send");
                     }
@@ -449,6 +540,111 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Drive the TURN clients: write what they queued, act on allocations. Returns when
+    /// they next need a poll.
+    async fn drive_relays(&mut self) -> Option<Instant> {
+        let wake = self.relays.poll(Instant::now());
+        while let Some(ev) = self.relays.poll_event() {
+            match ev {
+                RelayEvent::Allocated { server, relayed } => {
+                    tracing::debug!(peer = %self.p.remote_id, %server, %relayed, "TURN allocation ready");
+                    if let Some(line) = self.add_relayed_candidate(relayed) {
+                        self.trickle(&line);
+                    }
+                    let now = Instant::now();
+                    for ip in self.remote_ips.clone() {
+                        self.relays.permit(ip, now);
+                    }
+                }
+                RelayEvent::Failed { server } => {
+                    tracing::warn!(peer = %self.p.remote_id, %server, "TURN allocation failed");
+                }
+            }
+        }
+        self.maybe_end_candidates();
+        while let Some((to, data)) = self.relays.poll_transmit() {
+            if self.blackholed() {
+                continue;
+            }
+            if let Err(e) = self.sock.send_to(&data, to).await {
+                tracing::debug!(error = %e, "udp send to TURN server");
+            }
+        }
+        wake
+    }
+
+    fn on_turn_resolved(&mut self, target: Option<(SocketAddr, TurnTarget)>) {
+        self.resolving = self.resolving.saturating_sub(1);
+        if let Some((addr, t)) = target {
+            self.relays
+                .add(addr, &t.username, &t.credential, Instant::now());
+        }
+        self.maybe_end_candidates();
+    }
+
+    /// Whether relayed candidates may still come.
+    fn gathering(&self) -> bool {
+        self.resolving > 0 || self.relays.gathering()
+    }
+
+    fn maybe_end_candidates(&mut self) {
+        if self.end_of_candidates_owed && !self.gathering() {
+            self.end_of_candidates_owed = false;
+            self.signal(signal::candidate(None));
+        }
+    }
+
+    /// Add our local candidates to a fresh `Rtc`: the host one (unless relay-only) and
+    /// every relayed one already allocated.
+    fn add_local_candidates(&mut self) {
+        self.local_candidates.clear();
+        if !self.p.relay_only {
+            match Candidate::host(self.local, "udp") {
+                Ok(c) => {
+                    if let Some(c) = self.rtc.add_local_candidate(c) {
+                        let line = c.to_sdp_string();
+                        self.local_candidates
+                            .push(line.trim_start_matches("a=").to_owned());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no host candidate"),
+            }
+        }
+        let relayed: Vec<SocketAddr> = self.relays.relayed().collect();
+        for r in relayed {
+            self.add_relayed_candidate(r);
+        }
+    }
+
+    /// Add a relayed local candidate; returns its SDP attribute value.
+    fn add_relayed_candidate(&mut self, relayed: SocketAddr) -> Option<String> {
+        let c = match Candidate::relayed(relayed, self.local, "udp") {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "unusable relayed candidate");
+                return None;
+            }
+        };
+        let line = self.rtc.add_local_candidate(c)?.to_sdp_string();
+        let line = line.trim_start_matches("a=").to_owned();
+        self.local_candidates.push(line.clone());
+        Some(line)
+    }
+
+    /// Send one of our candidates on its own, after the description it belongs to.
+    fn trickle(&self, line: &str) {
+        let Some((mid, ufrag)) = &self.last_description else {
+            return;
+        };
+        let init = signal::CandidateInit {
+            candidate: line.to_owned(),
+            sdp_mid: mid.clone(),
+            sdp_m_line_index: Some(0),
+            username_fragment: ufrag.clone(),
+        };
+        self.signal(signal::candidate(Some(&init)));
     }
 
     fn blackholed(&self) -> bool {
@@ -567,18 +763,20 @@ impl Conn {
         self.send_description(SdpKind::Offer, &sdp_text);
     }
 
-    fn send_description(&self, kind: SdpKind, sdp_text: &str) {
+    /// Send a description, then our candidates, then end-of-candidates (or, while TURN
+    /// allocations are still in progress, later: relayed candidates trickle as they come).
+    fn send_description(&mut self, kind: SdpKind, sdp_text: &str) {
         self.signal(signal::description(kind, sdp_text));
-        if let Ok(c) = Candidate::host(self.local, "udp") {
-            let init = signal::CandidateInit {
-                candidate: c.to_sdp_string().trim_start_matches("a=").to_owned(),
-                sdp_mid: sdp::first_mid(sdp_text),
-                sdp_m_line_index: Some(0),
-                username_fragment: sdp::ice_ufrag(sdp_text),
-            };
-            self.signal(signal::candidate(Some(&init)));
+        self.last_description = Some((sdp::first_mid(sdp_text), sdp::ice_ufrag(sdp_text)));
+        for line in &self.local_candidates {
+            self.trickle(line);
         }
-        self.signal(signal::candidate(None));
+        if self.gathering() {
+            self.end_of_candidates_owed = true;
+        } else {
+            self.end_of_candidates_owed = false;
+            self.signal(signal::candidate(None));
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -732,7 +930,14 @@ impl Conn {
                 CandidateAction::Add(c) => {
                     let line = c.candidate.trim_start_matches("a=");
                     match Candidate::from_sdp_string(line) {
-                        Ok(cand) => self.rtc.add_remote_candidate(cand),
+                        Ok(cand) => {
+                            let ip = cand.addr().ip();
+                            if !self.remote_ips.contains(&ip) && self.remote_ips.len() < 32 {
+                                self.remote_ips.push(ip);
+                            }
+                            self.relays.permit(ip, Instant::now());
+                            self.rtc.add_remote_candidate(cand);
+                        }
                         Err(e) => tracing::debug!(error = %e, "unusable remote candidate"),
                     }
                 }
@@ -835,7 +1040,8 @@ impl Conn {
     fn rebuild(&mut self) {
         tracing::info!(peer = %self.p.remote_id, "remote rebuilt its connection; rebuilding ours");
         self.rtc.disconnect();
-        self.rtc = new_rtc(self.local, Instant::now());
+        self.rtc = new_rtc(Instant::now());
+        self.add_local_candidates();
         self.pending = None;
         self.app = false;
         self.hidden_channels.clear();

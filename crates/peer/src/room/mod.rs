@@ -20,7 +20,9 @@ use crate::connection::data_channel::DataChannel;
 use crate::connection::{self as conn, Command, ConnHandle, ConnParams, ConnectionError};
 use crate::rtc::negotiation::is_polite;
 use crate::rtc::track_cache::TrackMetaCache;
-use crate::signalling::{self, ClientState, SignallingClient, SignallingError, SubscribeOptions};
+use crate::signalling::{
+    self, ClientState, IceServer, SignallingClient, SignallingError, SubscribeOptions,
+};
 use crate::track::LocalTrack;
 
 pub use self::core::{DataKind, FatalError, RoomEvent, RoomState};
@@ -62,9 +64,28 @@ pub struct RoomOptions {
     /// Address the UDP sockets bind to and announce as host candidates. Default: the address
     /// of the interface holding the default route, else loopback.
     pub bind_ip: Option<IpAddr>,
+    /// ICE servers used until a welcome brings `metadata.iceServers` (which then replace
+    /// them, as in the Python and browser SDKs). `turn:` URLs over UDP give relayed
+    /// candidates; other kinds are skipped.
+    pub ice_servers: Vec<IceServer>,
+    /// Use relayed candidates only (the W3C `iceTransportPolicy: "relay"`): no host
+    /// candidate is announced, so every path goes through a TURN server.
+    pub relay_only: bool,
 }
 
 impl RoomOptions {
+    /// Start with these ICE servers (see [`RoomOptions::ice_servers`]).
+    pub fn ice_servers(mut self, servers: Vec<IceServer>) -> Self {
+        self.ice_servers = servers;
+        self
+    }
+
+    /// Relayed candidates only (see [`RoomOptions::relay_only`]).
+    pub fn relay_only(mut self, relay_only: bool) -> Self {
+        self.relay_only = relay_only;
+        self
+    }
+
     /// Bind to (and announce) this address.
     pub fn bind_ip(mut self, ip: IpAddr) -> Self {
         self.bind_ip = Some(ip);
@@ -226,6 +247,9 @@ struct Inner {
     /// Tracks sent to every current and future remote peer.
     tracks: Mutex<Vec<LocalTrack>>,
     bind_ip: IpAddr,
+    /// The current ICE servers (the last valid welcome list, else the options').
+    ice_servers: Mutex<Vec<IceServer>>,
+    relay_only: bool,
     next_conn: AtomicU64,
     include_sender_metadata: Mutex<bool>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -271,6 +295,8 @@ impl RoomPeer {
                 remotes: Mutex::new(HashMap::new()),
                 tracks: Mutex::new(Vec::new()),
                 bind_ip: options.bind_ip.unwrap_or_else(default_bind_ip),
+                ice_servers: Mutex::new(options.ice_servers),
+                relay_only: options.relay_only,
                 next_conn: AtomicU64::new(1),
                 include_sender_metadata: Mutex::new(false),
                 pump: Mutex::new(None),
@@ -576,7 +602,12 @@ impl RoomPeer {
             events: self.inner.events.clone(),
             signals,
             track_meta: self.inner.track_meta.clone(),
+            turn: conn::relay::turn_targets(&lock(&self.inner.ice_servers)),
+            relay_only: self.inner.relay_only,
         };
+        if params.relay_only && params.turn.is_empty() {
+            tracing::warn!(peer = %remote.id(), "relay-only, but no usable TURN server: this connection cannot connect");
+        }
         match conn::spawn(params, tracks) {
             Ok(h) => *lock(&remote.shared.conn) = Some(h),
             Err(e) => {
@@ -625,7 +656,16 @@ impl RoomPeer {
     fn on_signalling(&self, event: signalling::Event) {
         use signalling::Event as E;
         match event {
-            E::Connected { peer_id, .. } => {
+            E::Connected {
+                peer_id,
+                ice_servers,
+                ..
+            } => {
+                // Any valid list (even `[]`) replaces the old one; an absent or invalid one
+                // keeps it (spec §1.6.1). It applies to connections made from now on.
+                if let Some(list) = ice_servers {
+                    *lock(&self.inner.ice_servers) = list;
+                }
                 self.apply(|c| c.handle_connected(&peer_id, Instant::now()))
             }
             E::Disconnected {

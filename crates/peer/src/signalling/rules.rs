@@ -201,8 +201,8 @@ fn mask_after(text: &str, marker: &str, end: impl Fn(char) -> bool) -> String {
     out
 }
 
-/// One ICE server from `welcome.metadata.iceServers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One ICE server from `welcome.metadata.iceServers` (its `Debug` hides the credential).
+#[derive(Clone, PartialEq, Eq)]
 pub struct IceServer {
     /// `stun:`/`stuns:`/`turn:`/`turns:` URLs.
     pub urls: Vec<String>,
@@ -210,6 +210,16 @@ pub struct IceServer {
     pub username: Option<String>,
     /// TURN credential.
     pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &self.credential.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Extract `iceServers` from welcome metadata with the clients' rules (spec §1.6.1): at most 16
@@ -395,6 +405,14 @@ mod tests {
             {"urls":["stun:s1","STUNS:s2"],"username":5}
         ]}));
         let list = extract_ice_servers(m.as_ref()).expect("valid");
+        let secret = IceServer {
+            credential: Some("hunter2-credential".into()),
+            ..list[0].clone()
+        };
+        assert!(
+            !format!("{secret:?}").contains("hunter2"),
+            "credential in Debug"
+        );
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].credential.as_deref(), Some("c"));
         assert_eq!(list[1].urls, vec!["stun:s1", "STUNS:s2"]);

@@ -50,6 +50,7 @@ fn grant(account: &str, meta: Option<&str>) -> Grant {
         actions: Actions::ALL,
         peer_metadata: meta.map(|m| RawValue::from_string(m.to_owned()).expect("json")),
         welcome_metadata: None,
+        turn: true,
         expires_at: None,
     }
 }
