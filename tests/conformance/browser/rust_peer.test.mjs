@@ -20,7 +20,7 @@ import { readFileSync, mkdirSync, writeFileSync, openSync, closeSync, existsSync
 import path from "node:path";
 import readline from "node:readline";
 import { launchChromium, poll, startStatic } from "../lib/browser.mjs";
-import { startParlor, parlorBin, withTimeout, Recorder, CONFORMANCE_DIR, DEV_KEY, WAIT_MS } from "../lib/parlor.mjs";
+import { startParlor, startCoturn, turnConfig, parlorBin, withTimeout, Recorder, CONFORMANCE_DIR, DEV_KEY, WAIT_MS } from "../lib/parlor.mjs";
 
 const OUT_DIR = path.join(CONFORMANCE_DIR, "out");
 const DEBUG = process.env.PARLOR_BROWSER_DEBUG === "1";
@@ -56,7 +56,7 @@ statusEl.textContent = "SDK loaded";
 // so the test learns our peer id before choosing the Rust peer. MeteredPeer.join() skips its own
 // connect() when the client is already connected. Calling it again replaces the MeteredPeer
 // (new signalling connection, new peer id).
-window.connect = async ({ url, apiKey, debug }) => {
+window.connect = async ({ url, apiKey, debug, relay }) => {
   const st = window.state;
   if (window.peer) await window.peer.close();
   window.stream = window.stream || await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
@@ -68,7 +68,12 @@ window.connect = async ({ url, apiKey, debug }) => {
     const m = /"type":"rtc-description","description":\\{"type":"(offer|answer)"/.exec(String(d));
     if (m) st.sdp[m[1] + "s" + (dir === "out" ? "Sent" : "Received")]++;
   };
+  // relay: every RTCPeerConnection gets iceTransportPolicy "relay" (the SDK fills iceServers
+  // from welcome.metadata.iceServers): the page then gathers and accepts relayed candidates only.
+  const relayFactory = (cfg) => new RTCPeerConnection({ ...cfg, iceTransportPolicy: "relay" });
+  st.iceServers = null;
   const peer = new MeteredPeer({ apiKey, url, ...(debug ? { logger: ConsoleLogger } : {}),
+    ...(relay ? { rtcPeerConnectionFactory: (cfg) => { st.iceServers = (cfg.iceServers || []).map((s) => s.urls); return relayFactory(cfg); } } : {}),
     webSocketFactory: (u) => { const ws = new WebSocket(u); ws.addEventListener("message", (e) => count("in", e.data));
       const send = ws.send.bind(ws); ws.send = (d) => { count("out", d); send(d); }; return ws; } });
   window.peer = peer;
@@ -123,6 +128,18 @@ window.snapshot = (id) => {
     remote: st.remotes[id] || null, dc: dc ? dc.readyState : "none",
     pc: pc ? { connectionState: pc.connectionState, signalingState: pc.signalingState, sctp: pc.sctp ? pc.sctp.state : null } : null };
 };
+// The candidate types of the pair carrying the connection (getStats transport -> selected pair).
+window.selectedPair = async (id) => {
+  const remote = window.remotes[id];
+  if (!remote) return null;
+  const stats = await remote.pc.getStats();
+  let pair = null;
+  stats.forEach((r) => { if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); });
+  if (!pair) return null;
+  const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
+  return { local: l && l.candidateType, remote: r && r.candidateType, localAddr: l && (l.address + ":" + l.port),
+    remoteAddr: r && (r.address + ":" + r.port), state: pair.state, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived };
+};
 window.inboundAudio = async (id) => {
   const remote = window.remotes[id];
   if (!remote) return null;
@@ -147,11 +164,12 @@ const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
  * Start `parlor echo` in `room`; resolves once it printed `echo joined ROOM as ID`.
  * stdout lines are recorded as "line" events; stderr goes to `errPath`.
  */
-async function startEcho({ url, room, errPath }) {
+async function startEcho({ url, room, errPath, relayOnly = false }) {
   const errFd = openSync(errPath, "w");
   const env = { ...process.env, NO_COLOR: "1", PARLOR_LOG: process.env.PARLOR_LOG || "parlor_peer=debug" };
   const args = ["echo", "--url", url, "--key", DEV_KEY, "--room", room];
   if (process.env.PARLOR_ECHO_BIND_IP) args.push("--bind-ip", process.env.PARLOR_ECHO_BIND_IP);
+  if (relayOnly) args.push("--relay-only");
   const proc = spawn(parlorBin(), args, { stdio: ["ignore", "pipe", errFd], env });
   closeSync(errFd);
   const rec = new Recorder("parlor echo");
@@ -186,11 +204,14 @@ async function startEcho({ url, room, errPath }) {
 }
 
 describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () => {
-  let parlor, stat, browser;
+  let parlor, parlorTurn, coturn, stat, browser;
 
   before(async () => {
     mkdirSync(OUT_DIR, { recursive: true });
     parlor = await startParlor();
+    // The TURN cases: a server minting REST credentials for a coturn on loopback.
+    coturn = await startCoturn();
+    parlorTurn = await startParlor({ config: turnConfig([coturn.url]) });
     stat = await startStatic(PAGE);
     browser = await launchChromium();
   });
@@ -199,15 +220,21 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
     await browser?.close().catch(() => {});
     await new Promise((r) => (stat ? stat.close(() => r()) : r()));
     await parlor?.stop();
+    await parlorTurn?.stop();
+    await coturn?.stop();
   });
 
   // order "echo-first": the chosen echo is alone in the room, then the page joins (no churn).
   // order "browser-first": the page is in the room first; echo processes with the wrong id
   // join and are stopped (the page sees them come and go) until one has the wanted id.
-  for (const order of ["echo-first", "browser-first"]) for (const role of ["impolite", "polite"]) {
-    describe(`browser ${role}, ${order}`, () => {
-      const room = `room-rust-${role}-${order}`;
-      const shot = `rust-peer-${order}-browser-${role}`;
+  // turn: Chromium with iceTransportPolicy "relay" and `parlor echo --relay-only`, both using
+  // the TURN credentials Parlor minted into the welcome: every packet crosses coturn.
+  const cases = [["echo-first", false], ["browser-first", false], ["echo-first", true]];
+  for (const [order, turn] of cases) for (const role of ["impolite", "polite"]) {
+    describe(`browser ${role}, ${order}${turn ? ", both relay-only through coturn" : ""}`, () => {
+      const room = `room-rust-${role}-${order}${turn ? "-turn" : ""}`;
+      const shot = `rust-peer-${order}-browser-${role}${turn ? "-turn" : ""}`;
+      const server = () => (turn ? parlorTurn : parlor);
       let context, page, echo, browserId, echoStarts = 0, deadline = Infinity;
       const left = () => Math.max(1000, Math.min(WAIT_MS, deadline - Date.now()));
       const consoleLines = [];
@@ -235,7 +262,7 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         const wantEchoGreater = role === "polite"; // browser polite <=> browserId < echoId
         for (let i = 0; ; i++) {
           assert.ok(i < MAX_PAGE_CONNECTS, `no page id on the ${wantEchoGreater ? "low" : "high"} side of ${ID_PIVOT} after ${MAX_PAGE_CONNECTS} connects`);
-          browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: parlor.url, apiKey: DEV_KEY, debug: DEBUG }), "page signalling connect");
+          browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: server().url, apiKey: DEV_KEY, debug: DEBUG, relay: turn }), "page signalling connect");
           assert.match(String(browserId), /^\S+$/, "page got a peer id");
           if ((browserId < ID_PIVOT) === wantEchoGreater) break;
         }
@@ -244,7 +271,7 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         for (;;) {
           assert.ok(echoStarts < MAX_ECHO_STARTS, `no echo id on the wanted side of ${browserId} after ${MAX_ECHO_STARTS} starts`);
           echoStarts++;
-          const e = await startEcho({ url: parlor.url, room, errPath });
+          const e = await startEcho({ url: server().url, room, errPath, relayOnly: turn });
           if ((e.id > browserId) === wantEchoGreater) { echo = e; break; }
           await e.stop();
         }
@@ -305,6 +332,14 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         assert.ok(st.remote.tracks.some((tr) => tr.kind === "audio"), `remote audio track event: ${JSON.stringify(st.remote.tracks)}`);
         assert.equal(st.pc.connectionState, "connected");
         assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
+      }));
+
+      if (turn) it("the selected candidate pair is relay <-> relay (both ends through coturn)", (t) => check(async () => {
+        const pair = await poll(() => page.evaluate((id) => window.selectedPair(id), echo.id), (p) => p && p.local, "selected candidate pair", left());
+        t.diagnostic(`page iceServers ${JSON.stringify(await page.evaluate(() => window.state.iceServers))}; selected pair ${JSON.stringify(pair)}`);
+        assert.equal(pair.local, "relay", "the page's side of the pair");
+        assert.equal(pair.remote, "relay", "the Rust peer's side of the pair (it announces relayed candidates only)");
+        assert.match(pair.localAddr, /^127\.0\.0\.1:/, "coturn's relay address");
       }));
     });
   }

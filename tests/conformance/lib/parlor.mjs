@@ -236,6 +236,52 @@ export async function startNats() {
   };
 }
 
+export const TURN_SECRET = "conformance-turn-secret";
+
+/**
+ * coturn (Debian package `coturn`) on a free loopback port with TURN REST credentials
+ * (`use-auth-secret`, TURN_SECRET unless given) and loopback peers allowed.
+ */
+export async function startCoturn({ secret = TURN_SECRET } = {}) {
+  const net = await import("node:net");
+  const port = await new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1", () => { const p = srv.address().port; srv.close(() => resolve(p)); });
+    srv.on("error", reject);
+  });
+  const dir = mkdtempSync(path.join(tmpdir(), "parlor-coturn-"));
+  const args = ["-n", "--listening-ip=127.0.0.1", `--listening-port=${port}`, "--relay-ip=127.0.0.1",
+    "--use-auth-secret", `--static-auth-secret=${secret}`, "--realm=parlor.test", "--allow-loopback-peers",
+    "--no-tls", "--no-dtls", "--no-cli", "--no-stdout-log", `--log-file=${path.join(dir, "turn.log")}`,
+    `--pidfile=${path.join(dir, "turn.pid")}`, `--userdb=${path.join(dir, "turndb")}`];
+  const proc = spawn("turnserver", args, { stdio: "ignore" });
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1", () => { s.destroy(); r(true); });
+      s.on("error", () => r(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error("coturn (turnserver) did not start"); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    url: `turn:127.0.0.1:${port}?transport=udp`,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/** BASE_CONFIG plus a [turn] table minting credentials for `urls` with TURN_SECRET. */
+export function turnConfig(urls) {
+  return `${BASE_CONFIG}\n[turn]\nurls = ${JSON.stringify(urls)}\nsecret = "${TURN_SECRET}"\nttl_secs = 600\n`;
+}
+
 /** BASE_CONFIG plus a [cluster] table for a node on `natsUrl`. */
 export function clusterConfig(natsUrl, { heartbeatMs = 250, nodeTimeoutMs = 1500 } = {}) {
   return `${BASE_CONFIG}\n[cluster]\nnats_url = "${natsUrl}"\nname = "conformance"\nheartbeat_ms = ${heartbeatMs}\nnode_timeout_ms = ${nodeTimeoutMs}\n`;

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import DEV_KEY, WAIT, parlor_bin
+from conftest import DEV_KEY, WAIT, build_config, parlor_bin
 from metered_realtime import (
     DataChannel,
     DataChannelOpened,
@@ -511,3 +511,69 @@ async def test_data_channel_created_by_rust(server, make_peer, echo_factory, pyt
         await asyncio.sleep(0.05)
     _no_negotiation_errors(h, echo_id, ctx)
     _no_unexpected_exit(echo, ctx)
+
+
+# ---------------------------------------------------------------------------
+# TURN: coturn on loopback, credentials minted by Parlor
+# ---------------------------------------------------------------------------
+
+TURN_SECRET = "conformance-turn-secret"
+
+
+@pytest.fixture
+def coturn(tmp_path: Path):
+    """coturn (Debian package coturn) on a free loopback port with TURN REST credentials
+    (use-auth-secret) and loopback peers allowed; yields its turn: URL."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path / "coturn"
+    d.mkdir()
+    proc = subprocess.Popen(
+        ["turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
+         "--relay-ip=127.0.0.1", "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}",
+         "--realm=parlor.test", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
+         "--no-stdout-log", f"--log-file={d / 'turn.log'}", f"--pidfile={d / 'turn.pid'}",
+         f"--userdb={d / 'turndb'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "coturn did not start"
+            time.sleep(0.05)
+    yield f"turn:127.0.0.1:{port}?transport=udp"
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_through_coturn_with_minted_credentials(parlor_factory, coturn, make_peer,
+                                                      echo_factory, python_role):
+    """`[turn]` on the server: the Python SDK gets a minted credential in its welcome
+    and hands it to aiortc; `parlor echo --relay-only` announces
+    relayed candidates only, so every packet crosses coturn. A channel created at PeerJoined
+    and the looped 660 Hz sine both arrive."""
+    server = parlor_factory(build_config(extra=(
+        f'\n[turn]\nurls = ["{coturn}"]\nsecret = "{TURN_SECRET}"\nttl_secs = 600\n')))
+    h, echo, echo_id, probe, ctx = await _setup(
+        server, make_peer, echo_factory, python_role, audio=True, dc_when="at_peer_joined",
+        echo_args=("--relay-only",))
+    try:
+        # MeteredPeer keeps the welcome's list (Connected.ice_servers) for the RTCPeerConnections
+        # it builds, without a public accessor.
+        servers = h.peer._ice_servers
+        assert servers and servers[0].urls in (coturn, [coturn]), servers
+        user = servers[0].username or ""
+        assert user.endswith(":" + h.peer.peer_id), "username is <expiry>:<peer id>"
+        await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
+        await asyncio.gather(probe.wait_echoed(ctx), _check_audio_loop(h, echo, echo_id, ctx))
+        _no_negotiation_errors(h, echo_id, ctx)
+        _no_unexpected_exit(echo, ctx)
+    finally:
+        await probe.close()
