@@ -1,6 +1,7 @@
 //! Credentials never reach the logs: a whole call (server and two peers in this process,
-//! negotiation, ICE, DTLS, audio, a data channel) with every crate logging at TRACE, then
-//! the captured text is searched for the key and for ICE passwords.
+//! negotiation, ICE, TURN allocations through a real coturn, DTLS, audio, a data channel)
+//! with every crate logging at TRACE, then the captured text is searched for the key, ICE
+//! passwords, the TURN shared secret and the TURN credentials the server minted.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::{WAIT, peer, server_on, wait_for};
-use parlor_peer::room::RoomEvent;
+use common::{Coturn, TURN_SECRET, WAIT, peer_with, server_with_turn, wait_for};
+use parlor_peer::room::{RoomEvent, RoomOptions};
 use parlor_peer::{EncodedFrame, LocalTrack};
 
 #[derive(Clone, Default)]
@@ -52,8 +53,17 @@ async fn a_traced_call_logs_no_key_and_no_ice_password() {
         .with_writer(capture.clone())
         .init();
 
-    let server = server_on("127.0.0.1:0").await;
-    let (a, b) = (peer(&server.url()), peer(&server.url()));
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let turn = Coturn::start(TURN_SECRET).await;
+    let server = server_with_turn(vec![turn.url()], TURN_SECRET).await;
+    let relay = || RoomOptions::default().relay_only(true);
+    let (a, b) = (
+        peer_with(&server.url(), relay()),
+        peer_with(&server.url(), relay()),
+    );
     let mut eb = b.events();
     let track = LocalTrack::audio();
     a.add_track(&track);
@@ -86,6 +96,20 @@ async fn a_traced_call_logs_no_key_and_no_ice_password() {
     .await
     .expect("audio");
     pacer.abort();
+    // The credentials the server minted for both peers (the expiry is `now + ttl` at welcome).
+    let minter = parlor_server::turn::TurnMinter::new(&parlor_server::turn::TurnConfig {
+        urls: vec![turn.url()],
+        secret: TURN_SECRET.into(),
+        ttl_secs: 600,
+    });
+    let finished = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let credentials: Vec<String> = [&a_id, &b_id]
+        .iter()
+        .flat_map(|id| (started..=finished).map(|t| minter.mint(id, t).credential))
+        .collect();
     a.close().await;
     b.close().await;
     server.shutdown().await.expect("shutdown");
@@ -98,6 +122,20 @@ async fn a_traced_call_logs_no_key_and_no_ice_password() {
         logs.len()
     );
     assert!(!logs.contains("pk_test_x"), "the key appears in the logs");
+    assert!(
+        !logs.contains(TURN_SECRET),
+        "the TURN secret appears in the logs"
+    );
+    assert!(
+        logs.contains("TURN allocation ready"),
+        "the call did not go through TURN"
+    );
+    for c in &credentials {
+        assert!(
+            !logs.contains(c.as_str()),
+            "a TURN credential appears in the logs"
+        );
+    }
     for marker in ["ice-pwd:", "ice_pwd:", "ice-pwd\":\"", "\"password\":\""] {
         let bad = unmasked(&logs, marker);
         assert!(bad.is_empty(), "unmasked {marker} in the logs: {bad:?}");
