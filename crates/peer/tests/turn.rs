@@ -93,6 +93,74 @@ async fn relay_only_peers_exchange_audio_and_data_through_coturn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_peers_through_coturn_over_tcp() {
+    let turn = Coturn::start(TURN_SECRET).await;
+    let server = server_with_turn(vec![turn.tcp_url()], TURN_SECRET).await;
+    let relay = || RoomOptions::default().relay_only(true);
+    let (a, b) = (
+        peer_with(&server.url(), relay()),
+        peer_with(&server.url(), relay()),
+    );
+    exchange(&a, &b, "turn-tcp").await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_peers_through_coturn_over_tls() {
+    let turn = Coturn::start_tls(TURN_SECRET).await;
+    let (url, ca) = turn.tls_url();
+    let server = server_with_turn(vec![url], TURN_SECRET).await;
+    let relay = || {
+        RoomOptions::default()
+            .relay_only(true)
+            .turn_tls_root_certificates_pem(&ca)
+    };
+    let (a, b) = (
+        peer_with(&server.url(), relay()),
+        peer_with(&server.url(), relay()),
+    );
+    exchange(&a, &b, "turn-tls").await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_turns_certificate_is_refused() {
+    // Without the private CA the TLS handshake fails: no relay, so relay-only cannot connect.
+    let turn = Coturn::start_tls(TURN_SECRET).await;
+    let (url, _) = turn.tls_url();
+    let server = server_with_turn(vec![url], TURN_SECRET).await;
+    let relay = || RoomOptions::default().relay_only(true);
+    let (a, b) = (
+        peer_with(&server.url(), relay()),
+        peer_with(&server.url(), relay()),
+    );
+    let mut ea = a.events();
+    a.join("untrusted", false).await.expect("join a");
+    b.join("untrusted", false).await.expect("join b");
+    let b_id = b.peer_id().expect("b id");
+    let connected = tokio::time::timeout(
+        Duration::from_secs(4),
+        wait_for(&mut ea, |e| match e {
+            RoomEvent::ConnectionState { peer_id, state }
+                if *peer_id == b_id && *state == PeerConnectionState::Connected =>
+            {
+                Some(())
+            }
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(
+        connected.is_err(),
+        "connected through an unverified TURN server"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_turn_credentials_fall_back_to_host_candidates() {
     // coturn knows another secret: every allocation is refused. Gathering must still end
     // (end-of-candidates goes out) and the host path must carry the call.

@@ -33,7 +33,7 @@ use crate::events::EventSender;
 use self::data_channel::{
     BUFFERED_AMOUNT_LOW_THRESHOLD, DataChannel, DataMessage, MAX_BUFFERED_AMOUNT,
 };
-use self::relay::{RelayEvent, Relays, TurnTarget};
+use self::relay::{Link, RelayEvent, Relays, Route, TurnTarget};
 use crate::room::RoomEvent;
 use crate::rtc::negotiation::{
     CandidateAction, LadderEvent, Negotiator, RemoteAction, RestartLadder, SignalingState,
@@ -106,6 +106,8 @@ pub(crate) struct ConnParams {
     pub(crate) turn: Vec<TurnTarget>,
     /// Announce and use relayed candidates only (`iceTransportPolicy: "relay"`).
     pub(crate) relay_only: bool,
+    /// TLS client configuration for `turns:` servers.
+    pub(crate) turn_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub(crate) enum Command {
@@ -170,6 +172,7 @@ pub(crate) fn spawn(mut p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Resu
         last_description: None,
         end_of_candidates_owed: false,
         remote_ips: Vec::new(),
+        turn_streams: HashMap::new(),
         neg: Negotiator::new(p.polite),
         p,
         sock: Arc::new(sock),
@@ -205,10 +208,12 @@ pub(crate) fn spawn(mut p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Resu
         conn.add_track(t);
     }
     let (turn_tx, turn_rx) = mpsc::unbounded_channel();
+    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
     if !turn.is_empty() {
-        tokio::spawn(resolve_turn(turn, local.is_ipv4(), turn_tx));
+        let tls = conn.p.turn_tls.clone();
+        tokio::spawn(resolve_turn(turn, local, tls, turn_tx, stream_tx));
     }
-    let task = tokio::spawn(run(conn, cmd_rx, media_rx, turn_rx));
+    let task = tokio::spawn(run(conn, cmd_rx, media_rx, turn_rx, stream_rx));
     Ok(ConnHandle { cmd: cmd_tx, task })
 }
 
@@ -223,19 +228,39 @@ pub const MAX_STUN_RETRANSMITS: usize = 7;
 /// Due timeouts handled inside one [`Conn::drive`] before yielding to the reactor.
 const MAX_INLINE_TIMEOUTS: u32 = 8;
 
-/// Resolve the TURN servers' names (each in parallel, [`RESOLVE_TIMEOUT`] at most); every
-/// target yields one message, `None` when it cannot be used.
+/// A TURN server ready for an allocation (or not usable: `None`).
+type Resolved = Option<(SocketAddr, TurnTarget, Option<TurnStream>)>;
+
+/// A connected TCP/TLS stream to a TURN server, run by its own task.
+struct TurnStream {
+    /// The stream's local address (the TURN client's 5-tuple).
+    local: SocketAddr,
+    /// Bytes to write to it.
+    writer: mpsc::Sender<Vec<u8>>,
+}
+
+/// Bytes a TURN stream read (empty: it closed), by server.
+type StreamBytes = (SocketAddr, Vec<u8>);
+
+/// Chunks queued between a TURN stream task and its connection, each way.
+const STREAM_QUEUE: usize = 256;
+
+/// Resolve the TURN servers' names and, for TCP/TLS ones, connect (each in parallel,
+/// [`RESOLVE_TIMEOUT`] and [`CONNECT_TIMEOUT`] at most); every target yields one message.
 async fn resolve_turn(
     targets: Vec<TurnTarget>,
-    ipv4: bool,
-    out: mpsc::UnboundedSender<Option<(SocketAddr, TurnTarget)>>,
+    local: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    out: mpsc::UnboundedSender<Resolved>,
+    streams: mpsc::Sender<StreamBytes>,
 ) {
     let mut set = tokio::task::JoinSet::new();
     for t in targets {
+        let (tls, streams) = (tls.clone(), streams.clone());
         set.spawn(async move {
             let lookup = tokio::net::lookup_host((t.host.as_str(), t.port));
             let addr = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4() == ipv4),
+                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4() == local.is_ipv4()),
                 Ok(Err(e)) => {
                     tracing::warn!(host = %t.host, error = %e, "cannot resolve the TURN server");
                     None
@@ -244,8 +269,22 @@ async fn resolve_turn(
                     tracing::warn!(host = %t.host, "resolving the TURN server timed out");
                     None
                 }
-            };
-            addr.map(|a| (a, t))
+            }?;
+            if t.link == Link::Udp {
+                return Some((addr, t, None));
+            }
+            let connect = connect_stream(&t, addr, local.ip(), tls, streams);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(stream)) => Some((addr, t, Some(stream))),
+                Ok(Err(e)) => {
+                    tracing::warn!(host = %t.host, link = ?t.link, error = %e, "cannot reach the TURN server");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(host = %t.host, link = ?t.link, "connecting to the TURN server timed out");
+                    None
+                }
+            }
         });
     }
     while let Some(r) = set.join_next().await {
@@ -253,8 +292,84 @@ async fn resolve_turn(
     }
 }
 
+/// Connect a TCP (and, for `turns:`, TLS) stream to a TURN server and start its task.
+async fn connect_stream(
+    t: &TurnTarget,
+    addr: SocketAddr,
+    bind: IpAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    reads: mpsc::Sender<StreamBytes>,
+) -> std::io::Result<TurnStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Same interface as the UDP socket, unless the server is on loopback and we are not.
+    let loopback_mismatch = addr.ip().is_loopback() && !bind.is_loopback();
+    if bind.is_ipv4() == addr.is_ipv4() && !loopback_mismatch {
+        socket.bind(SocketAddr::new(bind, 0))?;
+    }
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let local = tcp.local_addr()?;
+    let (writer, writes) = mpsc::channel(STREAM_QUEUE);
+    if t.link == Link::Tls {
+        let config = tls.ok_or_else(|| std::io::Error::other("no TLS configuration"))?;
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        tokio::spawn(run_stream(stream, addr, writes, reads));
+    } else {
+        tokio::spawn(run_stream(tcp, addr, writes, reads));
+    }
+    Ok(TurnStream { local, writer })
+}
+
+/// Move bytes between a TURN stream and its connection until either side ends.
+async fn run_stream<S>(
+    stream: S,
+    server: SocketAddr,
+    mut writes: mpsc::Receiver<Vec<u8>>,
+    reads: mpsc::Sender<StreamBytes>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        tokio::select! {
+            w = writes.recv() => match w {
+                Some(data) => {
+                    if wr.write_all(&data).await.is_err() {
+                        let _ = reads.send((server, Vec::new())).await;
+                        return;
+                    }
+                }
+                None => return,
+            },
+            r = rd.read(&mut buf) => match r {
+                Ok(n) if n > 0 => {
+                    if reads.send((server, buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = reads.send((server, Vec::new())).await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
 /// How long a TURN server's name may take to resolve.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a TCP/TLS connection to a TURN server may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn new_rtc(now: Instant) -> Rtc {
     // No transport-wide congestion control: it exists to feed a sender's bandwidth estimate,
@@ -314,6 +429,8 @@ struct Conn {
     end_of_candidates_owed: bool,
     /// Remote candidate addresses (bounded), for TURN permissions on later allocations.
     remote_ips: Vec<IpAddr>,
+    /// Writers of the TCP/TLS streams to TURN servers.
+    turn_streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     sock: Arc<UdpSocket>,
     local: SocketAddr,
     /// A remote description was seen (the remote is negotiating with us).
@@ -380,8 +497,17 @@ impl Drop for Conn {
         self.rtc.disconnect();
         // Release the TURN allocations (best effort: one datagram each, not retried).
         self.relays.close(Instant::now());
-        while let Some((to, data)) = self.relays.poll_transmit() {
-            let _ = self.sock.try_send_to(&data, to);
+        while let Some((route, data)) = self.relays.poll_transmit() {
+            match route {
+                Route::Udp(to) => {
+                    let _ = self.sock.try_send_to(&data, to);
+                }
+                Route::Stream(server) => {
+                    if let Some(w) = self.turn_streams.get(&server) {
+                        let _ = w.try_send(data);
+                    }
+                }
+            }
         }
         self.set_state(PeerConnectionState::Closed);
     }
@@ -391,7 +517,8 @@ async fn run(
     mut c: Conn,
     mut cmd_rx: mpsc::UnboundedReceiver<Command>,
     mut media_rx: mpsc::Receiver<(Arc<str>, EncodedFrame)>,
-    mut turn_rx: mpsc::UnboundedReceiver<Option<(SocketAddr, TurnTarget)>>,
+    mut turn_rx: mpsc::UnboundedReceiver<Resolved>,
+    mut stream_rx: mpsc::Receiver<StreamBytes>,
 ) {
     let mut buf = vec![0u8; 2048];
     let flush = c.flush.clone();
@@ -456,6 +583,25 @@ async fn run(
             },
             Some((track_id, frame)) = media_rx.recv() => c.write_frame(&track_id, frame),
             Some(target) = turn_rx.recv() => c.on_turn_resolved(target),
+            Some((server, bytes)) = stream_rx.recv() => {
+                if c.blackholed() {
+                    continue;
+                }
+                let now = Instant::now();
+                for (peer, relayed, data) in c.relays.recv_stream(server, &bytes, now) {
+                    let Ok(contents) = data[..].try_into() else { continue };
+                    let input = Input::Receive(
+                        now,
+                        Receive { proto: Protocol::Udp, source: peer, destination: relayed, contents },
+                    );
+                    if let Err(e) = c.rtc.handle_input(input) {
+                        tracing::debug!(peer = %c.p.remote_id, error = %e, "dropped a relayed datagram");
+                    }
+                }
+                if bytes.is_empty() {
+                    c.turn_streams.remove(&server);
+                }
+            }
             _ = flush.notified() => c.flush_channels(),
             () = &mut sleep => {
                 armed = None;
@@ -522,11 +668,7 @@ impl Conn {
                         .relays
                         .send(t.source, t.destination, &t.contents, Instant::now())
                     {
-                        while let Some((to, data)) = self.relays.poll_transmit() {
-                            if let Err(e) = self.sock.send_to(&data, to).await {
-                                tracing::debug!(error = %e, "udp send to TURN server");
-                            }
-                        }
+                        self.flush_relays().await;
                         continue;
                     }
                     if let Err(e) = self.sock.send_to(&t.contents, t.destination).await {
@@ -564,22 +706,43 @@ impl Conn {
             }
         }
         self.maybe_end_candidates();
-        while let Some((to, data)) = self.relays.poll_transmit() {
-            if self.blackholed() {
-                continue;
-            }
-            if let Err(e) = self.sock.send_to(&data, to).await {
-                tracing::debug!(error = %e, "udp send to TURN server");
-            }
-        }
+        self.flush_relays().await;
         wake
     }
 
-    fn on_turn_resolved(&mut self, target: Option<(SocketAddr, TurnTarget)>) {
+    /// Send what the TURN clients queued: datagrams on the socket, bytes to the streams
+    /// (dropped when a stream's queue is full, as a congested UDP link would).
+    async fn flush_relays(&mut self) {
+        while let Some((route, data)) = self.relays.poll_transmit() {
+            if self.blackholed() {
+                continue;
+            }
+            match route {
+                Route::Udp(to) => {
+                    if let Err(e) = self.sock.send_to(&data, to).await {
+                        tracing::debug!(error = %e, "udp send to TURN server");
+                    }
+                }
+                Route::Stream(server) => {
+                    if let Some(w) = self.turn_streams.get(&server) {
+                        let _ = w.try_send(data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_turn_resolved(&mut self, target: Resolved) {
         self.resolving = self.resolving.saturating_sub(1);
-        if let Some((addr, t)) = target {
-            self.relays
-                .add(addr, &t.username, &t.credential, Instant::now());
+        let now = Instant::now();
+        match target {
+            Some((addr, t, None)) => self.relays.add(addr, &t.username, &t.credential, now),
+            Some((addr, t, Some(stream))) => {
+                self.turn_streams.insert(addr, stream.writer);
+                self.relays
+                    .add_stream(addr, stream.local, &t.username, &t.credential, now);
+            }
+            None => {}
         }
         self.maybe_end_candidates();
     }

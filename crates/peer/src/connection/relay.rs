@@ -16,17 +16,23 @@
 //! * [`Relays::poll`] drives retransmissions and refreshes; [`Relays::poll_transmit`] yields
 //!   what to write to the socket and [`Relays::poll_event`] reports allocations.
 //!
-//! Only UDP to the TURN server is supported (`turn:` URLs with no transport or
-//! `transport=udp`); `turns:` and `transport=tcp` URLs are skipped with a log line.
+//! The link to the TURN server is UDP (`turn:` URLs, `transport=udp` or none: the
+//! connection's socket), TCP (`turn:…?transport=tcp`) or TLS over TCP (`turns:`); the
+//! allocation itself is always UDP (RFC 8656), so relayed candidates are UDP candidates.
+//! For TCP and TLS the connection driver owns the stream and passes its bytes through
+//! [`Relays::recv_stream`]; the TURN client does the framing. `stun:` URLs (no
+//! server-reflexive gathering) and DTLS (`turns:…?transport=udp`) are skipped.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use turn_client_proto::api::{TurnClientApi, TurnConfig, TurnEvent, TurnPollRet, TurnRecvRet};
+use turn_client_proto::client::TurnClient;
 use turn_client_proto::stun::Instant as TurnInstant;
 use turn_client_proto::stun::agent::Transmit;
 use turn_client_proto::stun::types::TransportType;
+use turn_client_proto::tcp::TurnClientTcp;
 use turn_client_proto::types::TurnCredentials;
 use turn_client_proto::types::prelude::DelayedTransmitBuild;
 use turn_client_proto::udp::TurnClientUdp;
@@ -44,12 +50,23 @@ const MAX_PERMISSIONS: usize = 32;
 /// An allocation not answered in this long counts as failed (gathering ends without it).
 pub(crate) const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How we reach a TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Link {
+    /// UDP, on the connection's own socket.
+    Udp,
+    /// TCP (`?transport=tcp`).
+    Tcp,
+    /// TLS over TCP (`turns:`).
+    Tls,
+}
+
 /// What kind of ICE server a URL names (RFC 7064/7065).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum IceUrl {
-    /// `turn:host[:port][?transport=udp]`: TURN over UDP (the only kind we relay through).
-    TurnUdp { host: String, port: u16 },
-    /// A URL we do not use, with why (`turns:`, `transport=tcp`, `stun:`).
+    /// A TURN server and how to reach it.
+    Turn { host: String, port: u16, link: Link },
+    /// A URL we do not use, with why (`stun:`, DTLS).
     Unsupported(&'static str),
 }
 
@@ -94,14 +111,19 @@ pub(crate) fn parse_ice_url(url: &str) -> Result<IceUrl, &'static str> {
             .ok_or("bad port")?,
         None => default_port,
     };
-    match scheme.as_str() {
-        "turn" if transport.as_deref() != Some("tcp") => Ok(IceUrl::TurnUdp {
+    let turn = |link| {
+        Ok(IceUrl::Turn {
             host: host.to_owned(),
             port,
-        }),
-        "turn" => Ok(IceUrl::Unsupported("TURN over TCP")),
-        "turns" => Ok(IceUrl::Unsupported("TURN over TLS")),
-        "stun" | "stuns" => Ok(IceUrl::Unsupported("STUN (no server-reflexive gathering)")),
+            link,
+        })
+    };
+    match (scheme.as_str(), transport.as_deref()) {
+        ("turn", Some("tcp")) => turn(Link::Tcp),
+        ("turn", _) => turn(Link::Udp),
+        ("turns", Some("udp")) => Ok(IceUrl::Unsupported("TURN over DTLS")),
+        ("turns", _) => turn(Link::Tls),
+        ("stun" | "stuns", _) => Ok(IceUrl::Unsupported("STUN (no server-reflexive gathering)")),
         _ => Err("not a stun/turn URL"),
     }
 }
@@ -111,6 +133,7 @@ pub(crate) fn parse_ice_url(url: &str) -> Result<IceUrl, &'static str> {
 pub(crate) struct TurnTarget {
     pub(crate) host: String,
     pub(crate) port: u16,
+    pub(crate) link: Link,
     pub(crate) username: String,
     pub(crate) credential: String,
 }
@@ -121,17 +144,18 @@ impl std::fmt::Debug for TurnTarget {
         f.debug_struct("TurnTarget")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("link", &self.link)
             .finish_non_exhaustive()
     }
 }
 
-/// The UDP TURN servers of an `iceServers` list (at most [`MAX_RELAYS`], deduplicated).
+/// The TURN servers of an `iceServers` list (at most [`MAX_RELAYS`], deduplicated).
 pub(crate) fn turn_targets(servers: &[IceServer]) -> Vec<TurnTarget> {
     let mut out: Vec<TurnTarget> = Vec::new();
     for s in servers {
         for url in &s.urls {
             match parse_ice_url(url) {
-                Ok(IceUrl::TurnUdp { host, port }) => {
+                Ok(IceUrl::Turn { host, port, link }) => {
                     let (Some(username), Some(credential)) = (&s.username, &s.credential) else {
                         tracing::debug!(%url, "TURN URL without username/credential: skipped");
                         continue;
@@ -139,6 +163,7 @@ pub(crate) fn turn_targets(servers: &[IceServer]) -> Vec<TurnTarget> {
                     let t = TurnTarget {
                         host,
                         port,
+                        link,
                         username: username.clone(),
                         credential: credential.clone(),
                     };
@@ -181,12 +206,23 @@ enum State {
 #[derive(Debug)]
 struct Relay {
     server: SocketAddr,
-    client: TurnClientUdp,
+    /// UDP: the server's datagrams arrive on the connection socket. TCP/TLS: on a stream.
+    stream: bool,
+    client: TurnClient,
     state: State,
     /// Datagrams waiting for a permission: (peer, data).
     waiting: VecDeque<(SocketAddr, Vec<u8>)>,
     permitted: Vec<IpAddr>,
     channels: Vec<SocketAddr>,
+}
+
+/// Where bytes for a TURN server go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Send them on the connection's UDP socket to this address.
+    Udp(SocketAddr),
+    /// Write them to the stream to this TURN server.
+    Stream(SocketAddr),
 }
 
 /// The TURN clients of one connection.
@@ -195,8 +231,18 @@ pub(crate) struct Relays {
     local: SocketAddr,
     epoch: Instant,
     relays: Vec<Relay>,
-    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    out: VecDeque<(Route, Vec<u8>)>,
     events: VecDeque<RelayEvent>,
+}
+
+impl Relay {
+    fn route(&self) -> Route {
+        if self.stream {
+            Route::Stream(self.server)
+        } else {
+            Route::Udp(self.server)
+        }
+    }
 }
 
 impl Relays {
@@ -216,7 +262,7 @@ impl Relays {
         TurnInstant::from_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
     }
 
-    /// Start an allocation on `server` (an address family the socket can reach).
+    /// Start an allocation on `server` over UDP (an address family the socket can reach).
     pub(crate) fn add(
         &mut self,
         server: SocketAddr,
@@ -224,16 +270,42 @@ impl Relays {
         credential: &str,
         now: Instant,
     ) {
-        if self.relays.len() >= MAX_RELAYS
-            || self.relays.iter().any(|r| r.server == server)
-            || server.is_ipv4() != self.local.is_ipv4()
-        {
+        if server.is_ipv4() != self.local.is_ipv4() {
             return;
         }
         let config = TurnConfig::new(TurnCredentials::new(username, credential));
         let client = TurnClientUdp::allocate(self.local, server, config);
+        self.push(server, false, client.into(), now);
+    }
+
+    /// Start an allocation on `server` over a connected TCP (or TLS) stream whose local
+    /// address is `stream_local`. Its bytes go through [`Relays::recv_stream`], and what to
+    /// write to it comes out of [`Relays::poll_transmit`] as [`Route::Stream`].
+    pub(crate) fn add_stream(
+        &mut self,
+        server: SocketAddr,
+        stream_local: SocketAddr,
+        username: &str,
+        credential: &str,
+        now: Instant,
+    ) {
+        let config = TurnConfig::new(TurnCredentials::new(username, credential));
+        let client = TurnClientTcp::allocate(stream_local, server, config);
+        self.push(server, true, client.into(), now);
+    }
+
+    fn push(&mut self, server: SocketAddr, stream: bool, client: TurnClient, now: Instant) {
+        if self.relays.len() >= MAX_RELAYS
+            || self
+                .relays
+                .iter()
+                .any(|r| r.server == server && r.stream == stream)
+        {
+            return;
+        }
         self.relays.push(Relay {
             server,
+            stream,
             client,
             state: State::Allocating { since: now },
             waiting: VecDeque::new(),
@@ -258,9 +330,54 @@ impl Relays {
         })
     }
 
-    /// Whether datagrams from `from` belong to a TURN client here.
+    /// Whether datagrams from `from` belong to a TURN client here (UDP).
     pub(crate) fn is_server(&self, from: SocketAddr) -> bool {
-        self.relays.iter().any(|r| r.server == from)
+        self.relays.iter().any(|r| r.server == from && !r.stream)
+    }
+
+    /// Bytes read from the stream to `server` (empty: the stream closed): the peer datagrams
+    /// they complete, as (peer, relayed address, data).
+    pub(crate) fn recv_stream(
+        &mut self,
+        server: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let t = self.t(now);
+        let mut out = Vec::new();
+        let Some(r) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.server == server && r.stream)
+        else {
+            return out;
+        };
+        let local = r.client.local_addr();
+        if data.is_empty() {
+            r.client.tcp_closed(local, server, t);
+            if matches!(r.state, State::Allocating { .. }) {
+                self.events.push_back(RelayEvent::Failed { server });
+            }
+            r.state = State::Failed;
+            return out;
+        }
+        let relayed = match r.state {
+            State::Ready(a) => Some(a),
+            _ => None,
+        };
+        let ret = r
+            .client
+            .recv(Transmit::new(data, TransportType::Tcp, server, local), t);
+        if let (TurnRecvRet::PeerData(d), Some(relayed)) = (ret, relayed) {
+            out.push((d.peer, relayed, d.data().to_vec()));
+        }
+        while let Some(d) = r.client.poll_recv(t) {
+            if let Some(relayed) = relayed {
+                out.push((d.peer, relayed, d.data().to_vec()));
+            }
+        }
+        self.poll(now);
+        out
     }
 
     /// A datagram from a TURN server: `Some((peer, relayed, data))` when it carries a peer's
@@ -273,7 +390,10 @@ impl Relays {
     ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
         let t = self.t(now);
         let local = self.local;
-        let r = self.relays.iter_mut().find(|r| r.server == from)?;
+        let r = self
+            .relays
+            .iter_mut()
+            .find(|r| r.server == from && !r.stream)?;
         let ret = r
             .client
             .recv(Transmit::new(data, TransportType::Udp, from, local), t);
@@ -316,13 +436,16 @@ impl Relays {
             self.poll(now);
             return true;
         }
-        if !r.channels.contains(&to) && r.channels.len() < MAX_CHANNELS {
+        // Channels only over UDP: over a TCP/TLS link (turn-client-proto 0.7.3 with coturn
+        // 4.6) relayed data stopped the moment a channel was bound, so stream links keep
+        // using Send/Data indications (32 bytes more per datagram).
+        if !r.stream && !r.channels.contains(&to) && r.channels.len() < MAX_CHANNELS {
             r.channels.push(to);
             let _ = r.client.bind_channel(TransportType::Udp, to, t);
         }
         if let Ok(Some(tx)) = r.client.send_to(TransportType::Udp, to, data, t) {
-            let server = r.server;
-            self.out.push_back((server, tx.data.build()));
+            let route = r.route();
+            self.out.push_back((route, tx.data.build()));
         }
         self.poll(now);
         true
@@ -354,7 +477,7 @@ impl Relays {
             loop {
                 let r = &mut self.relays[i];
                 while let Some(tx) = r.client.poll_transmit(t) {
-                    self.out.push_back((tx.to, tx.data.to_vec()));
+                    self.out.push_back((r.route(), tx.data.to_vec()));
                 }
                 let r = &mut self.relays[i];
                 let mut progressed = false;
@@ -385,7 +508,7 @@ impl Relays {
                                 if let Ok(Some(tx)) =
                                     r.client.send_to(TransportType::Udp, to, &data, t)
                                 {
-                                    self.out.push_back((r.server, tx.data.build()));
+                                    self.out.push_back((r.route(), tx.data.build()));
                                 }
                             }
                         }
@@ -432,14 +555,14 @@ impl Relays {
             // Poll may have queued more (a refresh that came due).
             let r = &mut self.relays[i];
             while let Some(tx) = r.client.poll_transmit(t) {
-                self.out.push_back((tx.to, tx.data.to_vec()));
+                self.out.push_back((r.route(), tx.data.to_vec()));
             }
         }
         wake
     }
 
-    /// The next datagram to write to the socket: (TURN server, bytes).
-    pub(crate) fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// The next bytes to send to a TURN server, and where.
+    pub(crate) fn poll_transmit(&mut self) -> Option<(Route, Vec<u8>)> {
         self.out.pop_front()
     }
 
@@ -455,7 +578,7 @@ impl Relays {
             if matches!(r.state, State::Ready(_)) {
                 let _ = r.client.delete(t);
                 while let Some(tx) = r.client.poll_transmit(t) {
-                    self.out.push_back((tx.to, tx.data.to_vec()));
+                    self.out.push_back((r.route(), tx.data.to_vec()));
                 }
             }
             r.state = State::Failed;
@@ -469,9 +592,10 @@ mod tests {
 
     #[test]
     fn ice_urls() {
-        let turn = |h: &str, p| IceUrl::TurnUdp {
+        let turn = |h: &str, p| IceUrl::Turn {
             host: h.into(),
             port: p,
+            link: Link::Udp,
         };
         assert_eq!(
             parse_ice_url("turn:127.0.0.1:3478"),
@@ -489,10 +613,30 @@ mod tests {
         assert_eq!(parse_ice_url("turn:[::1]"), Ok(turn("::1", 3478)));
         assert!(matches!(
             parse_ice_url("turn:x:443?transport=tcp"),
-            Ok(IceUrl::Unsupported(_))
+            Ok(IceUrl::Turn {
+                port: 443,
+                link: Link::Tcp,
+                ..
+            })
         ));
         assert!(matches!(
             parse_ice_url("turns:x"),
+            Ok(IceUrl::Turn {
+                port: 5349,
+                link: Link::Tls,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_ice_url("turns:x:443?transport=tcp"),
+            Ok(IceUrl::Turn {
+                port: 443,
+                link: Link::Tls,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_ice_url("turns:x?transport=udp"),
             Ok(IceUrl::Unsupported(_))
         ));
         assert!(matches!(
@@ -521,7 +665,15 @@ mod tests {
             credential: cred.then(|| "c".to_owned()),
         };
         let list = vec![
-            s(&["stun:a:1", "turn:a:1", "turns:a:2", "turn:a:1"], true),
+            s(
+                &[
+                    "stun:a:1",
+                    "turn:a:1",
+                    "turns:a:2?transport=udp",
+                    "turn:a:1",
+                ],
+                true,
+            ),
             s(&["turn:b:1"], false),
             s(&["turn:c:1", "turn:d:1", "turn:e:1", "turn:f:1"], true),
         ];
@@ -539,7 +691,7 @@ mod tests {
         r.add("127.0.0.1:3478".parse().expect("addr"), "u", "c", now);
         assert!(r.gathering());
         let (to, bytes) = r.poll_transmit().expect("an Allocate request");
-        assert_eq!(to.port(), 3478);
+        assert_eq!(to, Route::Udp("127.0.0.1:3478".parse().expect("addr")));
         assert_eq!(bytes.first(), Some(&0x00), "a STUN request");
         assert!(r.poll(now + ALLOCATE_TIMEOUT).is_none() || !r.gathering());
         assert!(!r.gathering());

@@ -71,12 +71,21 @@ pub struct RoomOptions {
     /// Use relayed candidates only (the W3C `iceTransportPolicy: "relay"`): no host
     /// candidate is announced, so every path goes through a TURN server.
     pub relay_only: bool,
+    /// Extra CA certificates (PEM) trusted for `turns:` servers, beside the web PKI roots.
+    pub turn_tls_roots_pem: Vec<Vec<u8>>,
 }
 
 impl RoomOptions {
     /// Start with these ICE servers (see [`RoomOptions::ice_servers`]).
     pub fn ice_servers(mut self, servers: Vec<IceServer>) -> Self {
         self.ice_servers = servers;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM text for `turns:` servers (repeatable). A PEM
+    /// that does not parse is reported in the log and ignored.
+    pub fn turn_tls_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.turn_tls_roots_pem.push(pem.as_ref().to_vec());
         self
     }
 
@@ -250,6 +259,8 @@ struct Inner {
     /// The current ICE servers (the last valid welcome list, else the options').
     ice_servers: Mutex<Vec<IceServer>>,
     relay_only: bool,
+    /// TLS client configuration for `turns:` servers.
+    turn_tls: Option<Arc<rustls::ClientConfig>>,
     next_conn: AtomicU64,
     include_sender_metadata: Mutex<bool>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -297,6 +308,13 @@ impl RoomPeer {
                 bind_ip: options.bind_ip.unwrap_or_else(default_bind_ip),
                 ice_servers: Mutex::new(options.ice_servers),
                 relay_only: options.relay_only,
+                turn_tls: match signalling::tls_config(&options.turn_tls_roots_pem) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "turns: TLS roots unusable; using the web PKI roots");
+                        signalling::tls_config(&[]).ok()
+                    }
+                },
                 next_conn: AtomicU64::new(1),
                 include_sender_metadata: Mutex::new(false),
                 pump: Mutex::new(None),
@@ -604,6 +622,7 @@ impl RoomPeer {
             track_meta: self.inner.track_meta.clone(),
             turn: conn::relay::turn_targets(&lock(&self.inner.ice_servers)),
             relay_only: self.inner.relay_only,
+            turn_tls: self.inner.turn_tls.clone(),
         };
         if params.relay_only && params.turn.is_empty() {
             tracing::warn!(peer = %remote.id(), "relay-only, but no usable TURN server: this connection cannot connect");

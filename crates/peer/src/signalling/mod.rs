@@ -395,7 +395,7 @@ struct Shared {
 
 /// A rustls client configuration: the web PKI roots plus `extra_pem` CA certificates, with
 /// ring as the crypto provider (explicit, so no process-wide default is needed).
-fn tls_config(extra_pem: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(extra_pem: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore {

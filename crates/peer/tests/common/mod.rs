@@ -66,6 +66,9 @@ pub(crate) struct Coturn {
     child: std::process::Child,
     /// Its UDP/TCP listening port on 127.0.0.1.
     pub(crate) port: u16,
+    /// Its TLS listening port and the PEM of the CA that signed its `localhost` certificate
+    /// (started with [`Coturn::start_tls`]).
+    pub(crate) tls: Option<(u16, String)>,
     _dir: TempDir,
 }
 
@@ -85,15 +88,61 @@ impl Drop for TempDir {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A CA and a `localhost` leaf it signed, written to `dir`: (CA PEM, cert file, key file).
+fn test_pki(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let cert = dir.join("turn-cert.pem");
+    let key = dir.join("turn-key.pem");
+    std::fs::write(&cert, leaf.pem()).expect("write");
+    std::fs::write(&key, leaf_key.serialize_pem()).expect("write");
+    (ca_cert.pem(), cert, key)
+}
+
 impl Coturn {
     pub(crate) async fn start(secret: &str) -> Coturn {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free port")
-            .port();
+        Coturn::launch(secret, false).await
+    }
+
+    /// Also listen for TLS (`turns:`), with a certificate from a private CA.
+    pub(crate) async fn start_tls(secret: &str) -> Coturn {
+        Coturn::launch(secret, true).await
+    }
+
+    async fn launch(secret: &str, tls: bool) -> Coturn {
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("parlor-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut tls_args = vec!["--no-tls".to_owned()];
+        let mut tls_info = None;
+        if tls {
+            let tls_port = free_port();
+            let (ca, cert, key) = test_pki(&dir);
+            tls_args = vec![
+                format!("--tls-listening-port={tls_port}"),
+                format!("--cert={}", cert.display()),
+                format!("--pkey={}", key.display()),
+            ];
+            tls_info = Some((tls_port, ca));
+        }
         let child = std::process::Command::new("turnserver")
+            .args(tls_args)
             .args([
                 "-n",
                 "--listening-ip=127.0.0.1",
@@ -103,7 +152,6 @@ impl Coturn {
                 &format!("--static-auth-secret={secret}"),
                 "--realm=parlor.test",
                 "--allow-loopback-peers",
-                "--no-tls",
                 "--no-dtls",
                 "--no-cli",
                 "--no-stdout-log",
@@ -126,9 +174,22 @@ impl Coturn {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some((tls_port, _)) = &tls_info {
+            while tokio::net::TcpStream::connect(("127.0.0.1", *tls_port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "coturn TLS did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Coturn {
             child,
             port,
+            tls: tls_info,
             _dir: TempDir(dir),
         }
     }
@@ -136,6 +197,17 @@ impl Coturn {
     /// Its `turn:` URL (UDP).
     pub(crate) fn url(&self) -> String {
         format!("turn:127.0.0.1:{}?transport=udp", self.port)
+    }
+
+    /// Its `turn:` URL over TCP.
+    pub(crate) fn tcp_url(&self) -> String {
+        format!("turn:127.0.0.1:{}?transport=tcp", self.port)
+    }
+
+    /// Its `turns:` URL (TLS over TCP, name `localhost`) and the CA PEM to trust.
+    pub(crate) fn tls_url(&self) -> (String, String) {
+        let (port, ca) = self.tls.clone().expect("started with start_tls");
+        (format!("turns:localhost:{port}?transport=tcp"), ca)
     }
 }
 
