@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -405,24 +407,9 @@ async fn inactivity_watchdog_closes_4000_and_reconnects() {
 
 /// A CA and a `localhost` leaf it signed: (CA PEM, server TLS config). Files live in `dir`.
 fn test_pki(dir: &std::path::Path) -> (String, parlor_server::tls::TlsConfig) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    std::fs::create_dir_all(dir).expect("dir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf");
-    let cert_file = dir.join("server.pem");
-    let key_file = dir.join("server.key");
-    std::fs::write(&cert_file, leaf.pem()).expect("write");
-    std::fs::write(&key_file, leaf_key.serialize_pem()).expect("write");
+    let (ca, cert_file, key_file) = common::test_pki(dir);
     (
-        ca_cert.pem(),
+        ca,
         parlor_server::tls::TlsConfig {
             cert_file,
             key_file,

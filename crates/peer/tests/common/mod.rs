@@ -96,7 +96,7 @@ fn free_port() -> u16 {
 }
 
 /// A CA and a `localhost` leaf it signed, written to `dir`: (CA PEM, cert file, key file).
-fn test_pki(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn test_pki(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -108,8 +108,9 @@ fn test_pki(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::Pa
         .expect("params")
         .signed_by(&leaf_key, &issuer)
         .expect("leaf");
-    let cert = dir.join("turn-cert.pem");
-    let key = dir.join("turn-key.pem");
+    std::fs::create_dir_all(dir).expect("dir");
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
     std::fs::write(&cert, leaf.pem()).expect("write");
     std::fs::write(&key, leaf_key.serialize_pem()).expect("write");
     (ca_cert.pem(), cert, key)
