@@ -6,41 +6,11 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Coturn, TURN_SECRET, WAIT, peer_with, server_with_turn, wait_for};
-use parlor_peer::room::{RoomEvent, RoomEvents, RoomOptions, RoomPeer};
-use parlor_peer::{DataMessage, EncodedFrame, LocalTrack, PeerConnectionState, RemoteTrack};
-
-/// A 20 ms CELT packet: enough for the transport, no codec needed.
-const OPUS_FRAME: [u8; 3] = [31 << 3, 0xff, 0xfe];
-
-async fn track_from(ev: &mut RoomEvents, peer: &str) -> RemoteTrack {
-    wait_for(ev, |e| match e {
-        RoomEvent::Track { peer_id, track } if peer_id == peer => Some(track.clone()),
-        _ => None,
-    })
-    .await
-}
-
-fn pace(track: LocalTrack) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            track.push(EncodedFrame::opus(OPUS_FRAME.to_vec()).expect("opus"));
-        }
-    })
-}
-
-async fn frames(track: &RemoteTrack, n: usize) {
-    tokio::time::timeout(WAIT, async {
-        for _ in 0..n {
-            let f = track.recv().await.expect("track ended early");
-            assert_eq!(&f.data[..], &OPUS_FRAME[..]);
-        }
-    })
-    .await
-    .expect("frames did not arrive");
-}
+use common::{
+    Coturn, TURN_SECRET, WAIT, frames, pace, peer_with, server_with_turn, track_from, wait_for,
+};
+use parlor_peer::room::{RoomEvent, RoomOptions, RoomPeer};
+use parlor_peer::{DataMessage, LocalTrack, PeerConnectionState};
 
 /// Two peers in `room`, each sending a paced audio track; returns once each has frames.
 async fn exchange(a: &RoomPeer, b: &RoomPeer, room: &str) {
@@ -76,6 +46,31 @@ async fn exchange(a: &RoomPeer, b: &RoomPeer, room: &str) {
     dc_b.send(vec![7u8; 1000]).await.expect("send");
     let back = tokio::time::timeout(WAIT, dc_a.recv()).await.expect("recv");
     assert_eq!(back, Some(DataMessage::Binary(vec![7u8; 1000])));
+}
+
+/// Two relay-only peers in `room` must not reach `Connected` within 4 s.
+async fn never_connects(url: &str, room: &str) {
+    let relay = || RoomOptions::default().relay_only(true);
+    let (a, b) = (peer_with(url, relay()), peer_with(url, relay()));
+    let mut ea = a.events();
+    a.join(room, false).await.expect("join a");
+    b.join(room, false).await.expect("join b");
+    let b_id = b.peer_id().expect("b id");
+    let connected = tokio::time::timeout(
+        Duration::from_secs(4),
+        wait_for(&mut ea, |e| match e {
+            RoomEvent::ConnectionState { peer_id, state }
+                if *peer_id == b_id && *state == PeerConnectionState::Connected =>
+            {
+                Some(())
+            }
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(connected.is_err(), "connected without a usable relay");
+    a.close().await;
+    b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,33 +126,7 @@ async fn an_untrusted_turns_certificate_is_refused() {
     let turn = Coturn::start_tls(TURN_SECRET).await;
     let (url, _) = turn.tls_url();
     let server = server_with_turn(vec![url], TURN_SECRET).await;
-    let relay = || RoomOptions::default().relay_only(true);
-    let (a, b) = (
-        peer_with(&server.url(), relay()),
-        peer_with(&server.url(), relay()),
-    );
-    let mut ea = a.events();
-    a.join("untrusted", false).await.expect("join a");
-    b.join("untrusted", false).await.expect("join b");
-    let b_id = b.peer_id().expect("b id");
-    let connected = tokio::time::timeout(
-        Duration::from_secs(4),
-        wait_for(&mut ea, |e| match e {
-            RoomEvent::ConnectionState { peer_id, state }
-                if *peer_id == b_id && *state == PeerConnectionState::Connected =>
-            {
-                Some(())
-            }
-            _ => None,
-        }),
-    )
-    .await;
-    assert!(
-        connected.is_err(),
-        "connected through an unverified TURN server"
-    );
-    a.close().await;
-    b.close().await;
+    never_connects(&server.url(), "untrusted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,31 +148,5 @@ async fn refused_turn_credentials_fall_back_to_host_candidates() {
 async fn relay_only_without_a_working_relay_does_not_connect() {
     let turn = Coturn::start("a-different-secret-entirely").await;
     let server = server_with_turn(vec![turn.url()], TURN_SECRET).await;
-    let relay = || RoomOptions::default().relay_only(true);
-    let (a, b) = (
-        peer_with(&server.url(), relay()),
-        peer_with(&server.url(), relay()),
-    );
-    let mut ea = a.events();
-    a.join("nowhere", false).await.expect("join a");
-    b.join("nowhere", false).await.expect("join b");
-    let b_id = b.peer_id().expect("b id");
-    let connected = tokio::time::timeout(
-        Duration::from_secs(4),
-        wait_for(&mut ea, |e| match e {
-            RoomEvent::ConnectionState { peer_id, state }
-                if *peer_id == b_id && *state == PeerConnectionState::Connected =>
-            {
-                Some(())
-            }
-            _ => None,
-        }),
-    )
-    .await;
-    assert!(
-        connected.is_err(),
-        "connected with no relay and no host candidate"
-    );
-    a.close().await;
-    b.close().await;
+    never_connects(&server.url(), "nowhere").await;
 }

@@ -7,44 +7,9 @@ mod common;
 
 use tokio::net::TcpListener;
 
-use common::{WAIT, peer, server_on, wait_for};
+use common::{WAIT, frames, pace, peer, server_on, track_from, wait_for};
 use parlor_peer::room::{RoomEvent, RoomEvents, RoomPeer};
 use parlor_peer::{DataMessage, EncodedFrame, LocalTrack, RemoteTrack};
-/// A 20 ms CELT packet (config 31, one frame): enough for the transport, no codec needed.
-const OPUS_FRAME: [u8; 3] = [31 << 3, 0xff, 0xfe];
-
-/// The next track `peer` sends.
-async fn track_from(ev: &mut RoomEvents, peer: &str) -> RemoteTrack {
-    wait_for(ev, |e| match e {
-        RoomEvent::Track { peer_id, track } if peer_id == peer => Some(track.clone()),
-        _ => None,
-    })
-    .await
-}
-
-/// Push a 20 ms frame every 20 ms until dropped.
-fn pace(track: LocalTrack) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            track.push(EncodedFrame::opus(OPUS_FRAME.to_vec()).expect("opus"));
-        }
-    })
-}
-
-async fn frames(track: &RemoteTrack, n: usize) {
-    tokio::time::timeout(WAIT, async {
-        for _ in 0..n {
-            let f = track.recv().await.expect("track ended early");
-            assert_eq!(&f.data[..], &OPUS_FRAME[..]);
-            assert_eq!(f.samples, 960);
-        }
-    })
-    .await
-    .expect("frames did not arrive");
-}
-
 /// A call in `room`: A sends a paced audio track, B has received a few of its frames.
 struct Call {
     server: parlor_server::ServerHandle,

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use parlor_peer::room::{RoomEvent, RoomEvents, RoomPeer};
 use parlor_peer::signalling::{ReconnectOptions, SignallingClient};
+use parlor_peer::{EncodedFrame, LocalTrack, RemoteTrack};
 use parlor_server::config::Config;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
@@ -36,6 +37,41 @@ pub(crate) fn peer(url: &str) -> RoomPeer {
             .build()
             .expect("client"),
     )
+}
+
+/// A 20 ms CELT packet (config 31, one frame): enough for the transport, no codec needed.
+pub(crate) const OPUS_FRAME: [u8; 3] = [31 << 3, 0xff, 0xfe];
+
+/// The next track `peer` sends.
+pub(crate) async fn track_from(ev: &mut RoomEvents, peer: &str) -> RemoteTrack {
+    wait_for(ev, |e| match e {
+        RoomEvent::Track { peer_id, track } if peer_id == peer => Some(track.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Push a 20 ms frame every 20 ms until dropped.
+pub(crate) fn pace(track: LocalTrack) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            track.push(EncodedFrame::opus(OPUS_FRAME.to_vec()).expect("opus"));
+        }
+    })
+}
+
+pub(crate) async fn frames(track: &RemoteTrack, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        for _ in 0..n {
+            let f = track.recv().await.expect("track ended early");
+            assert_eq!(&f.data[..], &OPUS_FRAME[..]);
+            assert_eq!(f.samples, 960);
+        }
+    })
+    .await
+    .expect("frames did not arrive");
 }
 
 pub(crate) async fn wait_for<T>(
