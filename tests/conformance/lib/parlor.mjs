@@ -207,14 +207,26 @@ function safeJson(v) {
  */
 export async function startNats() {
   const { existsSync } = await import("node:fs");
-  const net = await import("node:net");
   const bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].find((p) => existsSync(p)) || "nats-server";
-  const port = await new Promise((resolve, reject) => {
+  const port = await freePort();
+  const daemon = await startDaemon(bin, ["-a", "127.0.0.1", "-p", String(port)], port, "nats-server");
+  return { url: `nats://127.0.0.1:${port}`, stop: daemon.stop };
+}
+
+/** A free TCP port on 127.0.0.1 (the OS picks it; released before returning). */
+async function freePort() {
+  const net = await import("node:net");
+  return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.listen(0, "127.0.0.1", () => { const p = srv.address().port; srv.close(() => resolve(p)); });
     srv.on("error", reject);
   });
-  const proc = spawn(bin, ["-a", "127.0.0.1", "-p", String(port)], { stdio: "ignore" });
+}
+
+/** Spawn `bin args` and wait until 127.0.0.1:`port` accepts TCP; resolves to { stop() } (SIGKILL). */
+async function startDaemon(bin, args, port, what) {
+  const net = await import("node:net");
+  const proc = spawn(bin, args, { stdio: "ignore" });
   const deadline = Date.now() + WAIT_MS;
   for (;;) {
     const ok = await new Promise((r) => {
@@ -222,11 +234,10 @@ export async function startNats() {
       s.on("error", () => r(false));
     });
     if (ok) break;
-    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error("nats-server did not start"); }
+    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error(`${what} did not start`); }
     await new Promise((r) => setTimeout(r, 50));
   }
   return {
-    url: `nats://127.0.0.1:${port}`,
     async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       const exited = new Promise((r) => proc.once("exit", r));
@@ -243,38 +254,14 @@ export const TURN_SECRET = "conformance-turn-secret";
  * (`use-auth-secret`, TURN_SECRET unless given) and loopback peers allowed.
  */
 export async function startCoturn({ secret = TURN_SECRET } = {}) {
-  const net = await import("node:net");
-  const port = await new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1", () => { const p = srv.address().port; srv.close(() => resolve(p)); });
-    srv.on("error", reject);
-  });
+  const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), "parlor-coturn-"));
   const args = ["-n", "--listening-ip=127.0.0.1", `--listening-port=${port}`, "--relay-ip=127.0.0.1",
     "--use-auth-secret", `--static-auth-secret=${secret}`, "--realm=parlor.test", "--allow-loopback-peers",
     "--no-tls", "--no-dtls", "--no-cli", "--no-stdout-log", `--log-file=${path.join(dir, "turn.log")}`,
     `--pidfile=${path.join(dir, "turn.pid")}`, `--userdb=${path.join(dir, "turndb")}`];
-  const proc = spawn("turnserver", args, { stdio: "ignore" });
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    const ok = await new Promise((r) => {
-      const s = net.connect(port, "127.0.0.1", () => { s.destroy(); r(true); });
-      s.on("error", () => r(false));
-    });
-    if (ok) break;
-    if (Date.now() > deadline) { proc.kill("SIGKILL"); throw new Error("coturn (turnserver) did not start"); }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    port,
-    url: `turn:127.0.0.1:${port}?transport=udp`,
-    async stop() {
-      if (proc.exitCode !== null || proc.signalCode !== null) return;
-      const exited = new Promise((r) => proc.once("exit", r));
-      proc.kill("SIGKILL");
-      await exited;
-    },
-  };
+  const daemon = await startDaemon("turnserver", args, port, "coturn (turnserver)");
+  return { port, url: `turn:127.0.0.1:${port}?transport=udp`, stop: daemon.stop };
 }
 
 /** BASE_CONFIG plus a [turn] table minting credentials for `urls` with TURN_SECRET. */

@@ -235,6 +235,32 @@ class ParlorServer:
             return e.code, e.read().decode("utf-8", "replace")
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the OS picks it; released before returning)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(args: list[str], port: int, what: str) -> subprocess.Popen:
+    """Spawn `args` and wait (WAIT at most) until 127.0.0.1:`port` accepts TCP."""
+    import socket
+
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if time.monotonic() >= deadline:
+                proc.kill()
+                raise AssertionError(f"{what} did not start")
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def parlor_factory(tmp_path: Path, request: pytest.FixtureRequest):
     """Start extra servers: parlor_factory(config_text=None, dev_key=True, port=0)."""

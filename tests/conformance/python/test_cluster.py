@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import WAIT, Direct, Message, Presence, build_config, connect
+from conftest import WAIT, Direct, Message, Presence, build_config, connect, free_port, start_daemon
 from test_reconnect import FAST_RECONNECT
 from test_webrtc import _add_sine_source, _collect_audio, make_peer  # noqa: F401 (fixture)
 from metered_realtime import Connected, Data, PeerJoined, Track
 
 HEARTBEAT_MS = 250
 NODE_TIMEOUT_MS = 1500
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nats_bin() -> str:
@@ -39,17 +31,8 @@ def _nats_bin() -> str:
 
 @pytest.fixture
 def nats_url():
-    port = _free_port()
-    proc = subprocess.Popen([_nats_bin(), "-a", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
+    port = free_port()
+    proc = start_daemon([_nats_bin(), "-a", "127.0.0.1", "-p", str(port)], port, "nats-server")
     yield f"nats://127.0.0.1:{port}"
     proc.kill()
     proc.wait(timeout=10)

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import DEV_KEY, WAIT, build_config, parlor_bin
+from conftest import DEV_KEY, WAIT, build_config, free_port, parlor_bin, start_daemon
 from metered_realtime import (
     DataChannel,
     DataChannelOpened,
@@ -524,29 +524,16 @@ TURN_SECRET = "conformance-turn-secret"
 def coturn(tmp_path: Path):
     """coturn (Debian package coturn) on a free loopback port with TURN REST credentials
     (use-auth-secret) and loopback peers allowed; yields its turn: URL."""
-    import socket
-    import time
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     d = tmp_path / "coturn"
     d.mkdir()
-    proc = subprocess.Popen(
+    proc = start_daemon(
         ["turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
          "--relay-ip=127.0.0.1", "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}",
          "--realm=parlor.test", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
          "--no-stdout-log", f"--log-file={d / 'turn.log'}", f"--pidfile={d / 'turn.pid'}",
          f"--userdb={d / 'turndb'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "coturn did not start"
-            time.sleep(0.05)
+        port, "coturn")
     yield f"turn:127.0.0.1:{port}?transport=udp"
     proc.kill()
     proc.wait()
