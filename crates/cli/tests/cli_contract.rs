@@ -292,6 +292,33 @@ fn bench_connections_and_fanout_run_small() {
 }
 
 #[test]
+fn bench_connections_spreads_over_client_processes_and_cluster_nodes() {
+    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nats-server (scripts/system-deps.sh installs it)");
+    let v = bench_json(&[
+        "connections",
+        "--count",
+        "61",
+        "--clients",
+        "2",
+        "--nodes",
+        "2",
+        "--nats-server",
+        nats,
+        "--sources",
+        "3",
+        "--hold-secs",
+        "0",
+    ]);
+    assert_eq!(v["held"], 61, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(v["nodes"], 2, "{v}");
+    assert_eq!(v["client_processes"], 2, "{v}");
+}
+
+#[test]
 fn bench_fanout_runs_against_a_cluster() {
     let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
         .into_iter()

@@ -38,15 +38,45 @@ pub(crate) struct ConnectionsArgs {
     /// Loopback source addresses to spread connections over (127.0.0.1 … 127.0.0.N).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=250))]
     sources: u8,
-    /// Connection handshakes in flight at once.
+    /// Connection handshakes in flight at once (over all client processes).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Seconds to hold every connection before measuring memory.
     #[arg(long, default_value_t = 5)]
     hold_secs: u64,
+    /// Parlor nodes: 1 = one server; more = a cluster on a nats-server, connections spread
+    /// round-robin (each process holds one descriptor per connection, so a per-process
+    /// open-file limit below `--count` needs more nodes).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    nodes: u8,
+    /// Client processes holding the connections (default: as few as the open-file limit
+    /// allows).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    clients: Option<u16>,
+    /// The nats-server program (with `--nodes` > 1).
+    #[arg(long, default_value = "nats-server")]
+    nats_server: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// One client process of `parlor bench connections` (spawned by it; not for direct use).
+#[derive(Args, Debug)]
+pub(crate) struct ConnectionsWorkerArgs {
+    /// Server addresses, comma-separated; connection `i` goes to `targets[i % len]`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    targets: Vec<SocketAddr>,
+    /// Connections this process opens.
+    #[arg(long)]
+    count: usize,
+    /// Global index of this process's first connection (spreads sources and targets).
+    #[arg(long, default_value_t = 0)]
+    first: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -314,6 +344,33 @@ impl Drop for ServerProcess {
     }
 }
 
+/// One `parlor serve` (`nodes` = 1), or a cluster of `nodes` synced through a fresh
+/// nats-server (kept alive by the returned handle).
+async fn spawn_servers(
+    nodes: usize,
+    nats_server: &PathBuf,
+) -> anyhow::Result<(Option<NatsProcess>, Vec<ServerProcess>)> {
+    if nodes <= 1 {
+        return Ok((None, vec![ServerProcess::spawn()?]));
+    }
+    let nats = NatsProcess::spawn(nats_server)?;
+    nats.ready().await?;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let servers = (0..nodes)
+        .map(|_| ServerProcess::spawn_node(&url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in &servers {
+        while node.synced_nodes().await != (nodes - 1) as u64 {
+            if Instant::now() > deadline {
+                bail!("cluster nodes did not sync within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok((Some(nats), servers))
+}
+
 fn source(i: usize, sources: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(
         127,
@@ -415,25 +472,265 @@ fn ms(d: f64) -> String {
 // ---------------------------------------------------------------------------------------
 // connections
 
-pub(super) async fn connections(args: ConnectionsArgs) -> anyhow::Result<()> {
-    // Each process (this one, the server) holds one descriptor per connection.
-    raise_nofile(args.count as u64 + 512)?;
-    let server = ServerProcess::spawn()?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = server.rss_bytes();
-    let url = server.url();
+/// What a client process reports once every connection attempt has finished.
+#[derive(serde::Serialize, Deserialize, Default)]
+struct WorkerReport {
+    latencies_ms: Vec<f64>,
+    failed: usize,
+    first_error: Option<String>,
+    connect_secs: f64,
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let live = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+/// The hard open-file limit of this process.
+fn hard_nofile() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX)
+}
+
+pub(super) async fn connections(args: ConnectionsArgs) -> anyhow::Result<()> {
+    let nodes = usize::from(args.nodes);
+    // Every process holds one descriptor per connection it serves or opens, plus its own.
+    let spare = 512u64;
+    let per_node = args.count.div_ceil(nodes) as u64 + spare;
+    let hard = hard_nofile();
+    if per_node > hard {
+        bail!(
+            "{} connections over {nodes} node(s) need {per_node} open files per node, but the \
+             hard limit is {hard}: pass --nodes {} (or raise `ulimit -Hn`)",
+            args.count,
+            (args.count as u64).div_ceil(hard.saturating_sub(spare).max(1))
+        );
+    }
+    raise_nofile(per_node.max(spare))?;
+    let per_client = hard.saturating_sub(spare).clamp(1, 1 << 20) as usize;
+    let clients = args
+        .clients
+        .map(usize::from)
+        .unwrap_or_else(|| args.count.div_ceil(per_client).max(1));
+    if args.count.div_ceil(clients) as u64 + spare > hard {
+        bail!(
+            "--clients {clients} leaves more connections per client process than the open-file limit {hard}"
+        );
+    }
+
+    let (_bus, servers) = spawn_servers(nodes, &args.nats_server).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_all = || servers.iter().map(ServerProcess::rss_bytes).sum::<u64>();
+    let rss_before = rss_all();
+    let targets = servers
+        .iter()
+        .map(|s| s.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+
     let progress = Progress::start("connecting", args.count);
+    let mut workers = Vec::new();
+    let mut first = 0;
+    for w in 0..clients {
+        let count = args.count / clients + usize::from(w < args.count % clients);
+        workers.push(ClientProcess::spawn(
+            &targets,
+            count,
+            first,
+            args.sources,
+            args.concurrency.div_ceil(clients).max(1),
+            progress.done.clone(),
+        )?);
+        first += count;
+    }
+    let mut report = WorkerReport::default();
+    for w in &mut workers {
+        let r = w.report().await?;
+        report.latencies_ms.extend(r.latencies_ms);
+        report.failed += r.failed;
+        report.first_error = report.first_error.or(r.first_error);
+        report.connect_secs = report.connect_secs.max(r.connect_secs);
+    }
+    drop(progress);
+    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    let mut held = 0;
+    for w in &mut workers {
+        held += w.held().await?;
+    }
+    let rss_after = rss_all();
+    let server_cpu = servers.iter().map(ServerProcess::cpu_seconds).sum::<f64>();
+    let per_conn = rss_after.saturating_sub(rss_before) as f64 / held.max(1) as f64;
+    drop(workers);
+
+    let mut latencies = report.latencies_ms;
+    let (p50, p99, max) = (
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+        percentile(&mut latencies, 1.0),
+    );
+    let rate = latencies.len() as f64 / report.connect_secs.max(1e-9);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "connections",
+                "requested": args.count,
+                "held": held,
+                "failed": report.failed,
+                "sources": args.sources,
+                "nodes": nodes,
+                "client_processes": clients,
+                "connect_per_sec": rate,
+                "welcome_ms": {"p50": p50, "p99": p99, "max": max},
+                "server_rss_before_bytes": rss_before,
+                "server_rss_after_bytes": rss_after,
+                "server_rss_per_connection_bytes": per_conn,
+                "server_cpu_seconds": server_cpu,
+            })
+        );
+    } else {
+        println!(
+            "parlor bench connections: {} connections from {} loopback addresses and {clients} \
+             client process(es), {} handshakes in flight, {}",
+            args.count,
+            args.sources,
+            args.concurrency,
+            if nodes == 1 {
+                "one server".to_owned()
+            } else {
+                format!("{nodes} cluster nodes on nats-server (RSS summed over the nodes)")
+            }
+        );
+        println!(
+            "| held | failed | connect rate | connect→welcome p50 / p99 / max | server RSS before → after | per connection |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| {held} | {} | {rate:.0}/s | {} / {} / {} | {:.1} → {:.1} MiB | {:.2} KiB |",
+            report.failed,
+            ms(p50),
+            ms(p99),
+            ms(max),
+            rss_before as f64 / 1048576.0,
+            rss_after as f64 / 1048576.0,
+            per_conn / 1024.0
+        );
+    }
+    if let Some(e) = report.first_error {
+        eprintln!("first connect error: {e}");
+    }
+    Ok(())
+}
+
+/// A `parlor bench connections-worker` child. Its stdout carries `p <n>` progress lines,
+/// then one [`WorkerReport`] line, then a held count per `held` line on its stdin; closing
+/// its stdin closes its connections.
+struct ClientProcess {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl ClientProcess {
+    fn spawn(
+        targets: &str,
+        count: usize,
+        first: usize,
+        sources: u8,
+        concurrency: usize,
+        done: Arc<AtomicUsize>,
+    ) -> anyhow::Result<ClientProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["bench", "connections-worker", "--targets", targets])
+            .args(["--count", &count.to_string(), "--first", &first.to_string()])
+            .args(["--sources", &sources.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start a bench client process")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line
+                    .strip_prefix("p ")
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    done.fetch_add(n.saturating_sub(last), Ordering::Relaxed);
+                    last = n;
+                } else if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ClientProcess {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    async fn line(&mut self) -> anyhow::Result<String> {
+        self.lines
+            .recv()
+            .await
+            .context("a bench client process exited early")
+    }
+
+    async fn report(&mut self) -> anyhow::Result<WorkerReport> {
+        Ok(serde_json::from_str(&self.line().await?)?)
+    }
+
+    async fn held(&mut self) -> anyhow::Result<usize> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        stdin.write_all(b"held\n")?;
+        stdin.flush()?;
+        Ok(self.line().await?.trim().parse()?)
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The client side of `connections`, in its own process: open `count` connections, report,
+/// answer the server's pings and `held` queries until stdin closes.
+pub(super) async fn connections_worker(args: ConnectionsWorkerArgs) -> anyhow::Result<()> {
+    raise_nofile(args.count as u64 + 512)?;
+    let live = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Result<f64, String>>();
+    let ticker = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                println!("p {}", done.load(Ordering::Relaxed));
+            }
+        })
+    };
     let t0 = Instant::now();
-    for i in 0..args.count {
+    for g in args.first..args.first + args.count {
         let permit = gate.clone().acquire_owned().await?;
-        let (url, addr, src) = (url.clone(), server.addr, source(i, args.sources));
+        let addr = args.targets[g % args.targets.len()];
+        let url = format!("ws://{addr}/v1?key={BENCH_KEY}");
+        let src = source(g, args.sources);
         let (live, lat_tx, mut stop_rx) = (live.clone(), lat_tx.clone(), stop_rx.clone());
-        let done = progress.done.clone();
+        let done = done.clone();
         tokio::spawn(async move {
             let start = Instant::now();
             let ws = async {
@@ -470,69 +767,39 @@ pub(super) async fn connections(args: ConnectionsArgs) -> anyhow::Result<()> {
         });
     }
     drop(lat_tx);
-    let mut latencies = Vec::with_capacity(args.count);
-    let mut errors: Vec<String> = Vec::new();
+    let mut report = WorkerReport::default();
     while let Some(r) = lat_rx.recv().await {
         match r {
-            Ok(l) => latencies.push(l),
-            Err(e) => errors.push(e),
+            Ok(l) => report.latencies_ms.push(l),
+            Err(e) => {
+                report.failed += 1;
+                report.first_error.get_or_insert(e);
+            }
         }
     }
-    let connect_secs = t0.elapsed().as_secs_f64();
-    drop(progress);
-    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
-    let held = live.load(Ordering::Relaxed);
-    let rss_after = server.rss_bytes();
-    let server_cpu = server.cpu_seconds();
-    let per_conn = rss_after.saturating_sub(rss_before) as f64 / held.max(1) as f64;
+    report.connect_secs = t0.elapsed().as_secs_f64();
+    ticker.abort();
+    println!("p {}", done.load(Ordering::Relaxed));
+    println!("{}", serde_json::to_string(&report)?);
+    // `held` queries until the parent closes stdin.
+    let (q_tx, mut q_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l.trim() == "held" => {
+                    if q_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    while q_rx.recv().await.is_some() {
+        println!("{}", live.load(Ordering::Relaxed));
+    }
     let _ = stop_tx.send(true);
-
-    let (p50, p99, max) = (
-        percentile(&mut latencies, 0.5),
-        percentile(&mut latencies, 0.99),
-        percentile(&mut latencies, 1.0),
-    );
-    let rate = latencies.len() as f64 / connect_secs;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "bench": "connections",
-                "requested": args.count,
-                "held": held,
-                "failed": errors.len(),
-                "sources": args.sources,
-                "connect_per_sec": rate,
-                "welcome_ms": {"p50": p50, "p99": p99, "max": max},
-                "server_rss_before_bytes": rss_before,
-                "server_rss_after_bytes": rss_after,
-                "server_rss_per_connection_bytes": per_conn,
-                "server_cpu_seconds": server_cpu,
-            })
-        );
-    } else {
-        println!(
-            "parlor bench connections: {} connections from {} loopback addresses, {} handshakes in flight",
-            args.count, args.sources, args.concurrency
-        );
-        println!(
-            "| held | failed | connect rate | connect→welcome p50 / p99 / max | server RSS before → after | per connection |"
-        );
-        println!("|---|---|---|---|---|---|");
-        println!(
-            "| {held} | {} | {rate:.0}/s | {} / {} / {} | {:.1} → {:.1} MiB | {:.2} KiB |",
-            errors.len(),
-            ms(p50),
-            ms(p99),
-            ms(max),
-            rss_before as f64 / 1048576.0,
-            rss_after as f64 / 1048576.0,
-            per_conn / 1024.0
-        );
-    }
-    if let Some(e) = errors.first() {
-        eprintln!("first connect error: {e}");
-    }
     Ok(())
 }
 
@@ -658,26 +925,7 @@ fn body_text(tally: &Tally, p: usize, s: u64, pad: &str) -> String {
 
 async fn fanout_parlor(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let n_nodes = usize::from(args.nodes);
-    let (_bus, servers) = if n_nodes == 1 {
-        (None, vec![ServerProcess::spawn()?])
-    } else {
-        let nats = NatsProcess::spawn(&args.nats_server)?;
-        nats.ready().await?;
-        let url = format!("nats://127.0.0.1:{}", nats.port);
-        let nodes = (0..n_nodes)
-            .map(|_| ServerProcess::spawn_node(&url))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in &nodes {
-            while node.synced_nodes().await != (n_nodes - 1) as u64 {
-                if Instant::now() > deadline {
-                    bail!("cluster nodes did not sync within 20 s");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        (Some(nats), nodes)
-    };
+    let (_bus, servers) = spawn_servers(n_nodes, &args.nats_server).await?;
     let node = |i: usize| &servers[i % servers.len()];
     let (k_ch, n_pub, n_sub) = (args.channels, args.publishers, args.subscribers);
     let tally = Arc::new(Tally::new(k_ch * n_pub, n_sub));

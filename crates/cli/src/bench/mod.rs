@@ -16,6 +16,9 @@ pub(crate) enum BenchCommand {
     Audio(audio::AudioArgs),
     /// Hold N idle connections: server RSS per connection, connect rate, welcome latency.
     Connections(load::ConnectionsArgs),
+    /// One client process of `connections` (started by it).
+    #[command(hide = true)]
+    ConnectionsWorker(load::ConnectionsWorkerArgs),
     /// Publishers × subscribers per channel: delivered messages/s, latency, loss; the same
     /// shape against nats-server in the same run.
     Fanout(load::FanoutArgs),
@@ -31,6 +34,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::audio(args).await,
         BenchCommand::Connections(args) => load::connections(args).await,
+        BenchCommand::ConnectionsWorker(args) => load::connections_worker(args).await,
         BenchCommand::Fanout(args) => load::fanout(args).await,
         BenchCommand::Direct(args) => load::direct(args).await,
         BenchCommand::Churn(args) => load::churn(args).await,

@@ -435,6 +435,7 @@ impl Replica {
             return; // a peer id is never reused; a duplicate announcement changes nothing
         }
         let p: Arc<str> = Arc::from(p);
+        let tenant = rt.name.clone();
         rt.peers.insert(
             p.clone(),
             RemotePeer {
@@ -445,7 +446,7 @@ impl Replica {
             },
         );
         if let Some(n) = self.nodes.get_mut(&node) {
-            n.peers.insert((Arc::from(t), p));
+            n.peers.insert((tenant, p));
         }
     }
 
