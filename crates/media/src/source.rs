@@ -11,7 +11,7 @@ use parlor_peer::{EncodedFrame, LocalTrack};
 use tokio::sync::Notify;
 
 use crate::MediaError;
-use crate::codec::{Encoder, FRAME_SAMPLES, OpusSettings, SAMPLE_RATE};
+use crate::codec::{Encoder, OpusSettings, codec_rate_for};
 use crate::resample::StreamResampler;
 
 /// Channel layout of pushed PCM.
@@ -95,7 +95,7 @@ enum Phase {
 }
 
 struct State {
-    /// 48 kHz interleaved samples in the encoder's channel count.
+    /// Interleaved samples at the encoder's rate, in its channel count.
     buf: VecDeque<i16>,
     /// A trailing partial sample frame of the last push.
     carry: Vec<u8>,
@@ -115,6 +115,8 @@ struct Shared {
     input_channels: usize,
     out_channels: usize,
     input_rate: u32,
+    /// The encoder's rate, which the buffer holds.
+    rate: u32,
     cap: usize,
 }
 
@@ -153,11 +155,13 @@ impl AudioSource {
         options: AudioSourceOptions,
         track: LocalTrack,
     ) -> Result<AudioSource, MediaError> {
-        let encoder = Encoder::new(options.opus)?;
+        // The encoder runs at the smallest Opus rate that keeps the input's bandwidth.
+        let rate = codec_rate_for(options.input_rate);
         let input_channels = options.layout.channels();
+        let resampler = StreamResampler::new(options.input_rate, rate, input_channels)?;
+        let encoder = Encoder::with_rate(options.opus, rate)?;
         let out_channels = encoder.channels();
-        let resampler = StreamResampler::new(options.input_rate, SAMPLE_RATE, input_channels)?;
-        let cap_frames = (options.max_buffered.as_secs_f64() * f64::from(SAMPLE_RATE)) as usize;
+        let cap_frames = (options.max_buffered.as_secs_f64() * f64::from(rate)) as usize;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 buf: VecDeque::new(),
@@ -173,7 +177,8 @@ impl AudioSource {
             input_channels,
             out_channels,
             input_rate: options.input_rate,
-            cap: cap_frames.max(FRAME_SAMPLES) * out_channels,
+            rate,
+            cap: cap_frames.max(encoder.frame_samples()) * out_channels,
         });
         tokio::spawn(pace(shared.clone(), encoder, track.clone()));
         Ok(AudioSource { shared, track })
@@ -187,7 +192,7 @@ impl AudioSource {
     /// Seconds of audio buffered and not yet sent.
     pub fn buffered_seconds(&self) -> f64 {
         let st = self.shared.lock();
-        st.buf.len() as f64 / self.shared.out_channels as f64 / f64::from(SAMPLE_RATE)
+        st.buf.len() as f64 / self.shared.out_channels as f64 / f64::from(self.shared.rate)
     }
 
     /// 20 ms ticks that found the buffer short (silence or a partial frame was sent) since
@@ -344,7 +349,7 @@ fn next_tick(now: tokio::time::Instant) -> tokio::time::Instant {
 
 /// The pacer: one frame per tick of the shared frame clock.
 async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
-    let frame_len = FRAME_SAMPLES * shared.out_channels;
+    let frame_len = encoder.frame_samples() * shared.out_channels;
     let mut pcm: Vec<i16> = Vec::with_capacity(frame_len);
     loop {
         tokio::time::sleep_until(next_tick(tokio::time::Instant::now())).await;

@@ -86,6 +86,26 @@ async fn stop_drops_the_buffer_at_once() {
     src.end().await; // returns at once after stop
 }
 
+#[tokio::test]
+async fn buffered_seconds_hold_at_every_input_rate() {
+    // The encoder runs at the smallest Opus rate that keeps the input's bandwidth (22.05 kHz
+    // → 24 kHz, 44.1 kHz → 48 kHz, 8 kHz as is): a second in is a second buffered.
+    for (rate, layout) in [
+        (8_000, Layout::Mono),
+        (22_050, Layout::Mono),
+        (24_000, Layout::Stereo),
+        (44_100, Layout::Stereo),
+    ] {
+        let src = AudioSource::new(AudioSourceOptions::new(rate, layout)).expect("source");
+        let channels = if layout == Layout::Stereo { 2 } else { 1 };
+        let bytes = rate as usize / 2 * 2 * channels;
+        src.push(&vec![0u8; bytes]).await.expect("push 0.5 s");
+        let b = src.buffered_seconds();
+        assert!((0.44..=0.51).contains(&b), "{rate} Hz {layout:?}: {b} s");
+        src.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sine_crosses_webrtc_and_comes_out_at_16k() {
     let mut config = Config::default();

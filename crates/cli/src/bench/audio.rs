@@ -12,7 +12,7 @@ use clap::Args;
 use super::{cpu_seconds, percentile, rss_bytes, stat_cpu};
 use serde_json::json;
 
-use parlor_media::codec::{Decoder, Encoder, FRAME_SAMPLES};
+use parlor_media::codec::{Decoder, Encoder};
 use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout, OpusSettings};
 use parlor_peer::room::{RoomEvent, RoomPeer};
 use parlor_peer::signalling::SignallingClient;
@@ -183,17 +183,19 @@ fn to_bytes(s: &[i16]) -> Vec<u8> {
 /// libopus encode + decode CPU-s per audio-second on the same signal and settings.
 fn opus_floor(settings: OpusSettings, signal: &[i16], rate: u32) -> anyhow::Result<f64> {
     let secs = signal.len() as f64 / f64::from(rate);
-    let mut pcm48 = Vec::new();
-    let mut rs = parlor_media::StreamResampler::new(rate, 48_000, 1)?;
-    rs.process(signal, &mut pcm48)?;
+    // The encoder rate an `AudioSource` picks for this input.
+    let codec_rate = parlor_media::codec::codec_rate_for(rate);
+    let mut pcm = Vec::new();
+    let mut rs = parlor_media::StreamResampler::new(rate, codec_rate, 1)?;
+    rs.process(signal, &mut pcm)?;
     if settings.channels == 2 {
-        pcm48 = pcm48.iter().flat_map(|s| [*s, *s]).collect();
+        pcm = pcm.iter().flat_map(|s| [*s, *s]).collect();
     }
-    let mut enc = Encoder::new(settings)?;
+    let mut enc = Encoder::with_rate(settings, codec_rate)?;
     let mut dec = Decoder::new()?;
-    let frame = FRAME_SAMPLES * usize::from(settings.channels);
+    let frame = enc.frame_samples() * usize::from(settings.channels);
     let start = thread_cpu();
-    for chunk in pcm48.chunks_exact(frame) {
+    for chunk in pcm.chunks_exact(frame) {
         let packet = enc.encode(chunk)?;
         dec.decode(&packet)?;
     }
