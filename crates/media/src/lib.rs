@@ -3,7 +3,8 @@
 //! Audio for Parlor peers, on top of the peer SDK's encoded-frame tracks:
 //!
 //! * [`AudioSource`] — push PCM (any rate, mono or stereo) and the source resamples it to
-//!   48 kHz, encodes Opus and paces one 20 ms frame every 20 ms onto its
+//!   the smallest Opus rate that keeps its bandwidth (16 kHz stays 16 kHz, 22.05 kHz becomes
+//!   24 kHz, 44.1 kHz becomes 48 kHz), encodes Opus (48 kHz RTP clock) and paces one 20 ms frame every 20 ms onto its
 //!   [`LocalTrack`](parlor_peer::LocalTrack), with backpressure at a cap, silence on underrun,
 //!   `end()` (drain) and `stop()` (barge-in).
 //! * [`AudioFrames`] — a remote audio track decoded to 48 kHz stereo frames, with FEC/PLC
