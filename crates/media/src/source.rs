@@ -1,5 +1,5 @@
 //! `AudioSource`: PCM in at any rate, a paced Opus track out. `push` resamples to the encoder's
-//! rate ([`codec_rate_for`](crate::codec::codec_rate_for): the smallest Opus rate keeping the input's bandwidth) and
+//! rate ([`codec_rate_for`]: the smallest Opus rate keeping the input's bandwidth) and
 //! buffers (suspending at the cap); a pacer task encodes one 20 ms frame every 20 ms onto the
 //! source's [`LocalTrack`], sending silence on underrun so the track stays live, and
 //! re-anchoring its clock after a stall instead of bursting.
