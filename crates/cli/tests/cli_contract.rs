@@ -292,6 +292,34 @@ fn bench_connections_and_fanout_run_small() {
 }
 
 #[test]
+fn bench_audio_runs_small_and_reports_every_figure() {
+    let v = bench_json(&[
+        "audio",
+        "--conversations",
+        "2",
+        "--seconds",
+        "1",
+        "--signal",
+        "synthetic",
+    ]);
+    assert!(v["python"].is_null(), "{v}");
+    let v = &v["parlor"];
+    assert_eq!(v["conversations"], 2, "{v}");
+    for k in [
+        "cpu_s_per_audio_s_per_conversation",
+        "libopus_floor_cpu_s_per_audio_s",
+        "rss_bytes_per_conversation",
+        "rss_bytes_per_extra_conversation",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    // The non-probe conversation heard the agent; its audio arrived without underruns.
+    assert_eq!(v["conversations_with_audio"], 1, "{v}");
+    assert_eq!(v["underruns"], 0, "{v}");
+    assert!(v["barge_in_trials"].as_u64().is_some_and(|n| n > 0), "{v}");
+}
+
+#[test]
 fn bench_connections_spreads_over_client_processes_and_cluster_nodes() {
     let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
         .into_iter()

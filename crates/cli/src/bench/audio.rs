@@ -263,6 +263,7 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         .opus(settings);
 
     let mut convs = Vec::new();
+    let mut rss_first = 0;
     for i in 0..args.conversations {
         let room = format!("bench-{i}");
         let agent = RoomPeer::new(client()?);
@@ -378,9 +379,15 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
             pusher,
             join_to_first_audio: first,
         });
+        if i == 0 && args.conversations > 1 {
+            // The first conversation also pays one-time costs (threads, crypto, codec
+            // tables): let its call come up, then count what each further one adds.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rss_first = rss_bytes();
+        }
     }
-    let rss_setup = rss_bytes();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_setup = rss_bytes();
     let underruns0: u64 = convs.iter().skip(1).map(|c| c.source.underruns()).sum();
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
@@ -443,6 +450,8 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     let got_audio = joins.len();
     let join_expected = convs.len() - usize::from(convs.len() > 1);
     let rss_per = rss_setup.saturating_sub(rss0) as f64 / n;
+    let rss_per_extra =
+        (args.conversations > 1).then(|| rss_setup.saturating_sub(rss_first) as f64 / (n - 1.0));
     let result = json!({
         "conversations": args.conversations,
         "seconds": wall,
@@ -461,6 +470,7 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         "join_to_first_audio_ms_max": joins.iter().copied().fold(f64::NAN, f64::max),
         "conversations_with_audio": got_audio,
         "rss_bytes_per_conversation": rss_per,
+        "rss_bytes_per_extra_conversation": rss_per_extra,
         "underruns": underruns,
         "barge_in_stop_to_last_audio_ms_p50": percentile(&mut barge, 0.5),
         "barge_in_stop_to_last_audio_ms_max": barge.iter().copied().fold(f64::NAN, f64::max),
@@ -519,6 +529,12 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
                 .unwrap_or(f64::NAN),
         );
         println!("| RSS per conversation | {:.2} MB |", rss_per / 1e6);
+        if let Some(extra) = rss_per_extra {
+            println!(
+                "| RSS per extra conversation (after the first) | {:.2} MB |",
+                extra / 1e6
+            );
+        }
         println!("| underruns (measured window, excluding the probe) | {underruns} |");
         println!(
             "| barge-in: stop() → last agent audio at the listener p50 / max | {:.1} / {:.1} ms ({barge_trials} trials) |",
@@ -610,6 +626,13 @@ fn print_side_by_side(args: &AudioArgs, rust: &serde_json::Value, py: &serde_jso
     row(
         "RSS per conversation",
         "rss_bytes_per_conversation",
+        1e-6,
+        2,
+        " MB",
+    );
+    row(
+        "RSS per extra conversation",
+        "rss_bytes_per_extra_conversation",
         1e-6,
         2,
         " MB",
