@@ -53,10 +53,11 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--pcm", required=True, help="s16le mono PCM at --rate (the agent's speech)")
     ap.add_argument("--rate", type=int, default=16000)
+    ap.add_argument("--chunk-ms", type=int, default=20, help="ms of PCM per push, two ahead")
     args = ap.parse_args()
     with open(args.pcm, "rb") as f:
         signal = f.read()
-    chunk = args.rate // 50 * 2  # 20 ms of s16 mono
+    chunk = args.rate * args.chunk_ms // 1000 * 2  # s16 mono bytes per push
     burst = array.array("h", (int(12000 * math.sin(2 * math.pi * 1000 * k / args.rate))
                               for k in range(args.rate // 25))).tobytes()
     rss0 = rss()
@@ -74,7 +75,7 @@ async def main() -> None:
             await src.push(signal[pos:pos + chunk]); pos += chunk
         nxt = time.monotonic()
         while True:
-            nxt += 0.02
+            nxt += args.chunk_ms / 1000
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
             if pos + chunk > len(signal):
                 pos = 0
@@ -110,7 +111,8 @@ async def main() -> None:
     for i in range(args.conversations):
         room = f"pybench-{i}"
         agent = MeteredPeer(api_key=args.key, url=args.url)
-        src = AudioSource(input_rate=args.rate, input_layout="mono", max_buffered_seconds=0.2)
+        src = AudioSource(input_rate=args.rate, input_layout="mono",
+                          max_buffered_seconds=max(0.2, 3 * args.chunk_ms / 1000))
         agent.add_track(src, None, None)
         listener = MeteredPeer(api_key=args.key, url=args.url)
         is_probe = i == 0

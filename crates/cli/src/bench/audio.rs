@@ -33,6 +33,11 @@ pub(crate) struct AudioArgs {
     /// own (22 050 Hz for eSpeak, 16 000 Hz synthetic). Other rates are resampled first.
     #[arg(long)]
     input_rate: Option<u32>,
+    /// How the agent's speech arrives: this many ms of PCM per `push`, one push every as
+    /// many ms, two pushes ahead (20 = a real-time stream; a streaming TTS engine usually
+    /// delivers 100 ms or more at a time).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(10..=1000))]
+    chunk_ms: u64,
     /// Opus complexity (0–10).
     #[arg(long, default_value_t = OpusSettings::default().complexity)]
     complexity: u8,
@@ -251,7 +256,7 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     };
     let rss0 = rss_bytes();
     let signal_bytes = Arc::new(to_bytes(&signal));
-    let chunk = (rate / 50) as usize * 2; // 20 ms of s16 bytes
+    let chunk = (u64::from(rate) * args.chunk_ms / 1000) as usize * 2; // s16 bytes per push
     // Latency probe (conversation 0): 40 ms bursts pushed into an idle source.
     let burst_pushed: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
@@ -259,7 +264,7 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     // When the probe's listener last got a loud frame (for the barge-in measurement).
     let last_loud: Arc<Mutex<Option<Instant>>> = Arc::default();
     let source_options = AudioSourceOptions::new(rate, Layout::Mono)
-        .max_buffered(Duration::from_millis(200))
+        .max_buffered(Duration::from_millis(200.max(3 * args.chunk_ms)))
         .opus(settings);
 
     let mut convs = Vec::new();
@@ -332,10 +337,11 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
                 return;
             }
         });
-        // The agent speaks in real time (a TTS stream), 40 ms ahead.
+        // The agent speaks in real time (a TTS stream), two pushes ahead.
         let (src, sig, pushed) = (source.clone(), signal_bytes.clone(), burst_pushed.clone());
+        let chunk_ms = args.chunk_ms;
         let pusher = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(Duration::from_millis(chunk_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             if probe {
                 let burst = tone(rate, 40);
@@ -458,6 +464,7 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         "signal": format!("{:?}", args.signal).to_lowercase(),
         "signal_seconds": signal_secs,
         "input_rate": rate,
+        "chunk_ms": args.chunk_ms,
         "opus": {"channels": settings.channels, "complexity": settings.complexity,
                  "bitrate": settings.bitrate, "fec": settings.fec, "dtx": settings.dtx},
         "cpu_s_per_audio_s_per_conversation": cpu_per,
@@ -569,6 +576,8 @@ async fn run_python(
         .arg(&pcm)
         .arg("--rate")
         .arg(rate.to_string())
+        .arg("--chunk-ms")
+        .arg(args.chunk_ms.to_string())
         .stderr(std::process::Stdio::inherit());
     let runner = args.python_runner.display().to_string();
     let out = tokio::task::spawn_blocking(move || cmd.output())
