@@ -317,6 +317,28 @@ fn bench_audio_runs_small_and_reports_every_figure() {
     assert_eq!(v["conversations_with_audio"], 1, "{v}");
     assert_eq!(v["underruns"], 0, "{v}");
     assert!(v["barge_in_trials"].as_u64().is_some_and(|n| n > 0), "{v}");
+
+    // Several runs: every run's figures, and the medians to quote.
+    let v = bench_json(&[
+        "audio",
+        "--conversations",
+        "1",
+        "--seconds",
+        "1",
+        "--signal",
+        "synthetic",
+        "--runs",
+        "2",
+    ]);
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(2), "{v}");
+    let m = &v["median"];
+    assert!(
+        m["parlor_cpu_s_per_audio_s_per_conversation"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    assert!(m["python_over_parlor"].is_null(), "{v}");
 }
 
 #[test]

@@ -38,6 +38,10 @@ pub(crate) struct AudioArgs {
     /// delivers 100 ms or more at a time).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(10..=1000))]
     chunk_ms: u64,
+    /// Complete runs (with `--python`, each one Parlor then Python); more than one prints
+    /// every run and the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
     /// Opus complexity (0–10).
     #[arg(long, default_value_t = OpusSettings::default().complexity)]
     complexity: u8,
@@ -225,6 +229,27 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         args.conversations >= 1,
         "--conversations must be at least 1"
     );
+    if args.runs <= 1 {
+        audio_once(&args, true).await?;
+        return Ok(());
+    }
+    // Several complete runs (Parlor, then Python with `--python`, each time): the machine
+    // is noisy, so the figures to quote are the medians.
+    let mut runs = Vec::new();
+    for r in 0..args.runs {
+        eprintln!("run {} of {} ...", r + 1, args.runs);
+        runs.push(audio_once(&args, false).await?);
+    }
+    print_runs(&args, &runs);
+    Ok(())
+}
+
+/// One complete run; prints its own table when `print`. Returns Parlor's figures and,
+/// with `--python`, the Python SDK's.
+async fn audio_once(
+    args: &AudioArgs,
+    print: bool,
+) -> anyhow::Result<(serde_json::Value, Option<serde_json::Value>)> {
     let settings = OpusSettings {
         channels: if args.stereo { 2 } else { 1 },
         complexity: args.complexity.min(10),
@@ -489,15 +514,16 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
         c.listener.close().await;
     }
     let python = if args.python {
-        Some(run_python(&args, &url, &signal_bytes, rate).await?)
+        Some(run_python(args, &url, &signal_bytes, rate).await?)
     } else {
         None
     };
     server.shutdown().await.ok();
-    if args.json {
+    if !print {
+    } else if args.json {
         println!("{}", json!({"parlor": result, "python": python}));
     } else if let Some(py) = &python {
-        print_side_by_side(&args, &result, py);
+        print_side_by_side(args, &result, py);
     } else {
         println!(
             "parlor bench audio — {} conversations × {:.1} s, {} speech ({:.0} s) at {} Hz in, Opus {} c{} {} kbit/s fec={} dtx={}",
@@ -553,7 +579,95 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
                 .unwrap_or(f64::NAN),
         );
     }
-    Ok(())
+    Ok((result, python))
+}
+
+/// The table (or JSON) of several runs, with the medians to quote.
+fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::Value>)]) {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let cpu = "cpu_s_per_audio_s_per_conversation";
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let parlor: Vec<f64> = runs.iter().map(|(r, _)| f(r, cpu)).collect();
+    let floor: Vec<f64> = runs
+        .iter()
+        .map(|(r, _)| f(r, "libopus_floor_cpu_s_per_audio_s"))
+        .collect();
+    let to_floor: Vec<f64> = runs.iter().map(|(r, _)| f(r, "ratio_to_floor")).collect();
+    let python: Vec<f64> = runs
+        .iter()
+        .filter_map(|(_, p)| p.as_ref().map(|p| f(p, cpu)))
+        .collect();
+    let times: Vec<f64> = runs
+        .iter()
+        .filter_map(|(r, p)| p.as_ref().map(|p| f(p, cpu) / f(r, cpu)))
+        .collect();
+    let has_python = python.len() == runs.len();
+    if args.json {
+        let list: Vec<_> = runs
+            .iter()
+            .map(|(r, p)| json!({"parlor": r, "python": p}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "runs": list,
+                "median": {
+                    "parlor_cpu_s_per_audio_s_per_conversation": median(parlor.clone()),
+                    "libopus_floor_cpu_s_per_audio_s": median(floor.clone()),
+                    "ratio_to_floor": median(to_floor.clone()),
+                    "python_cpu_s_per_audio_s_per_conversation":
+                        has_python.then(|| median(python.clone())),
+                    "python_over_parlor": has_python.then(|| median(times.clone())),
+                },
+            })
+        );
+        return;
+    }
+    println!(
+        "parlor bench audio — {} conversations × {} s, {} runs{}",
+        args.conversations,
+        args.seconds,
+        runs.len(),
+        if has_python {
+            ", each Parlor then the Python SDK"
+        } else {
+            ""
+        }
+    );
+    let cols = |a: f64, b: f64, c: f64, d: Option<(f64, f64)>| match d {
+        Some((py, x)) => format!("| {a:.4} | {b:.4} | {c:.2}× | {py:.4} | {x:.2}× |"),
+        None => format!("| {a:.4} | {b:.4} | {c:.2}× |"),
+    };
+    if has_python {
+        println!(
+            "| run | Parlor CPU-s per audio-s per conversation | libopus floor | Parlor ÷ floor | Python SDK | Python ÷ Parlor |\n|---|---|---|---|---|---|"
+        );
+    } else {
+        println!(
+            "| run | CPU-s per audio-s per conversation | libopus floor | ratio to floor |\n|---|---|---|---|"
+        );
+    }
+    for i in 0..runs.len() {
+        let py = has_python.then(|| (python[i], times[i]));
+        println!("| {} {}", i + 1, cols(parlor[i], floor[i], to_floor[i], py));
+    }
+    let py = has_python.then(|| (median(python.clone()), median(times.clone())));
+    println!(
+        "| **median** {}",
+        cols(
+            median(parlor.clone()),
+            median(floor.clone()),
+            median(to_floor.clone()),
+            py
+        )
+    );
 }
 
 async fn run_python(
