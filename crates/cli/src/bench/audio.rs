@@ -641,22 +641,26 @@ fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::V
             ""
         }
     );
-    let cols = |a: f64, b: f64, c: f64, d: Option<(f64, f64)>| match d {
-        Some((py, x)) => format!("| {a:.4} | {b:.4} | {c:.2}× | {py:.4} | {x:.2}× |"),
-        None => format!("| {a:.4} | {b:.4} | {c:.2}× |"),
+    let cols = |a: f64, b: f64, c: f64, u: &str, d: Option<(f64, f64)>| match d {
+        Some((py, x)) => format!("| {a:.4} | {b:.4} | {c:.2}× | {u} | {py:.4} | {x:.2}× |"),
+        None => format!("| {a:.4} | {b:.4} | {c:.2}× | {u} |"),
     };
     if has_python {
         println!(
-            "| run | Parlor CPU-s per audio-s per conversation | libopus floor | Parlor ÷ floor | Python SDK | Python ÷ Parlor |\n|---|---|---|---|---|---|"
+            "| run | Parlor CPU-s per audio-s per conversation | libopus floor | Parlor ÷ floor | Parlor underruns | Python SDK | Python ÷ Parlor |\n|---|---|---|---|---|---|---|"
         );
     } else {
         println!(
-            "| run | CPU-s per audio-s per conversation | libopus floor | ratio to floor |\n|---|---|---|---|"
+            "| run | CPU-s per audio-s per conversation | libopus floor | ratio to floor | underruns |\n|---|---|---|---|---|"
         );
     }
-    for i in 0..runs.len() {
+    let mut underruns = 0;
+    for (i, (r, _)) in runs.iter().enumerate() {
+        let u = r["underruns"].as_u64().unwrap_or(0);
+        underruns += u;
         let py = has_python.then(|| (python[i], times[i]));
-        println!("| {} {}", i + 1, cols(parlor[i], floor[i], to_floor[i], py));
+        let row = cols(parlor[i], floor[i], to_floor[i], &u.to_string(), py);
+        println!("| {} {row}", i + 1);
     }
     let py = has_python.then(|| (median(python.clone()), median(times.clone())));
     println!(
@@ -665,6 +669,7 @@ fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::V
             median(parlor.clone()),
             median(floor.clone()),
             median(to_floor.clone()),
+            &format!("{underruns} in all"),
             py
         )
     );
