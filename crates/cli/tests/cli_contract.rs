@@ -233,6 +233,13 @@ fn serve_tls_flags_fail_clearly() {
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
 
+/// nats-server, installed by scripts/system-deps.sh (PATH may lack /usr/sbin).
+fn nats_server() -> Option<&'static str> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
 /// `parlor bench ARGS --json`, which must succeed; its JSON.
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
@@ -260,10 +267,7 @@ fn bench_connections_and_fanout_run_small() {
     assert_eq!(v["held"], 40, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
 
-    // nats-server is installed by scripts/system-deps.sh; PATH may lack /usr/sbin.
-    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
+    let nats = nats_server();
     let mut args = vec![
         "fanout",
         "--channels",
@@ -343,10 +347,7 @@ fn bench_audio_runs_small_and_reports_every_figure() {
 
 #[test]
 fn bench_connections_spreads_over_client_processes_and_cluster_nodes() {
-    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nats-server (scripts/system-deps.sh installs it)");
+    let nats = nats_server().expect("nats-server (scripts/system-deps.sh installs it)");
     let v = bench_json(&[
         "connections",
         "--count",
@@ -370,10 +371,7 @@ fn bench_connections_spreads_over_client_processes_and_cluster_nodes() {
 
 #[test]
 fn bench_fanout_runs_against_a_cluster() {
-    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nats-server (scripts/system-deps.sh installs it)");
+    let nats = nats_server().expect("nats-server (scripts/system-deps.sh installs it)");
     let v = bench_json(&[
         "fanout",
         "--nodes",
