@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use parlor_media::codec::packet_has_fec;
 use parlor_media::{
     AudioFrames, AudioSource, AudioSourceOptions, Layout, MediaError, SpeechDownsampler,
 };
@@ -19,6 +20,20 @@ fn sine_bytes(rate: u32, freq: f64, start: usize, n: usize) -> Vec<u8> {
             let v =
                 10_000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin();
             (v as i16).to_le_bytes()
+        })
+        .collect()
+}
+
+/// A voiced sound (140 Hz and harmonics, a 3 Hz syllable envelope) as s16le bytes.
+fn voice_bytes(rate: u32, start: usize, n: usize) -> Vec<u8> {
+    (start..start + n)
+        .flat_map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let env = 0.6 + 0.4 * (2.0 * std::f64::consts::PI * 3.0 * t).sin();
+            let s: f64 = (1..=12)
+                .map(|h| (2.0 * std::f64::consts::PI * 140.0 * h as f64 * t).sin() / h as f64)
+                .sum();
+            ((s * env * 6_000.0) as i16).to_le_bytes()
         })
         .collect()
 }
@@ -176,6 +191,128 @@ async fn a_sine_crosses_webrtc_and_comes_out_at_16k() {
     assert!(peak > 5_000, "peak {peak}");
     let voice = pusher.await.expect("pusher");
     assert_eq!(voice.buffered_seconds(), 0.0);
+    a.close().await;
+    b.close().await;
+}
+
+/// In-band FEC follows the loss the listener reports in RTCP: none on a clean link, coded
+/// once a lossy link is reported (here 20 % of the agent's RTP dropped), and off again when
+/// the loss ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fec_follows_the_loss_the_listener_reports() {
+    let mut config = Config::default();
+    config.add_dev_key("pk_test_x");
+    let server = parlor_server::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        config,
+    )
+    .expect("server");
+    let client = |url: String| {
+        SignallingClient::builder()
+            .url(url)
+            .api_key("pk_test_x")
+            .build()
+            .expect("client")
+    };
+    let (a, b) = (
+        RoomPeer::new(client(server.url())),
+        RoomPeer::new(client(server.url())),
+    );
+    let mut eb = b.events();
+    let voice = std::sync::Arc::new(
+        AudioSource::new(AudioSourceOptions::new(16_000, Layout::Mono)).expect("source"),
+    );
+    a.add_track(voice.track());
+    a.join("fec", false).await.expect("join a");
+    b.join("fec", false).await.expect("join b");
+    let track = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(RoomEvent::Track { track, .. }) = eb.recv().await {
+                return track;
+            }
+        }
+    })
+    .await
+    .expect("track");
+    let v = voice.clone();
+    let pusher = tokio::spawn(async move {
+        // Speech until aborted, in 20 ms pushes (backpressure paces the loop).
+        for k in 0.. {
+            if v.push(&voice_bytes(16_000, k * 320, 320)).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Whether each received packet carries FEC, read as it arrives.
+    let (fec_tx, fec_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(f) = track.recv().await {
+            if fec_tx.send(packet_has_fec(&f.data)).is_err() {
+                break;
+            }
+        }
+    });
+    let fec_rx = tokio::sync::Mutex::new(fec_rx);
+    // Packets with FEC among the next `n` received (what arrived before is skipped).
+    let with_fec = |n: usize| {
+        let fec_rx = &fec_rx;
+        async move {
+            let mut rx = fec_rx.lock().await;
+            while rx.try_recv().is_ok() {}
+            let mut fec = 0;
+            for _ in 0..n {
+                let f = tokio::time::timeout(WAIT, rx.recv())
+                    .await
+                    .expect("a frame in time")
+                    .expect("track live");
+                fec += usize::from(f);
+            }
+            fec
+        }
+    };
+    // A clean link: no FEC, no cost.
+    assert_eq!(with_fec(100).await, 0, "FEC on a clean link");
+    assert_eq!(voice.expected_loss_percent(), 0);
+    assert_eq!(voice.track().reported_loss().unwrap_or(0.0), 0.0);
+
+    let b_at_a = a.remote(&b.peer_id().expect("b id")).expect("b at a");
+    b_at_a.simulate_packet_loss(0.2);
+    // Receiver reports come every 5 s for audio.
+    tokio::time::timeout(WAIT, async {
+        while voice.expected_loss_percent() == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the encoder learns of the loss");
+    let reported = voice.track().reported_loss().unwrap_or(0.0);
+    println!(
+        "reported loss {reported:.3}, encoder expects {} %",
+        voice.expected_loss_percent()
+    );
+    assert!((0.1..0.3).contains(&reported), "reported {reported}");
+    assert_eq!(voice.expected_loss_percent(), 10);
+    // 80 of 100 sent packets arrive; most carry the previous frame's FEC.
+    let fec = with_fec(80).await;
+    println!("{fec} of 80 packets received carry FEC");
+    assert!(fec >= 20, "{fec} of 80 packets carry FEC");
+
+    b_at_a.simulate_packet_loss(0.0);
+    tokio::time::timeout(WAIT, async {
+        while voice.expected_loss_percent() != 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the encoder learns the loss ended");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The next second carries none.
+    assert_eq!(with_fec(50).await, 0, "FEC after the loss ended");
+
+    // The pusher first: after `stop`, `push` is a no-op that never suspends.
+    pusher.abort();
+    voice.stop();
+    reader.abort();
     a.close().await;
     b.close().await;
 }

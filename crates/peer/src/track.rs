@@ -109,6 +109,8 @@ struct LocalShared {
     kind: TrackKind,
     metadata: Option<Map<String, Value>>,
     sinks: Mutex<HashMap<u64, FrameSink>>,
+    /// Fraction lost in each connection's latest RTCP receiver report for this track.
+    loss: Mutex<HashMap<u64, f32>>,
     dropped: AtomicU64,
 }
 
@@ -170,6 +172,7 @@ impl LocalTrack {
                 kind,
                 metadata,
                 sinks: Mutex::new(HashMap::new()),
+                loss: Mutex::new(HashMap::new()),
                 dropped: AtomicU64::new(0),
             }),
         }
@@ -221,6 +224,28 @@ impl LocalTrack {
         }
     }
 
+    /// The highest fraction of packets lost (0.0–1.0) that any far end currently receiving
+    /// this track reported in its latest RTCP receiver report; `None` before the first report.
+    /// One encoding feeds every connection, so an encoder protects against the worst of them
+    /// (the `AudioSource` of `parlor-media` tunes its in-band FEC by it).
+    pub fn reported_loss(&self) -> Option<f32> {
+        let loss = self.inner.loss.lock().unwrap_or_else(|e| e.into_inner());
+        loss.values().copied().reduce(f32::max)
+    }
+
+    pub(crate) fn report_loss(&self, conn: u64, fraction: f32) {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.inner
+            .loss
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn, fraction);
+    }
+
     fn sinks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, FrameSink>> {
         self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -231,6 +256,11 @@ impl LocalTrack {
 
     pub(crate) fn detach(&self, conn: u64) {
         self.sinks().remove(&conn);
+        self.inner
+            .loss
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&conn);
     }
 
     pub(crate) fn same(&self, other: &LocalTrack) -> bool {

@@ -51,7 +51,7 @@ pub(crate) struct AudioArgs {
     /// Encode stereo instead of mono.
     #[arg(long)]
     stereo: bool,
-    /// Turn in-band FEC off (on by default).
+    /// Turn in-band FEC off (on by default, coded only while the far end reports loss).
     #[arg(long)]
     no_fec: bool,
     /// Turn DTX on (off by default).
@@ -479,6 +479,12 @@ async fn audio_once(
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
     let got_audio = joins.len();
+    // Adaptive FEC: the loss the encoders were told at the end (0 on loopback, like the floor's).
+    let expected_loss = convs
+        .iter()
+        .map(|c| c.source.expected_loss_percent())
+        .max()
+        .unwrap_or(0);
     let join_expected = convs.len() - usize::from(convs.len() > 1);
     let rss_per = rss_setup.saturating_sub(rss0) as f64 / n;
     let rss_per_extra =
@@ -491,7 +497,8 @@ async fn audio_once(
         "input_rate": rate,
         "chunk_ms": args.chunk_ms,
         "opus": {"channels": settings.channels, "complexity": settings.complexity,
-                 "bitrate": settings.bitrate, "fec": settings.fec, "dtx": settings.dtx},
+                 "bitrate": settings.bitrate, "fec": settings.fec, "dtx": settings.dtx,
+                 "fec_expected_loss_percent": expected_loss},
         "cpu_s_per_audio_s_per_conversation": cpu_per,
         "libopus_floor_cpu_s_per_audio_s": floor,
         "ratio_to_floor": cpu_per / floor,
@@ -539,7 +546,11 @@ async fn audio_once(
             },
             settings.complexity,
             settings.bitrate / 1000,
-            settings.fec,
+            if settings.fec {
+                format!("adaptive (at {expected_loss} % reported loss)")
+            } else {
+                "off".to_owned()
+            },
             settings.dtx
         );
         println!("| metric | value |\n|---|---|");

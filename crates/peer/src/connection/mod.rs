@@ -123,6 +123,8 @@ pub(crate) enum Command {
     },
     /// Test hook: drop every datagram in and out until then (a network outage).
     Blackhole(Instant),
+    /// Test hook: drop this fraction of outbound RTP.
+    DropRtp(f32),
 }
 
 /// The room's handle on a connection task; dropping it closes the connection.
@@ -202,6 +204,8 @@ pub(crate) fn spawn(mut p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Resu
         dtls_up: false,
         state: PeerConnectionState::Connecting,
         blackhole_until: None,
+        drop_rtp: 0.0,
+        drop_acc: 0.0,
     };
     conn.add_local_candidates();
     for t in tracks {
@@ -371,6 +375,9 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a TCP/TLS connection to a TURN server may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often str0m reports stats (egress loss from receiver reports among them).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 fn new_rtc(now: Instant) -> Rtc {
     // No transport-wide congestion control: it exists to feed a sender's bandwidth estimate,
     // which fixed-bitrate voice does not use, and its feedback is an RTCP packet every 50 ms
@@ -387,7 +394,11 @@ fn new_rtc(now: Instant) -> Rtc {
     ] {
         exts.set(id, ext);
     }
-    let mut config = Rtc::builder().set_extension_map(exts);
+    // Stats events carry the loss the far end reports in its RTCP receiver reports (one every
+    // 5 s for audio), which tunes the sender's in-band FEC (`LocalTrack::reported_loss`).
+    let mut config = Rtc::builder()
+        .set_extension_map(exts)
+        .set_stats_interval(Some(STATS_INTERVAL));
     config.set_max_stun_rto(MAX_STUN_RTO);
     config.set_max_stun_retransmits(MAX_STUN_RETRANSMITS);
     config.build(now)
@@ -474,6 +485,10 @@ struct Conn {
     dtls_up: bool,
     state: PeerConnectionState,
     blackhole_until: Option<Instant>,
+    /// Test hook: fraction of outbound RTP dropped, and the error-diffusion accumulator that
+    /// spreads the drops evenly.
+    drop_rtp: f32,
+    drop_acc: f32,
 }
 
 impl Drop for Conn {
@@ -661,7 +676,7 @@ impl Conn {
                     }
                 }
                 Ok(Output::Transmit(t)) => {
-                    if self.blackholed() {
+                    if self.blackholed() || self.drop_simulated(&t.contents) {
                         continue;
                     }
                     if self
@@ -808,6 +823,25 @@ impl Conn {
             username_fragment: ufrag.clone(),
         };
         self.signal(signal::candidate(Some(&init)));
+    }
+
+    /// Test hook ([`Command::DropRtp`]): whether to drop this outbound datagram. Only RTP
+    /// is dropped (RFC 7983 demultiplexing; RTCP packet types 192–223), never STUN, DTLS
+    /// or RTCP, so the link stays up and the far end's receiver reports count the loss.
+    fn drop_simulated(&mut self, datagram: &[u8]) -> bool {
+        if self.drop_rtp <= 0.0 {
+            return false;
+        }
+        let rtp = matches!(datagram, [b0, b1, ..] if (128..=191).contains(b0) && !(192..=223).contains(b1));
+        if !rtp {
+            return false;
+        }
+        self.drop_acc += self.drop_rtp;
+        if self.drop_acc >= 1.0 {
+            self.drop_acc -= 1.0;
+            return true;
+        }
+        false
     }
 
     fn blackholed(&self) -> bool {
@@ -972,6 +1006,13 @@ impl Conn {
             }
             Command::CreateChannel { label, reply } => self.create_channel(label, reply),
             Command::Blackhole(until) => self.blackhole_until = Some(until),
+            Command::DropRtp(fraction) => {
+                self.drop_rtp = if fraction.is_finite() {
+                    fraction.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+            }
             Command::RestartIce { reply } => {
                 self.restart_waiters.push(reply);
                 self.make_offer("ice restart (requested)", true);
@@ -1281,6 +1322,14 @@ impl Conn {
                 }
             }
             Event::ChannelBufferedAmountLow(cid) => self.flush_channel(cid),
+            Event::MediaEgressStats(st) => {
+                // The far end's RTCP receiver reports: how much of what we send it loses.
+                if let Some(loss) = st.loss {
+                    for a in self.tracks.iter().filter(|a| a.mid == Some(st.mid)) {
+                        a.track.report_loss(self.p.id, loss);
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -214,6 +214,15 @@ impl RemotePeer {
         self.command(Command::Blackhole(Instant::now() + duration));
     }
 
+    /// Test hook: drop `fraction` (0.0–1.0) of the RTP packets sent to this peer, evenly
+    /// spread, until called again with 0.0 (STUN, DTLS and RTCP still pass, so the far end's
+    /// receiver reports count the loss). Lasts for the current connection. Not part of the
+    /// stable API.
+    #[doc(hidden)]
+    pub fn simulate_packet_loss(&self, fraction: f32) {
+        self.command(Command::DropRtp(fraction));
+    }
+
     /// Restart ICE on the connection to this peer in place (new ufrag/password, same DTLS
     /// session, media keeps its m-lines); resolves when the remote has answered. The
     /// connection also does this by itself when connectivity is lost (the restart ladder).
