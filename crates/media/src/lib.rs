@@ -6,7 +6,9 @@
 //!   the smallest Opus rate that keeps its bandwidth (16 kHz stays 16 kHz, 22.05 kHz becomes
 //!   24 kHz, 44.1 kHz becomes 48 kHz), encodes Opus (48 kHz RTP clock) and paces one 20 ms
 //!   frame every 20 ms onto its [`LocalTrack`](parlor_peer::LocalTrack), with backpressure
-//!   at a cap, silence on underrun, `end()` (drain) and `stop()` (barge-in).
+//!   at a cap, silence on underrun, `end()` (drain) and `stop()` (barge-in). Its in-band FEC
+//!   follows the loss the far ends report in RTCP: nothing is spent on it on a clean link
+//!   ([`codec::fec_loss_percent`], [`AudioSource::expected_loss_percent`]).
 //! * [`AudioFrames`] — a remote audio track decoded to 48 kHz stereo frames, with FEC/PLC
 //!   for lost packets; [`SpeechDownsampler`] turns them into 16 kHz mono for STT.
 //! * [`StreamResampler`] — rubato's FFT resampler behind a streaming `i16` interface.

@@ -216,8 +216,8 @@ impl AudioSource {
 
     /// The packet loss (percent) the encoder's in-band FEC currently protects against: the
     /// worst loss the far ends report in RTCP ([`LocalTrack::reported_loss`]), in steps of 0,
-    /// 1, 5, 10 and 20 ([`fec_loss_percent`](crate::codec::fec_loss_percent)). 0 on a clean
-    /// link, where FEC costs nothing; always 0 with FEC off.
+    /// 1, 5, 10 and 20 ([`fec_loss_percent`]). 0 on a clean link, where FEC costs nothing;
+    /// always 0 with FEC off.
     pub fn expected_loss_percent(&self) -> u8 {
         self.shared.expected_loss.load(Ordering::Relaxed)
     }
