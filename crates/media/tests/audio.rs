@@ -7,7 +7,8 @@ use parlor_media::codec::packet_has_fec;
 use parlor_media::{
     AudioFrames, AudioSource, AudioSourceOptions, Layout, MediaError, SpeechDownsampler,
 };
-use parlor_peer::room::{RoomEvent, RoomPeer};
+use parlor_peer::RemoteTrack;
+use parlor_peer::room::{RoomEvent, RoomEvents, RoomPeer};
 use parlor_peer::signalling::SignallingClient;
 use parlor_server::config::Config;
 use tokio::net::TcpListener;
@@ -45,6 +46,39 @@ fn frequency(samples: &[i16], rate: u32) -> f64 {
         .filter(|w| (w[0] < 0) != (w[1] < 0))
         .count();
     crossings as f64 / 2.0 / (samples.len() as f64 / f64::from(rate))
+}
+
+/// A server on a free port and two room peers (not yet joined) that use it.
+async fn two_peers() -> (parlor_server::ServerHandle, RoomPeer, RoomPeer) {
+    let mut config = Config::default();
+    config.add_dev_key("pk_test_x");
+    let server = parlor_server::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        config,
+    )
+    .expect("server");
+    let client = || {
+        SignallingClient::builder()
+            .url(server.url())
+            .api_key("pk_test_x")
+            .build()
+            .expect("client")
+    };
+    let (a, b) = (RoomPeer::new(client()), RoomPeer::new(client()));
+    (server, a, b)
+}
+
+/// The first remote track announced on `events`.
+async fn first_track(events: &mut RoomEvents) -> RemoteTrack {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(RoomEvent::Track { track, .. }) = events.recv().await {
+                return track;
+            }
+        }
+    })
+    .await
+    .expect("track")
 }
 
 #[test]
@@ -123,38 +157,13 @@ async fn buffered_seconds_hold_at_every_input_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sine_crosses_webrtc_and_comes_out_at_16k() {
-    let mut config = Config::default();
-    config.add_dev_key("pk_test_x");
-    let server = parlor_server::spawn(
-        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        config,
-    )
-    .expect("server");
-    let client = |url: String| {
-        SignallingClient::builder()
-            .url(url)
-            .api_key("pk_test_x")
-            .build()
-            .expect("client")
-    };
-    let (a, b) = (
-        RoomPeer::new(client(server.url())),
-        RoomPeer::new(client(server.url())),
-    );
+    let (_server, a, b) = two_peers().await;
     let mut eb = b.events();
     let voice = AudioSource::new(AudioSourceOptions::new(16_000, Layout::Mono)).expect("source");
     a.add_track(voice.track());
     a.join("media", false).await.expect("join a");
     b.join("media", false).await.expect("join b");
-    let track = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(RoomEvent::Track { track, .. }) = eb.recv().await {
-                return track;
-            }
-        }
-    })
-    .await
-    .expect("track");
+    let track = first_track(&mut eb).await;
     let pusher = tokio::spawn(async move {
         // 3 s of a 440 Hz tone in 20 ms pushes (backpressure paces the loop).
         for k in 0..150 {
@@ -200,24 +209,7 @@ async fn a_sine_crosses_webrtc_and_comes_out_at_16k() {
 /// the loss ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fec_follows_the_loss_the_listener_reports() {
-    let mut config = Config::default();
-    config.add_dev_key("pk_test_x");
-    let server = parlor_server::spawn(
-        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        config,
-    )
-    .expect("server");
-    let client = |url: String| {
-        SignallingClient::builder()
-            .url(url)
-            .api_key("pk_test_x")
-            .build()
-            .expect("client")
-    };
-    let (a, b) = (
-        RoomPeer::new(client(server.url())),
-        RoomPeer::new(client(server.url())),
-    );
+    let (_server, a, b) = two_peers().await;
     let mut eb = b.events();
     let voice = std::sync::Arc::new(
         AudioSource::new(AudioSourceOptions::new(16_000, Layout::Mono)).expect("source"),
@@ -225,15 +217,7 @@ async fn fec_follows_the_loss_the_listener_reports() {
     a.add_track(voice.track());
     a.join("fec", false).await.expect("join a");
     b.join("fec", false).await.expect("join b");
-    let track = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(RoomEvent::Track { track, .. }) = eb.recv().await {
-                return track;
-            }
-        }
-    })
-    .await
-    .expect("track");
+    let track = first_track(&mut eb).await;
     let v = voice.clone();
     let pusher = tokio::spawn(async move {
         // Speech until aborted, in 20 ms pushes (backpressure paces the loop).
