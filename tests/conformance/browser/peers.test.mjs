@@ -204,24 +204,28 @@ describe("MeteredPeer in Chromium via Parlor", () => {
 
   // Glare at peer-joined can leave the polite page's ICE without a single local candidate
   // when the impolite offer lands while its own createOffer is in flight (FINDINGS.md D:
-  // JS SDK 1.2.0 + Chromium; Parlor relays every frame in order). Up to three rooms; each
-  // failed attempt is reported as a diagnostic with its signalling trace.
-  it("impolite side opens a data channel at peer-joined: messages both ways + audio RTP both ways", async (t) => {
+  // JS SDK 1.2.0 + Chromium; Parlor relays every frame in order). Both pages send audio,
+  // so every case below can meet it, whoever opens the channel. Each case tries up to
+  // three rooms; each failed attempt is reported as a diagnostic with its signalling trace.
+  async function runPairRetrying(t, opts) {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await runPair(t, { room: `room-browser-1-${attempt}`, dcRole: "impolite", dcWhen: "at-peer-joined", shot: "browser-impolite-at-peer-joined" });
+        return await runPair(t, { ...opts, room: `${opts.room}-${attempt}` });
       } catch (e) {
         if (attempt === 3) throw e;
         t.diagnostic(`attempt ${attempt} failed (FINDINGS.md D): ${String(e.message).slice(0, 3000)}`);
       }
     }
-  });
+  }
+
+  it("impolite side opens a data channel at peer-joined: messages both ways + audio RTP both ways", (t) =>
+    runPairRetrying(t, { room: "room-browser-1", dcRole: "impolite", dcWhen: "at-peer-joined", shot: "browser-impolite-at-peer-joined" }));
 
   it("polite side opens a data channel once connected: messages both ways + audio RTP both ways", (t) =>
-    runPair(t, { room: "room-browser-2", dcRole: "polite", dcWhen: "after-connected", shot: "browser-polite-after-connected" }));
+    runPairRetrying(t, { room: "room-browser-2", dcRole: "polite", dcWhen: "after-connected", shot: "browser-polite-after-connected" }));
 
   it("cluster: pages on two nodes negotiate through NATS: messages both ways + audio RTP both ways", (t) =>
-    runPair(t, { room: "room-browser-cluster", dcRole: "impolite", dcWhen: "at-peer-joined", shot: "browser-cluster",
+    runPairRetrying(t, { room: "room-browser-cluster", dcRole: "impolite", dcWhen: "at-peer-joined", shot: "browser-cluster",
       urls: [cluster[0].url, cluster[1].url] }));
 
   // Both pages send audio, so both fire negotiationneeded at peer-joined and their offers
