@@ -526,8 +526,11 @@ async fn audio_once(
         None
     };
     server.shutdown().await.ok();
+    // With `--runs K`, `print_runs` prints one table for all runs instead.
     if !print {
-    } else if args.json {
+        return Ok((result, python));
+    }
+    if args.json {
         println!("{}", json!({"parlor": result, "python": python}));
     } else if let Some(py) = &python {
         print_side_by_side(args, &result, py);
