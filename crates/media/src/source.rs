@@ -165,7 +165,17 @@ impl AudioSource {
         let rate = codec_rate_for(options.input_rate);
         let input_channels = options.layout.channels();
         let resampler = StreamResampler::new(options.input_rate, rate, input_channels)?;
-        let encoder = Encoder::with_rate(options.opus, rate)?;
+        let mut encoder = Encoder::with_rate(options.opus, rate)?;
+        // A track that already carried an utterance knows the far ends' loss: the next
+        // utterance starts protected instead of waiting for the pacer's first look.
+        let expected_loss = if options.opus.fec {
+            fec_loss_percent(track.reported_loss(), 0)
+        } else {
+            0
+        };
+        if expected_loss > 0 {
+            encoder.set_expected_loss(expected_loss)?;
+        }
         let out_channels = encoder.channels();
         let cap_frames = (options.max_buffered.as_secs_f64() * f64::from(rate)) as usize;
         let shared = Arc::new(Shared {
@@ -186,7 +196,7 @@ impl AudioSource {
             rate,
             cap: cap_frames.max(encoder.frame_samples()) * out_channels,
             fec: options.opus.fec,
-            expected_loss: AtomicU8::new(0),
+            expected_loss: AtomicU8::new(expected_loss),
         });
         tokio::spawn(pace(shared.clone(), encoder, track.clone()));
         Ok(AudioSource { shared, track })
@@ -217,7 +227,8 @@ impl AudioSource {
     /// The packet loss (percent) the encoder's in-band FEC currently protects against: the
     /// worst loss the far ends report in RTCP ([`LocalTrack::reported_loss`]), in steps of 0,
     /// 1, 5, 10 and 20 ([`fec_loss_percent`]). 0 on a clean link, where FEC costs nothing;
-    /// always 0 with FEC off.
+    /// always 0 with FEC off. A source made [`with_track`](AudioSource::with_track) on a
+    /// track that already has a report (the next utterance) starts at that level.
     pub fn expected_loss_percent(&self) -> u8 {
         self.shared.expected_loss.load(Ordering::Relaxed)
     }

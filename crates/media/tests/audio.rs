@@ -218,15 +218,17 @@ async fn fec_follows_the_loss_the_listener_reports() {
     a.join("fec", false).await.expect("join a");
     b.join("fec", false).await.expect("join b");
     let track = first_track(&mut eb).await;
-    let v = voice.clone();
-    let pusher = tokio::spawn(async move {
-        // Speech until aborted, in 20 ms pushes (backpressure paces the loop).
-        for k in 0.. {
-            if v.push(&voice_bytes(16_000, k * 320, 320)).await.is_err() {
-                break;
+    // Speech until aborted, in 20 ms pushes (backpressure paces the loop).
+    let speak = |v: std::sync::Arc<AudioSource>| {
+        tokio::spawn(async move {
+            for k in 0.. {
+                if v.push(&voice_bytes(16_000, k * 320, 320)).await.is_err() {
+                    break;
+                }
             }
-        }
-    });
+        })
+    };
+    let pusher = speak(voice.clone());
     // Whether each received packet carries FEC, read as it arrives.
     let (fec_tx, fec_rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
@@ -280,6 +282,27 @@ async fn fec_follows_the_loss_the_listener_reports() {
     let fec = with_fec(80).await;
     println!("{fec} of 80 packets received carry FEC");
     assert!(fec >= 20, "{fec} of 80 packets carry FEC");
+
+    // The next utterance (a new source on the same track, as the agent makes one after a
+    // barge-in) starts protected: the track keeps the far end's report, so its first
+    // packets carry FEC without waiting for the pacer's first look (25 frames).
+    pusher.abort();
+    voice.stop();
+    let voice = std::sync::Arc::new(
+        AudioSource::with_track(
+            AudioSourceOptions::new(16_000, Layout::Mono),
+            voice.track().clone(),
+        )
+        .expect("next source"),
+    );
+    assert_eq!(voice.expected_loss_percent(), 10, "the next utterance");
+    let pusher = speak(voice.clone());
+    let fec = with_fec(20).await;
+    println!("{fec} of the next utterance's first 20 packets received carry FEC");
+    assert!(
+        fec >= 5,
+        "{fec} of the next utterance's first 20 packets carry FEC"
+    );
 
     b_at_a.simulate_packet_loss(0.0);
     tokio::time::timeout(WAIT, async {
