@@ -90,7 +90,9 @@ const fn invalid(reason: &'static str) -> AuthError {
 /// The JWT claims Parlor reads (spec §1.2).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
-    /// Expiry, Unix seconds (required).
+    /// Expiry, Unix seconds (required). A JWT NumericDate may carry a fraction
+    /// (`1767225600.5`); it is rounded down.
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Channel glob patterns; all channels when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +110,24 @@ pub struct Claims {
     /// Private bag echoed in `welcome.metadata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Box<RawValue>>,
+}
+
+/// A JWT NumericDate (RFC 7519 §2): whole seconds, or with a fraction (rounded down, so a
+/// token never lives longer than it says). Negative or non-finite values are refused.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Numeric {
+        Whole(u64),
+        Fraction(f64),
+    }
+    match Numeric::deserialize(d)? {
+        Numeric::Whole(n) => Ok(n),
+        Numeric::Fraction(f) if f.is_finite() && (0.0..1.8e19).contains(&f) => Ok(f.floor() as u64),
+        Numeric::Fraction(_) => Err(serde::de::Error::custom(
+            "a NumericDate must be a non-negative number of seconds",
+        )),
+    }
 }
 
 /// Mint an HS256 JWT with header `kid` (used by `parlor token` and by tests).
@@ -433,6 +453,42 @@ account = "acme"
         let mut arr = claims(now() + 60);
         arr.peer_metadata = Some(RawValue::from_string("[1]".into()).expect("j"));
         assert_eq!(code(&mint_token(SECRET, "main", &arr).expect("m")), 4001);
+
+        // Claims as any JWT library writes them.
+        let sign = |claims: serde_json::Value| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("main".to_owned());
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .expect("sign")
+        };
+        // A NumericDate with a fraction is valid (RFC 7519 §2), rounded down.
+        let t0 = now();
+        let t = sign(serde_json::json!({ "exp": t0 as f64 + 60.75 }));
+        let g = a
+            .authenticate(Some(&format!("token={t}")), t0)
+            .expect("fractional exp");
+        assert_eq!(g.expires_at, Some(t0 + 60));
+        assert_eq!(
+            code(&sign(serde_json::json!({ "exp": now() as f64 - 0.5 }))),
+            4002
+        );
+        assert_eq!(code(&sign(serde_json::json!({ "exp": -5.5 }))), 4001);
+        assert_eq!(code(&sign(serde_json::json!({ "exp": "soon" }))), 4001);
+        assert_eq!(code(&sign(serde_json::json!({ "channels": ["a"] }))), 4001);
+        // `metadata` (echoed in `welcome.metadata`) must be an object, as `peerMetadata`.
+        let exp = now() + 60;
+        assert_eq!(
+            code(&sign(serde_json::json!({ "exp": exp, "metadata": [1] }))),
+            4001
+        );
+        assert_eq!(
+            code(&sign(serde_json::json!({ "exp": exp, "metadata": "x" }))),
+            4001
+        );
     }
 
     #[test]
