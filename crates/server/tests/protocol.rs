@@ -348,6 +348,15 @@ async fn sender_metadata_is_opt_in() {
             .get("fromMetadata")
             .is_none()
     );
+    // A sender without metadata: an opted-in recipient gets no `fromMetadata` key at all.
+    not_opted
+        .send_json(json!({"type":"publish","channel":"room","data":"z"}))
+        .await;
+    assert!(opted.expect("message").await.get("fromMetadata").is_none());
+    not_opted
+        .send_json(json!({"type":"send","to":opted.peer_id,"data":2}))
+        .await;
+    assert!(opted.expect("direct").await.get("fromMetadata").is_none());
     // Tenants are isolated: the dev-key peer saw nothing from alice and cannot reach her.
     plain.expect_silence(Duration::from_millis(200)).await;
     let e = plain
@@ -481,4 +490,44 @@ async fn client_close_is_answered_with_a_close_frame() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn every_client_close_code_is_an_ordinary_leave() {
+    // The SDKs close with 1000 (`close()`), 4000 (their heartbeat gave up), 1001 (a page
+    // going away) and 1009 (a frame too big for them): each is a plain disconnect that the
+    // room sees as `left` and that frees the connection's slot at once.
+    let server = Server::start(
+        r#"
+[[accounts]]
+id = "pair"
+max_connections = 2
+[[keys]]
+key = "pk_pair"
+account = "pair"
+"#,
+    )
+    .await;
+    let mut watcher = Client::connect(&server.url("key=pk_pair")).await;
+    watcher.subscribe("room").await;
+    for code in [4000u16, 1001, 1009, 1000] {
+        // The second slot is free again: a connection refused here would close 4010.
+        let mut c = Client::connect(&server.url("key=pk_pair")).await;
+        c.subscribe("room").await;
+        assert_eq!(
+            ids(&watcher.expect("presence").await["joined"]),
+            vec![c.peer_id.clone()]
+        );
+        c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        }))
+        .await
+        .expect("send close");
+        assert_eq!(
+            ids(&watcher.expect("presence").await["left"]),
+            vec![c.peer_id.clone()],
+            "after a client close {code}"
+        );
+    }
 }
