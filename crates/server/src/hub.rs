@@ -593,9 +593,10 @@ impl Hub {
         rid: Option<&str>,
         now_ms: u64,
     ) {
-        if self.data_too_big(conn, data)
-            || !self.authorize(conn, Some(channel), Action::Publish, rid)
+        // Spec §1.10's order: authorization → permission → quota → limits.
+        if !self.authorize(conn, Some(channel), Action::Publish, rid)
             || !self.take_quota(conn, rid, now_ms)
+            || self.data_too_big(conn, data)
         {
             return;
         }
@@ -658,9 +659,10 @@ impl Hub {
     }
 
     fn send(&mut self, conn: ConnId, to: &str, data: &RawValue, rid: Option<&str>, now_ms: u64) {
-        if self.data_too_big(conn, data)
-            || !self.authorize(conn, None, Action::Send, rid)
+        // Spec §1.10's order: authorization → permission → quota → limits.
+        if !self.authorize(conn, None, Action::Send, rid)
             || !self.take_quota(conn, rid, now_ms)
+            || self.data_too_big(conn, data)
         {
             return;
         }

@@ -79,6 +79,18 @@ async fn token_claims_scope_channels_and_actions_and_echo_metadata() {
         .request(json!({"type":"publish","channel":"room","data":1}))
         .await;
     assert_eq!(e["code"], "channel_not_authorized");
+    // ... and both before the size limit: an oversized payload the token may not send is
+    // refused with the error, and the connection stays.
+    let big = "x".repeat(65_536); // over maxMessageSize, under the WebSocket frame cap
+    let e = c
+        .request(json!({"type":"publish","channel":"room","data":big}))
+        .await;
+    assert_eq!(e["code"], "channel_not_authorized");
+    let e = c
+        .request(json!({"type":"send","to":c.peer_id,"data":big}))
+        .await;
+    assert_eq!(e["code"], "action_not_permitted");
+    c.ping_pong().await;
 }
 
 #[tokio::test]
