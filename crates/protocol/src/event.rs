@@ -170,6 +170,34 @@ fn push_list<'e>(out: &mut String, entries: impl IntoIterator<Item = &'e str>) {
     }
 }
 
+/// A presence snapshot as frames of at most `max` bytes each: the first is the snapshot
+/// (clients replace their roster with it), the rest carry the remaining entries as `joined`
+/// deltas, which clients add. One frame, possibly empty, when everything fits. An entry too
+/// big for any frame still gets a frame of its own (bounded by the caller's limits).
+pub fn presence_snapshot_frames<'e>(
+    channel: &str,
+    joined: impl IntoIterator<Item = &'e str>,
+    max: usize,
+) -> Vec<String> {
+    let overhead = presence_overhead(channel);
+    let mut frames = Vec::new();
+    let mut chunk: Vec<&str> = Vec::new();
+    let mut bytes = overhead;
+    for e in joined {
+        let add = e.len() + usize::from(!chunk.is_empty());
+        if !chunk.is_empty() && bytes + add > max {
+            frames.push(presence(channel, chunk.drain(..), []));
+            bytes = overhead;
+        }
+        bytes += e.len() + usize::from(!chunk.is_empty());
+        chunk.push(e);
+    }
+    if !chunk.is_empty() || frames.is_empty() {
+        frames.push(presence(channel, chunk, []));
+    }
+    frames
+}
+
 /// The bytes a presence frame for `channel` needs besides its entries (the envelope), used to
 /// bound snapshots below [`MAX_OUTBOUND_FRAME`].
 pub fn presence_overhead(channel: &str) -> usize {
@@ -256,6 +284,52 @@ mod tests {
             r#"{"type":"presence","channel":"r\"x","joined":[],"left":[{"peerId":"p_a"}]}"#
         );
         assert_eq!(presence_overhead("room"), presence("room", [], []).len());
+    }
+
+    #[test]
+    fn snapshots_split_at_the_cap_in_order() {
+        let entries: Vec<String> = (0..50)
+            .map(|i| presence_entry(&format!("p_{i:02}"), None))
+            .collect();
+        let all = || entries.iter().map(String::as_str);
+        // Everything fits: one frame, the plain snapshot; nothing at all: one empty frame.
+        let whole = presence("room", all(), []);
+        assert_eq!(
+            presence_snapshot_frames("room", all(), whole.len()),
+            vec![whole.clone()]
+        );
+        assert_eq!(
+            presence_snapshot_frames("room", [], 10),
+            vec![presence("room", [], [])]
+        );
+        // A frame one byte short of the whole roster and a small cap: every frame within the
+        // cap, each as full as the cap allows, the entries in order, none lost or repeated.
+        for max in [
+            whole.len() - 1,
+            presence_overhead("room") + 3 * entries[0].len() + 2,
+        ] {
+            let frames = presence_snapshot_frames("room", all(), max);
+            assert!(frames.len() > 1, "{max}");
+            let mut ids = Vec::new();
+            for f in &frames {
+                assert!(f.len() <= max, "{} > {max}", f.len());
+                let v: serde_json::Value = serde_json::from_str(f).expect("json");
+                assert_eq!(v["left"], serde_json::json!([]));
+                for e in v["joined"].as_array().expect("joined") {
+                    ids.push(e["peerId"].as_str().expect("id").to_owned());
+                }
+            }
+            let want: Vec<String> = (0..50).map(|i| format!("p_{i:02}")).collect();
+            assert_eq!(ids, want);
+            // Greedy: no frame but the last could have taken the next entry.
+            for f in &frames[..frames.len() - 1] {
+                assert!(f.len() + 1 + entries[0].len() > max);
+            }
+        }
+        // An entry bigger than the cap still goes out alone (the caller's limits bound it).
+        let big = presence_entry(&"p".repeat(100), None);
+        let frames = presence_snapshot_frames("room", [entries[0].as_str(), big.as_str()], 40);
+        assert_eq!(frames.len(), 2);
     }
 
     #[test]

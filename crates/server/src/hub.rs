@@ -446,7 +446,9 @@ impl Hub {
         }
         self.ack(conn, rid);
         if sees_presence {
-            self.push_to(conn, self.snapshot(conn, &channel));
+            for frame in self.snapshot(conn, &channel) {
+                self.push_to(conn, frame);
+            }
         }
         // Other nodes learn of the member after its ack and snapshot are queued here, so
         // whatever they send in reaction reaches it after its snapshot (spec §1.8.3).
@@ -459,10 +461,13 @@ impl Hub {
         }
     }
 
-    /// The full roster of `channel` for `conn`, excluding itself, as one frame.
-    fn snapshot(&self, conn: ConnId, channel: &str) -> Frame {
+    /// The full roster of `channel` for `conn`, excluding itself: one frame, bounded by the
+    /// roster cap at subscribe. A cluster's remote members are an eventually consistent
+    /// view, so concurrent joins on several nodes can overshoot that cap; a roster over
+    /// the outbound frame cap then continues in `joined` deltas instead of being dropped.
+    fn snapshot(&self, conn: ConnId, channel: &str) -> Vec<Frame> {
         let Some(c) = self.conns.get(&conn) else {
-            return event::presence(channel, [], []).into();
+            return vec![event::presence(channel, [], []).into()];
         };
         let entries = self
             .tenants
@@ -476,7 +481,10 @@ impl Hub {
             .cluster
             .iter()
             .flat_map(|r| r.entries(&c.grant.account, channel));
-        event::presence(channel, entries.chain(remote), []).into()
+        event::presence_snapshot_frames(channel, entries.chain(remote), MAX_OUTBOUND_FRAME)
+            .into_iter()
+            .map(Frame::from)
+            .collect()
     }
 
     fn unsubscribe(&mut self, conn: ConnId, channel: &str, rid: Option<&str>) {
