@@ -3,7 +3,7 @@
 //! Every function returns the complete JSON text of one frame. Payloads (`data`, metadata)
 //! are `RawValue`s and are copied byte for byte.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
@@ -170,31 +170,75 @@ fn push_list<'e>(out: &mut String, entries: impl IntoIterator<Item = &'e str>) {
     }
 }
 
-/// A presence snapshot as frames of at most `max` bytes each: the first is the snapshot
-/// (clients replace their roster with it), the rest carry the remaining entries as `joined`
-/// deltas, which clients add. One frame, possibly empty, when everything fits. An entry too
-/// big for any frame still gets a frame of its own (bounded by the caller's limits).
+/// A presence snapshot within `max` bytes. Spec §1.8.2 wants the whole roster in one frame:
+/// clients diff their roster against the first presence after a subscribe, so a roster split
+/// across frames would make the members in the later frames look like departures.
+///
+/// The subscribe path's roster cap keeps every snapshot within the cap; a cluster's view of
+/// remote members is eventually consistent, so concurrent joins on several nodes can
+/// overshoot it. Then the snapshot stays one frame and drops the optional `metadata` of as
+/// few entries as it must, from the end (every peer id stays). Only a roster whose bare ids
+/// exceed `max` is split into further `joined` frames, as a last resort. An entry not made
+/// by [`presence_entry`] is kept whole.
 pub fn presence_snapshot_frames<'e>(
     channel: &str,
     joined: impl IntoIterator<Item = &'e str>,
     max: usize,
 ) -> Vec<String> {
+    let entries: Vec<&str> = joined.into_iter().collect();
     let overhead = presence_overhead(channel);
+    let commas = entries.len().saturating_sub(1);
+    let full: usize = entries.iter().map(|e| e.len()).sum::<usize>() + commas;
+    if overhead + full <= max {
+        return vec![presence(channel, entries, [])];
+    }
+    // The same entries without metadata.
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(rename = "peerId", borrow)]
+        peer_id: &'a str,
+    }
+    let bare: Vec<Option<String>> = entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Id<'_>>(e)
+                .ok()
+                .map(|id| presence_entry(id.peer_id, None))
+                .filter(|b| b.len() < e.len())
+        })
+        .collect();
+    let len = |i: usize| bare[i].as_ref().map_or(entries[i].len(), String::len);
+    let bare_total: usize = (0..entries.len()).map(len).sum::<usize>() + commas;
+    if overhead + bare_total <= max {
+        // Keep metadata for the leading entries while the rest still fit bare.
+        let mut budget = max - overhead - bare_total;
+        let mut out: Vec<&str> = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            match &bare[i] {
+                Some(b) if e.len() - b.len() > budget => out.push(b),
+                Some(b) => {
+                    budget -= e.len() - b.len();
+                    out.push(e);
+                }
+                None => out.push(e),
+            }
+        }
+        return vec![presence(channel, out, [])];
+    }
+    // Last resort: bare entries in frames of at most `max` bytes.
     let mut frames = Vec::new();
     let mut chunk: Vec<&str> = Vec::new();
     let mut bytes = overhead;
-    for e in joined {
-        let add = e.len() + usize::from(!chunk.is_empty());
-        if !chunk.is_empty() && bytes + add > max {
+    for i in 0..entries.len() {
+        let e = bare[i].as_deref().unwrap_or(entries[i]);
+        if !chunk.is_empty() && bytes + 1 + e.len() > max {
             frames.push(presence(channel, chunk.drain(..), []));
             bytes = overhead;
         }
         bytes += e.len() + usize::from(!chunk.is_empty());
         chunk.push(e);
     }
-    if !chunk.is_empty() || frames.is_empty() {
-        frames.push(presence(channel, chunk, []));
-    }
+    frames.push(presence(channel, chunk, []));
     frames
 }
 
@@ -287,12 +331,29 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_split_at_the_cap_in_order() {
+    fn snapshots_stay_one_frame_dropping_metadata_before_splitting() {
+        let meta = raw(r#"{"name":"someone with a long name"}"#);
         let entries: Vec<String> = (0..50)
-            .map(|i| presence_entry(&format!("p_{i:02}"), None))
+            .map(|i| presence_entry(&format!("p_{i:02}"), Some(&meta)))
             .collect();
         let all = || entries.iter().map(String::as_str);
-        // Everything fits: one frame, the plain snapshot; nothing at all: one empty frame.
+        let ids = |f: &str| -> Vec<(String, bool)> {
+            let v: serde_json::Value = serde_json::from_str(f).expect("json");
+            assert_eq!(v["left"], serde_json::json!([]));
+            v["joined"]
+                .as_array()
+                .expect("joined")
+                .iter()
+                .map(|e| {
+                    (
+                        e["peerId"].as_str().expect("id").to_owned(),
+                        e.get("metadata").is_some(),
+                    )
+                })
+                .collect()
+        };
+        let want: Vec<String> = (0..50).map(|i| format!("p_{i:02}")).collect();
+        // Everything fits: the plain snapshot; nothing at all: one empty frame.
         let whole = presence("room", all(), []);
         assert_eq!(
             presence_snapshot_frames("room", all(), whole.len()),
@@ -302,34 +363,38 @@ mod tests {
             presence_snapshot_frames("room", [], 10),
             vec![presence("room", [], [])]
         );
-        // A frame one byte short of the whole roster and a small cap: every frame within the
-        // cap, each as full as the cap allows, the entries in order, none lost or repeated.
+
+        // One byte short: still one frame, every id, metadata dropped from the last entry only.
+        let frames = presence_snapshot_frames("room", all(), whole.len() - 1);
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].len() < whole.len());
+        let got = ids(&frames[0]);
+        assert_eq!(got.iter().map(|g| g.0.clone()).collect::<Vec<_>>(), want);
+        assert!(got[..49].iter().all(|g| g.1) && !got[49].1, "{got:?}");
+
+        // Room for the bare ids only: one frame, no metadata.
+        let bare: Vec<String> = want.iter().map(|id| presence_entry(id, None)).collect();
+        let bare_whole = presence("room", bare.iter().map(String::as_str), []);
+        let frames = presence_snapshot_frames("room", all(), bare_whole.len());
+        assert_eq!(frames, vec![bare_whole.clone()]);
+
+        // Not even that: split (last resort), every frame within the cap, in order, greedy.
         for max in [
-            whole.len() - 1,
-            presence_overhead("room") + 3 * entries[0].len() + 2,
+            bare_whole.len() - 1,
+            presence_overhead("room") + 3 * bare[0].len() + 2,
         ] {
             let frames = presence_snapshot_frames("room", all(), max);
             assert!(frames.len() > 1, "{max}");
-            let mut ids = Vec::new();
+            let mut got = Vec::new();
             for f in &frames {
                 assert!(f.len() <= max, "{} > {max}", f.len());
-                let v: serde_json::Value = serde_json::from_str(f).expect("json");
-                assert_eq!(v["left"], serde_json::json!([]));
-                for e in v["joined"].as_array().expect("joined") {
-                    ids.push(e["peerId"].as_str().expect("id").to_owned());
-                }
+                got.extend(ids(f).into_iter().map(|g| g.0));
             }
-            let want: Vec<String> = (0..50).map(|i| format!("p_{i:02}")).collect();
-            assert_eq!(ids, want);
-            // Greedy: no frame but the last could have taken the next entry.
+            assert_eq!(got, want);
             for f in &frames[..frames.len() - 1] {
-                assert!(f.len() + 1 + entries[0].len() > max);
+                assert!(f.len() + 1 + bare[0].len() > max);
             }
         }
-        // An entry bigger than the cap still goes out alone (the caller's limits bound it).
-        let big = presence_entry(&"p".repeat(100), None);
-        let frames = presence_snapshot_frames("room", [entries[0].as_str(), big.as_str()], 40);
-        assert_eq!(frames.len(), 2);
     }
 
     #[test]

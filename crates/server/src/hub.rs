@@ -463,8 +463,9 @@ impl Hub {
 
     /// The full roster of `channel` for `conn`, excluding itself: one frame, bounded by the
     /// roster cap at subscribe. A cluster's remote members are an eventually consistent
-    /// view, so concurrent joins on several nodes can overshoot that cap; a roster over
-    /// the outbound frame cap then continues in `joined` deltas instead of being dropped.
+    /// view, so concurrent joins on several nodes can overshoot that cap; such a roster
+    /// still goes out, as one frame without some entries' metadata
+    /// ([`event::presence_snapshot_frames`]), instead of being dropped.
     fn snapshot(&self, conn: ConnId, channel: &str) -> Vec<Frame> {
         let Some(c) = self.conns.get(&conn) else {
             return vec![event::presence(channel, [], []).into()];

@@ -428,6 +428,54 @@ fn limits_and_quotas_count_across_nodes() {
 }
 
 #[test]
+fn a_roster_that_overshoots_the_cap_across_nodes_still_gets_one_snapshot() {
+    // Each node checks the roster cap against its own view; joins on two nodes at once
+    // (nothing delivered between them) overshoot it together: 2 × 80 members with 8 KB of
+    // metadata is over the 1 MiB frame cap. A repeat subscribe still gets its snapshot:
+    // one frame within the cap, every other member's id in it.
+    let mut cl = Cluster::new(2);
+    let meta = format!(r#"{{"pad":"{}"}}"#, "m".repeat(8000));
+    let clients: Vec<Client> = (0..160)
+        .map(|i| cl.join(i % 2, "dev", Some(&meta)))
+        .collect();
+    for c in &clients {
+        let f = parse_client_frame(r#"{"type":"subscribe","channel":"big","requestId":"s"}"#)
+            .expect("frame");
+        cl.nodes[c.node].1.handle(c.c.conn, f, cl.now);
+    }
+    cl.pump();
+    let c = &clients[0];
+    for c in &clients {
+        let _ = c.drain();
+    }
+    cl.req(
+        c,
+        r#"{"type":"subscribe","channel":"big","requestId":"again"}"#,
+    );
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut next = std::pin::pin!(c.c.outbox.next());
+    let std::task::Poll::Ready(Next::Frames(frames)) = next.as_mut().poll(&mut cx) else {
+        panic!("nothing queued");
+    };
+    assert_eq!(frames.len(), 2, "ack and one snapshot");
+    assert!(frames[1].len() <= parlor_protocol::event::MAX_OUTBOUND_FRAME);
+    let snap: Value = serde_json::from_str(&frames[1]).expect("json");
+    let mut ids = joined(&snap);
+    ids.sort_unstable();
+    let mut want: Vec<&str> = clients[1..].iter().map(Client::id).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    let with_meta = snap["joined"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("metadata").is_some())
+        .count();
+    assert!((100..159).contains(&with_meta), "{with_meta} with metadata");
+}
+
+#[test]
 fn an_admin_kick_reaches_the_peer_on_its_node() {
     let mut cl = Cluster::new(2);
     let y = cl.join(1, "dev", None);
