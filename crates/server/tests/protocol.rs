@@ -444,6 +444,21 @@ async fn oversized_payloads_close_1009() {
         .request(json!({"type":"publish","channel":"é".repeat(256),"data":ok}))
         .await;
     assert_eq!(ack["type"], "ack");
+    // The worst envelope a client writes: Python's json.dumps escapes every non-ASCII
+    // character, so a channel of 256 astral characters is 256 surrogate pairs of `\uXXXX`
+    // (3 KB); with a payload exactly at the cap and a long requestId it still passes.
+    let channel = "\\ud83d\\ude00".repeat(256);
+    let data = format!("\"{}\"", "z".repeat(65534));
+    let rid = "r".repeat(128);
+    b.send_text(format!(
+        r#"{{"type":"publish","channel":"{channel}","data":{data},"requestId":"{rid}"}}"#
+    ))
+    .await;
+    let ack = b.next().await;
+    assert_eq!(
+        (&ack["type"], &ack["requestId"]),
+        (&json!("ack"), &json!(rid))
+    );
     // A frame over the WebSocket cap → 1009 from the transport layer.
     let mut c = Client::dev(&server).await;
     c.send_text("x".repeat(65536 + 8192)).await;
