@@ -2,8 +2,9 @@
 //! each data-channel message on the channel it came from, and loops each inbound audio track
 //! back to that peer as an outbound track.
 //!
-//! With `--open-channel LABEL` it also opens a data channel to every peer once connected,
-//! sends `hello from parlor` on it, and echoes what comes back on it too.
+//! With `--open-channel LABEL` it also opens a data channel to every peer once connected
+//! (or, with `--open-channel-at peer-joined`, as soon as the peer appears, before the first
+//! offer/answer), sends `hello from parlor` on it, and echoes what comes back on it too.
 //!
 //! stdout carries one line per milestone, for scripts: `echo joined ROOM as PEER_ID`,
 //! `peer-joined ID`, `peer-left ID`, `connection ID STATE`, `channel-open ID LABEL`,
@@ -38,13 +39,26 @@ pub(crate) struct EchoArgs {
     /// interface's address).
     #[arg(long)]
     bind_ip: Option<IpAddr>,
-    /// Also open a data channel with this label to every peer once connected.
+    /// Also open a data channel with this label to every peer.
     #[arg(long)]
     open_channel: Option<String>,
+    /// When `--open-channel` opens it: once the connection is up, or as soon as the peer
+    /// joins (before the first negotiation, so the channel rides it or its glare).
+    #[arg(long, value_enum, default_value_t = OpenAt::Connected)]
+    open_channel_at: OpenAt,
     /// Announce relayed candidates only (iceTransportPolicy "relay"): every path goes
     /// through the TURN servers of the welcome's `metadata.iceServers`.
     #[arg(long)]
     relay_only: bool,
+}
+
+/// When `--open-channel` opens its channel.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenAt {
+    /// At `PeerJoined`.
+    PeerJoined,
+    /// At the first `Connected` state (and again after a reset).
+    Connected,
 }
 
 fn say(line: &str) {
@@ -76,7 +90,7 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         room.peer_id().unwrap_or_default()
     ));
     let result = tokio::select! {
-        r = pump(&room, &mut events, args.open_channel.as_deref()) => r,
+        r = pump(&room, &mut events, args.open_channel.as_deref(), args.open_channel_at) => r,
         _ = crate::shutdown_signal() => Ok(()),
     };
     room.close().await;
@@ -87,12 +101,20 @@ async fn pump(
     room: &RoomPeer,
     events: &mut parlor_peer::room::RoomEvents,
     open_channel: Option<&str>,
+    open_at: OpenAt,
 ) -> anyhow::Result<()> {
     // Channels we opened, per peer: a fresh connection needs a fresh one.
     let ours: Arc<Mutex<HashMap<String, DataChannel>>> = Arc::default();
     while let Some(e) = events.recv().await {
         match e {
-            RoomEvent::PeerJoined { peer_id, .. } => say(&format!("peer-joined {peer_id}")),
+            RoomEvent::PeerJoined { peer_id, .. } => {
+                say(&format!("peer-joined {peer_id}"));
+                if let (Some(label), OpenAt::PeerJoined) = (open_channel, open_at)
+                    && let Some(remote) = room.remote(&peer_id)
+                {
+                    tokio::spawn(open_and_echo(remote, label.to_owned(), ours.clone()));
+                }
+            }
             RoomEvent::PeerLeft { peer_id } => {
                 lock(&ours).remove(&peer_id);
                 say(&format!("peer-left {peer_id}"))
@@ -101,7 +123,7 @@ async fn pump(
                 say(&format!("connection {peer_id} {state:?}"));
                 let live = lock(&ours).get(&peer_id).is_some_and(|c| !c.is_closed());
                 if let (Some(label), PeerConnectionState::Connected, false) =
-                    (open_channel, state, live)
+                    (open_channel, state, live || open_at == OpenAt::PeerJoined)
                     && let Some(remote) = room.remote(&peer_id)
                 {
                     tokio::spawn(open_and_echo(remote, label.to_owned(), ours.clone()));

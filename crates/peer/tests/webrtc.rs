@@ -7,9 +7,9 @@ mod common;
 
 use tokio::net::TcpListener;
 
-use common::{WAIT, frames, pace, peer, server_on, track_from, wait_for};
-use parlor_peer::room::{RoomEvent, RoomEvents, RoomPeer};
-use parlor_peer::{DataMessage, EncodedFrame, LocalTrack, RemoteTrack};
+use common::{WAIT, frames, pace, peer, peer_with, server_on, track_from, wait_for};
+use parlor_peer::room::{RoomEvent, RoomEvents, RoomOptions, RoomPeer};
+use parlor_peer::{DataChannel, DataMessage, EncodedFrame, LocalTrack, RemoteTrack};
 /// A call in `room`: A sends a paced audio track, B has received a few of its frames.
 struct Call {
     server: parlor_server::ServerHandle,
@@ -400,6 +400,65 @@ async fn network_outage_runs_the_restart_ladder_and_recovers() {
             .any(|(_, s)| s == "reset" || s.starts_with("error")),
         "recovered in place"
     );
+    a.close().await;
+    b.close().await;
+}
+
+/// Open a channel to the first peer that joins, as soon as it joins; return it with the
+/// channel the other side opened to us.
+async fn open_at_peer_joined(
+    peer: RoomPeer,
+    mut ev: RoomEvents,
+    label: &'static str,
+) -> (DataChannel, DataChannel) {
+    let remote = wait_for(&mut ev, |e| match e {
+        RoomEvent::PeerJoined { peer_id, .. } => Some(peer_id.clone()),
+        _ => None,
+    })
+    .await;
+    let ours = peer
+        .create_data_channel(&remote, label)
+        .await
+        .expect("our channel opens");
+    let theirs = wait_for(&mut ev, |e| match e {
+        RoomEvent::DataChannelOpened { channel, .. } if channel.label() != label => {
+            Some(channel.clone())
+        }
+        _ => None,
+    })
+    .await;
+    (ours, theirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_opened_at_peer_joined_survive_lost_offers_and_glare() {
+    // Both sides open a channel at PeerJoined, before any offer/answer, and each loses its
+    // first offer. Both wait for answers that never come; their answer watchdogs roll the
+    // offers back and offer again, and those offers collide: the impolite side ignores the
+    // polite one's, the polite side accepts the impolite one's and rolls its own back. str0m
+    // drops a channel with the offer that carried it; each must ride the next offer.
+    let server = server_on("127.0.0.1:0").await;
+    let url = server.url();
+    let options = || RoomOptions::default().simulate_lost_offers(1);
+    let (a, b) = (peer_with(&url, options()), peer_with(&url, options()));
+    let (ea, eb) = (a.events(), b.events());
+    a.join("glare", false).await.expect("join a");
+    b.join("glare", false).await.expect("join b");
+    let at_a = tokio::spawn(open_at_peer_joined(a.clone(), ea, "from-a"));
+    let at_b = tokio::spawn(open_at_peer_joined(b.clone(), eb, "from-b"));
+    let (a_ours, a_theirs) = at_a.await.expect("a");
+    let (b_ours, b_theirs) = at_b.await.expect("b");
+    assert_eq!((a_theirs.label(), b_theirs.label()), ("from-b", "from-a"));
+    a_ours.send("a to b").await.expect("send");
+    b_ours.send("b to a").await.expect("send");
+    let got_b = tokio::time::timeout(WAIT, b_theirs.recv())
+        .await
+        .expect("recv");
+    let got_a = tokio::time::timeout(WAIT, a_theirs.recv())
+        .await
+        .expect("recv");
+    assert_eq!(got_b, Some(DataMessage::Text("a to b".into())));
+    assert_eq!(got_a, Some(DataMessage::Text("b to a".into())));
     a.close().await;
     b.close().await;
 }

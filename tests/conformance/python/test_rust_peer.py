@@ -470,11 +470,15 @@ async def test_data_channel_and_audio_in_one_call(server, make_peer, echo_factor
         await probe.close()
 
 
+@pytest.mark.parametrize("open_at", ["connected", "peer-joined"])
 @pytest.mark.parametrize("python_role", ROLES)
-async def test_data_channel_created_by_rust(server, make_peer, echo_factory, python_role):
+async def test_data_channel_created_by_rust(server, make_peer, echo_factory, python_role,
+                                            open_at):
     """The Rust side creates the channel: `parlor echo --open-channel parlor` opens it once
-    connected and says hello; Python sees DataChannelOpened and its messages on the channel
-    come back exactly (Rust as the channel's creator, in both politeness roles)."""
+    connected, or at peer-joined (before the first exchange: the channel rides the Rust
+    offer, and when that offer loses the glare with Python's, it must ride the next one), and
+    says hello; Python sees DataChannelOpened and its messages on the channel come back
+    exactly (Rust as the channel's creator, in both politeness roles)."""
     received: list[str | bytes] = []
     channels: list[DataChannel] = []
     ev_labels: list[str] = []
@@ -490,7 +494,8 @@ async def test_data_channel_created_by_rust(server, make_peer, echo_factory, pyt
 
     h, echo, echo_id, _, ctx = await _setup(
         server, make_peer, echo_factory, python_role, audio=True, dc_when=None,
-        echo_args=("--open-channel", "parlor"), on_remote=on_remote)
+        echo_args=("--open-channel", "parlor", "--open-channel-at", open_at),
+        on_remote=on_remote)
     await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
     await echo.wait_line(rf"^channel-created {re.escape(h.peer.peer_id)} parlor\s*$",
                          what=f"(echo created 'parlor'; {ctx})")

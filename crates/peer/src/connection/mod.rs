@@ -53,7 +53,8 @@ pub const IMPOLITE_OFFER_DELAY: Duration = Duration::from_millis(250);
 pub const POLITE_OFFER_DELAY: Duration = Duration::from_millis(0);
 /// An offer unanswered this long is rolled back and made again.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Offers a connection makes on its own (initial, follow-ups, retries) before giving up.
+/// Offers a connection makes on its own (initial, follow-ups, retries) without the
+/// negotiation settling before it gives up (ICE restarts are bounded by their ladder).
 pub const MAX_AUTO_OFFERS: u32 = 8;
 /// How long `create_data_channel` waits for the channel to open.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,6 +109,8 @@ pub(crate) struct ConnParams {
     pub(crate) relay_only: bool,
     /// TLS client configuration for `turns:` servers.
     pub(crate) turn_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Test hook: the first this-many offers are never sent.
+    pub(crate) lost_offers: u32,
 }
 
 pub(crate) enum Command {
@@ -410,6 +413,9 @@ struct PendingOffer {
     adds: Vec<(Arc<str>, Mid)>,
     has_app: bool,
     ice_restart: bool,
+    /// Data channels this offer carries: str0m confirms them only with the answer, so an
+    /// offer rolled back takes them along unless they are queued again.
+    channels: Vec<ChannelId>,
 }
 
 struct Attached {
@@ -885,7 +891,18 @@ impl Conn {
         // Dropping the pending offer is str0m's rollback.
         if let Some(p) = self.pending.take() {
             self.restart_wanted |= p.ice_restart;
+            self.requeue_channels(&p.channels);
             self.neg.local_offer_rolled_back();
+        }
+    }
+
+    /// Data channels whose offer was rolled back (or whose `Rtc` was replaced) wait for the
+    /// next offer instead of timing out: the caller's `create_data_channel` is still waiting.
+    fn requeue_channels(&mut self, cids: &[ChannelId]) {
+        for cid in cids {
+            if let Some(waiting) = self.waiting_channels.remove(cid) {
+                self.queued_channels.push(waiting);
+            }
         }
     }
 
@@ -937,14 +954,19 @@ impl Conn {
             });
             self.hidden_channels.push(cid);
         }
+        let mut channels = Vec::new();
         for (label, reply) in self.queued_channels.drain(..) {
             let cid = api.add_channel(label.clone());
             self.waiting_channels.insert(cid, (label, reply));
+            channels.push(cid);
         }
         let Some((offer, pending)) = api.apply() else {
             return;
         };
-        self.auto_offers += 1;
+        // ICE restarts are bounded by the restart ladder, not by this budget.
+        if !ice_restart {
+            self.auto_offers += 1;
+        }
         self.neg.local_offer_started();
         let sdp_text = offer.to_sdp_string();
         self.local_msids = sdp::msids_by_mid(&sdp_text);
@@ -955,6 +977,7 @@ impl Conn {
             adds,
             has_app,
             ice_restart,
+            channels,
         });
         tracing::debug!(peer = %self.p.remote_id, why, "sending offer");
         self.send_description(SdpKind::Offer, &sdp_text);
@@ -963,6 +986,11 @@ impl Conn {
     /// Send a description, then our candidates, then end-of-candidates (or, while TURN
     /// allocations are still in progress, later: relayed candidates trickle as they come).
     fn send_description(&mut self, kind: SdpKind, sdp_text: &str) {
+        if kind == SdpKind::Offer && self.p.lost_offers > 0 {
+            self.p.lost_offers -= 1;
+            tracing::debug!(peer = %self.p.remote_id, "test hook: offer lost");
+            return;
+        }
         self.signal(signal::description(kind, sdp_text));
         self.last_description = Some((sdp::first_mid(sdp_text), sdp::ice_ufrag(sdp_text)));
         for line in &self.local_candidates {
@@ -1121,6 +1149,7 @@ impl Conn {
                 adds: Vec::new(),
                 has_app: true,
                 ice_restart: false,
+                channels: vec![cid],
             });
             self.send_description(SdpKind::Offer, &sdp_text);
         }
@@ -1200,6 +1229,7 @@ impl Conn {
                     // Glare, polite side: accepting the remote offer rolls ours back. What it
                     // carried is offered again after this exchange.
                     self.restart_wanted |= p.ice_restart;
+                    self.requeue_channels(&p.channels);
                     self.offer_wanted = true;
                 }
                 let offer = match SdpOffer::from_sdp_string(sdp_text) {
@@ -1237,6 +1267,10 @@ impl Conn {
         self.assign_mids();
         if self.offer_wanted || self.needs_offer() {
             self.make_offer("follow-up", false);
+        } else {
+            // Settled: the budget guards against offer loops, not against a long call's
+            // later tracks and channels.
+            self.auto_offers = 0;
         }
     }
 
@@ -1247,6 +1281,9 @@ impl Conn {
         self.rtc = new_rtc(Instant::now());
         self.add_local_candidates();
         self.pending = None;
+        // Channels not yet open belonged to the old `Rtc`: offer them again on the new one.
+        let waiting: Vec<ChannelId> = self.waiting_channels.keys().copied().collect();
+        self.requeue_channels(&waiting);
         self.app = false;
         self.hidden_channels.clear();
         self.audio_mids.clear();
@@ -1260,6 +1297,7 @@ impl Conn {
             a.rtp = 0;
         }
         self.dtls_up = false;
+        self.auto_offers = 0;
         self.ladder = RestartLadder::default();
         self.set_state(PeerConnectionState::Connecting);
         self.emit(RoomEvent::ConnectionReset {

@@ -73,6 +73,10 @@ pub struct RoomOptions {
     pub relay_only: bool,
     /// Extra CA certificates (PEM) trusted for `turns:` servers, beside the web PKI roots.
     pub turn_tls_roots_pem: Vec<Vec<u8>>,
+    /// Test hook: every connection loses its first this-many offers (never sent), as if the
+    /// signalling path ate them; the answer watchdog and glare handling take over.
+    #[doc(hidden)]
+    pub simulate_lost_offers: u32,
 }
 
 impl RoomOptions {
@@ -92,6 +96,13 @@ impl RoomOptions {
     /// Relayed candidates only (see [`RoomOptions::relay_only`]).
     pub fn relay_only(mut self, relay_only: bool) -> Self {
         self.relay_only = relay_only;
+        self
+    }
+
+    /// Test hook (see [`RoomOptions::simulate_lost_offers`]).
+    #[doc(hidden)]
+    pub fn simulate_lost_offers(mut self, n: u32) -> Self {
+        self.simulate_lost_offers = n;
         self
     }
 
@@ -270,6 +281,7 @@ struct Inner {
     relay_only: bool,
     /// TLS client configuration for `turns:` servers.
     turn_tls: Option<Arc<rustls::ClientConfig>>,
+    lost_offers: u32,
     next_conn: AtomicU64,
     include_sender_metadata: Mutex<bool>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -317,6 +329,7 @@ impl RoomPeer {
                 bind_ip: options.bind_ip.unwrap_or_else(default_bind_ip),
                 ice_servers: Mutex::new(options.ice_servers),
                 relay_only: options.relay_only,
+                lost_offers: options.simulate_lost_offers,
                 turn_tls: match signalling::tls_config(&options.turn_tls_roots_pem) {
                     Ok(c) => Some(c),
                     Err(e) => {
@@ -632,6 +645,7 @@ impl RoomPeer {
             turn: conn::relay::turn_targets(&lock(&self.inner.ice_servers)),
             relay_only: self.inner.relay_only,
             turn_tls: self.inner.turn_tls.clone(),
+            lost_offers: self.inner.lost_offers,
         };
         if params.relay_only && params.turn.is_empty() {
             tracing::warn!(peer = %remote.id(), "relay-only, but no usable TURN server: this connection cannot connect");
