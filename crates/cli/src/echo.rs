@@ -5,6 +5,8 @@
 //! With `--open-channel LABEL` it also opens a data channel to every peer once connected
 //! (or, with `--open-channel-at peer-joined`, as soon as the peer appears, before the first
 //! offer/answer), sends `hello from parlor` on it, and echoes what comes back on it too.
+//! With `--track-metadata JSON` it also sends a (silent) track of its own from the start,
+//! with that metadata.
 //!
 //! stdout carries one line per milestone, for scripts: `echo joined ROOM as PEER_ID`,
 //! `peer-joined ID`, `peer-left ID`, `connection ID STATE`, `channel-open ID LABEL`,
@@ -46,6 +48,11 @@ pub(crate) struct EchoArgs {
     /// joins (before the first negotiation, so the channel rides it or its glare).
     #[arg(long, value_enum, default_value_t = OpenAt::Connected)]
     open_channel_at: OpenAt,
+    /// Also send one track of its own (silent: no frames) to every peer from the start,
+    /// with this JSON object as its metadata (`__meteredTrackMeta`). Its track and stream
+    /// ids are `echo-voice` and `echo-stream`.
+    #[arg(long, value_parser = parse_object)]
+    track_metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Announce relayed candidates only (iceTransportPolicy "relay"): every path goes
     /// through the TURN servers of the welcome's `metadata.iceServers`.
     #[arg(long)]
@@ -59,6 +66,14 @@ pub(crate) enum OpenAt {
     PeerJoined,
     /// At the first `Connected` state (and again after a reset).
     Connected,
+}
+
+fn parse_object(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("must be a JSON object".to_owned()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 fn say(line: &str) {
@@ -81,6 +96,12 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     options = options.relay_only(args.relay_only);
     let room = RoomPeer::with_options(client, options);
     let mut events = room.events();
+    let own_track = args
+        .track_metadata
+        .map(|m| LocalTrack::audio_with("echo-voice", "echo-stream", Some(m)));
+    if let Some(t) = &own_track {
+        room.add_track(t);
+    }
     room.join(&args.room, false)
         .await
         .context("cannot join the room")?;

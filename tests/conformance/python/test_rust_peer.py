@@ -22,6 +22,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -448,6 +449,25 @@ async def test_audio_loops_back(server, make_peer, echo_factory, python_role):
                                             audio=True, dc_when=None)
     await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
     await _check_audio_loop(h, echo, echo_id, ctx)
+    _no_negotiation_errors(h, echo_id, ctx)
+    _no_unexpected_exit(echo, ctx)
+
+
+@pytest.mark.parametrize("python_role", ROLES)
+async def test_track_metadata_arrives_with_the_track(server, make_peer, echo_factory,
+                                                     python_role):
+    """`parlor echo --track-metadata` sends a track of its own from the start. The Python SDK
+    reads a track's metadata only when its `Track` event fires, so the Rust peer must send
+    `__meteredTrackMeta` before the offer or answer that carries the track (spec §2.3):
+    Rust offering it (Python impolite) and Rust answering with it (Python polite)."""
+    want = {"role": "agent", "label": "voice"}
+    h, echo, echo_id, _, ctx = await _setup(
+        server, make_peer, echo_factory, python_role, audio=True, dc_when=None,
+        echo_args=("--track-metadata", json.dumps(want)))
+    tr = await h.per_remote[echo_id].wait_for(Track, lambda e: e.track.kind == "audio",
+                                              what=f"(echo's track; {ctx})")
+    assert tr.metadata == want, (tr.metadata, ctx)
+    await _wait_connected(h, echo, echo_id, h.peer.peer_id, ctx)
     _no_negotiation_errors(h, echo_id, ctx)
     _no_unexpected_exit(echo, ctx)
 

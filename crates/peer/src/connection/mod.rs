@@ -970,6 +970,13 @@ impl Conn {
         self.neg.local_offer_started();
         let sdp_text = offer.to_sdp_string();
         self.local_msids = sdp::msids_by_mid(&sdp_text);
+        // Spec §2.3: a track's metadata precedes the offer that carries it, so the remote
+        // has it when its `track` event fires (the Python SDK reads it only then).
+        for (id, _) in &adds {
+            if let Some(i) = self.tracks.iter().position(|a| *a.track.id() == **id) {
+                self.announce_track(i);
+            }
+        }
         self.neg.local_offer_sent();
         self.pending = Some(PendingOffer {
             offer: pending,
@@ -1210,10 +1217,10 @@ impl Conn {
                             if !self.audio_mids.contains(&mid) {
                                 self.audio_mids.push(mid);
                             }
+                            // Its metadata went out before the offer.
                             if let Some(i) = self.tracks.iter().position(|a| *a.track.id() == *id) {
                                 self.tracks[i].mid = Some(mid);
                                 self.tracks[i].pt = None;
-                                self.announce_track(i);
                             }
                         }
                         self.after_exchange();
@@ -1250,6 +1257,9 @@ impl Conn {
                         self.learn_audio_mids(sdp_text);
                         let answer_text = answer.to_sdp_string();
                         self.local_msids = sdp::msids_by_mid(&answer_text);
+                        // Tracks that take one of the offered m-lines announce their
+                        // metadata before the answer that carries them (spec §2.3).
+                        self.assign_mids();
                         self.send_description(SdpKind::Answer, &answer_text);
                         self.after_exchange();
                     }
