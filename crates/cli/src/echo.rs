@@ -53,6 +53,10 @@ pub(crate) struct EchoArgs {
     /// ids are `echo-voice` and `echo-stream`.
     #[arg(long, value_parser = parse_object)]
     track_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Restart ICE once on each peer's connection, this many milliseconds after it first
+    /// reports Connected (prints `ice-restart ID` and then `ice-restart-done ID ok|error`).
+    #[arg(long)]
+    restart_ice_after_ms: Option<u64>,
     /// Announce relayed candidates only (iceTransportPolicy "relay"): every path goes
     /// through the TURN servers of the welcome's `metadata.iceServers`.
     #[arg(long)]
@@ -110,22 +114,39 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         args.room,
         room.peer_id().unwrap_or_default()
     ));
+    let opens = Opens {
+        channel: args.open_channel.as_deref(),
+        channel_at: args.open_channel_at,
+        restart_ice_after: args
+            .restart_ice_after_ms
+            .map(std::time::Duration::from_millis),
+    };
     let result = tokio::select! {
-        r = pump(&room, &mut events, args.open_channel.as_deref(), args.open_channel_at) => r,
+        r = pump(&room, &mut events, &opens) => r,
         _ = crate::shutdown_signal() => Ok(()),
     };
+
     room.close().await;
     result
+}
+
+/// What `pump` starts on its own.
+struct Opens<'a> {
+    channel: Option<&'a str>,
+    channel_at: OpenAt,
+    restart_ice_after: Option<std::time::Duration>,
 }
 
 async fn pump(
     room: &RoomPeer,
     events: &mut parlor_peer::room::RoomEvents,
-    open_channel: Option<&str>,
-    open_at: OpenAt,
+    opens: &Opens<'_>,
 ) -> anyhow::Result<()> {
+    let (open_channel, open_at) = (opens.channel, opens.channel_at);
     // Channels we opened, per peer: a fresh connection needs a fresh one.
     let ours: Arc<Mutex<HashMap<String, DataChannel>>> = Arc::default();
+    // Peers whose connection was restarted (once each).
+    let mut restarted = std::collections::HashSet::new();
     while let Some(e) = events.recv().await {
         match e {
             RoomEvent::PeerJoined { peer_id, .. } => {
@@ -142,6 +163,21 @@ async fn pump(
             }
             RoomEvent::ConnectionState { peer_id, state } => {
                 say(&format!("connection {peer_id} {state:?}"));
+                if let (Some(after), PeerConnectionState::Connected) =
+                    (opens.restart_ice_after, state)
+                    && restarted.insert(peer_id.clone())
+                    && let Some(remote) = room.remote(&peer_id)
+                {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        say(&format!("ice-restart {}", remote.id()));
+                        let outcome = match remote.restart_ice().await {
+                            Ok(()) => "ok".to_owned(),
+                            Err(e) => format!("error {e}"),
+                        };
+                        say(&format!("ice-restart-done {} {outcome}", remote.id()));
+                    });
+                }
                 let live = lock(&ours).get(&peer_id).is_some_and(|c| !c.is_closed());
                 if let (Some(label), PeerConnectionState::Connected, false) =
                     (open_channel, state, live || open_at == OpenAt::PeerJoined)

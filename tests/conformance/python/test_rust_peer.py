@@ -473,6 +473,39 @@ async def test_track_metadata_arrives_with_the_track(server, make_peer, echo_fac
 
 
 @pytest.mark.parametrize("python_role", ROLES)
+async def test_rust_ice_restart_against_a_rebuilding_python_peer(server, make_peer,
+                                                                 echo_factory, python_role):
+    """The Rust side restarts ICE mid-call (`--restart-ice-after-ms`). The Python SDK takes
+    any offer with a new ufrag as "the remote rebuilt" and answers from a brand-new PC, with
+    a new DTLS certificate, which cannot be applied in place: the Rust peer must rebuild too
+    and offer from its fresh connection, so the looped-back audio resumes."""
+    h, echo, echo_id, _, ctx = await _setup(
+        server, make_peer, echo_factory, python_role, audio=True, dc_when=None,
+        echo_args=("--restart-ice-after-ms", "500"))
+    py_id = h.peer.peer_id
+    await _wait_connected(h, echo, echo_id, py_id, ctx)
+    await _check_audio_loop(h, echo, echo_id, ctx)
+    await echo.wait_line(rf"^ice-restart-done {re.escape(py_id)} ok\s*$",
+                         what=f"(echo restarted ICE; {ctx})")
+    # The audio loop again, on the connection that replaced the first. The Python SDK may
+    # build more than one PC on the way (each fires `Track`): listen on the newest.
+    await h.per_remote[echo_id].wait_for(StateChange, lambda e: e.to == "connected",
+                                         what=f"(python connected again; {ctx})")
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:
+        tracks = [e for e in h.per_remote[echo_id].events
+                  if isinstance(e, Track) and e.track.kind == "audio"]
+        try:
+            frames, peak, freq = await asyncio.wait_for(_collect_tone(tracks[-1].track), 3)
+            break
+        except asyncio.TimeoutError:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"no looped audio after the ICE restart on any of {len(tracks)} tracks ({ctx})")
+    assert peak > 1000 and abs(freq - TONE_HZ) < TONE_HZ * 0.1, (frames, peak, freq, ctx)
+    _no_unexpected_exit(echo, ctx)
+
+
+@pytest.mark.parametrize("python_role", ROLES)
 async def test_data_channel_and_audio_in_one_call(server, make_peer, echo_factory,
                                                   python_role):
     """Audio and a "chat" channel created at PeerJoined in the same call: both the

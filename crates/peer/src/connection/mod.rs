@@ -36,7 +36,8 @@ use self::data_channel::{
 use self::relay::{Link, RelayEvent, Relays, Route, TurnTarget};
 use crate::room::RoomEvent;
 use crate::rtc::negotiation::{
-    CandidateAction, LadderEvent, Negotiator, RemoteAction, RestartLadder, SignalingState,
+    CandidateAction, LadderEvent, Negotiator, REBUILD_COOLDOWN, RemoteAction, RestartLadder,
+    SignalingState,
 };
 use crate::rtc::sdp::{self, Msid};
 use crate::rtc::signal::{self, Inbound, SdpKind, TrackMeta};
@@ -1196,6 +1197,26 @@ impl Conn {
             RemoteAction::Ignore => {
                 tracing::debug!(peer = %self.p.remote_id, ?kind, "ignoring remote description");
             }
+            RemoteAction::RebuildThenOffer => {
+                tracing::info!(
+                    peer = %self.p.remote_id,
+                    "the answer comes from a rebuilt remote connection (new DTLS fingerprint); rebuilding ours"
+                );
+                let restart = self.pending.as_ref().is_some_and(|p| p.ice_restart);
+                self.rebuild();
+                if restart {
+                    // The remote took the restart (as a rebuild); the call resumes on the
+                    // fresh connection.
+                    for w in self.restart_waiters.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                // Offer from the fresh connection once the remote's rebuild cooldown (it
+                // drops offers inside it) has passed, unless it offers first.
+                self.had_remote = false;
+                self.first_offer_at =
+                    Some(Instant::now() + REBUILD_COOLDOWN + Duration::from_millis(200));
+            }
             RemoteAction::ApplyAnswer => {
                 let Some(p) = self.pending.take() else { return };
                 let answer = match SdpAnswer::from_sdp_string(sdp_text) {
@@ -1308,6 +1329,7 @@ impl Conn {
         }
         self.dtls_up = false;
         self.auto_offers = 0;
+        self.restart_wanted = false;
         self.ladder = RestartLadder::default();
         self.set_state(PeerConnectionState::Connecting);
         self.emit(RoomEvent::ConnectionReset {

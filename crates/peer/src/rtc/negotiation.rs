@@ -40,6 +40,12 @@ pub enum RemoteAction {
     RebuildThenAcceptOffer,
     /// Apply the answer to our pending offer.
     ApplyAnswer,
+    /// The answer comes from a rebuilt remote connection (its DTLS fingerprint changed since
+    /// the last remote description): a Python peer answers an ICE-restart offer from a brand
+    /// new PC. The fingerprint cannot change in place, so build a fresh local connection
+    /// and offer from it once the remote's rebuild cooldown has passed. The negotiator has
+    /// forgotten the remote, so the fresh connection takes whatever answers it next.
+    RebuildThenOffer,
 }
 
 /// What to do with an inbound candidate.
@@ -138,6 +144,18 @@ impl Negotiator {
                 }
                 self.state = SignalingState::Stable;
                 self.ignore_offer = false;
+                let fingerprint = sdp::fingerprint(sdp_text);
+                if self.have_remote
+                    && fingerprint.is_some()
+                    && self.remote_fingerprint.is_some()
+                    && fingerprint != self.remote_fingerprint
+                {
+                    self.have_remote = false;
+                    self.remote_ufrag = None;
+                    self.remote_fingerprint = None;
+                    self.making_offer = false;
+                    return RemoteAction::RebuildThenOffer;
+                }
                 self.remember_remote(sdp_text);
                 self.new_generation();
                 RemoteAction::ApplyAnswer
@@ -389,6 +407,53 @@ mod tests {
                 t0 + Duration::from_secs(3)
             ),
             RemoteAction::RebuildThenAcceptOffer
+        );
+    }
+
+    #[test]
+    fn an_answer_from_a_rebuilt_remote_asks_for_a_fresh_connection() {
+        let now = Instant::now();
+        let mut n = Negotiator::new(true);
+        let offered = |n: &mut Negotiator| {
+            n.local_offer_started();
+            n.local_offer_sent();
+        };
+        offered(&mut n);
+        assert_eq!(
+            n.remote_description(SdpKind::Answer, &offer("u1", "AA"), now),
+            RemoteAction::ApplyAnswer
+        );
+        // An in-place ICE restart (browsers, Rust): new ufrag, same fingerprint.
+        offered(&mut n);
+        assert_eq!(
+            n.remote_description(SdpKind::Answer, &offer("u2", "AA"), now),
+            RemoteAction::ApplyAnswer
+        );
+        // The Python SDK answers a restart offer from a new PC: a new fingerprint.
+        offered(&mut n);
+        assert_eq!(
+            n.remote_description(SdpKind::Answer, &offer("u3", "BB"), now),
+            RemoteAction::RebuildThenOffer
+        );
+        assert_eq!(n.state(), SignalingState::Stable);
+        // The fresh connection's offer takes whatever answers it (another new PC here).
+        offered(&mut n);
+        assert_eq!(
+            n.remote_description(SdpKind::Answer, &offer("u4", "CC"), now),
+            RemoteAction::ApplyAnswer
+        );
+        // A new PC's offer after the reset is simply accepted (the local side is fresh).
+        let mut m = Negotiator::new(false);
+        offered(&mut m);
+        m.remote_description(SdpKind::Answer, &offer("u1", "AA"), now);
+        offered(&mut m);
+        assert_eq!(
+            m.remote_description(SdpKind::Answer, &offer("u2", "BB"), now),
+            RemoteAction::RebuildThenOffer
+        );
+        assert_eq!(
+            m.remote_description(SdpKind::Offer, &offer("u3", "CC"), now),
+            RemoteAction::AcceptOffer
         );
     }
 
