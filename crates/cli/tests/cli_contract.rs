@@ -312,6 +312,8 @@ fn bench_audio_runs_small_and_reports_every_figure() {
     for k in [
         "cpu_s_per_audio_s_per_conversation",
         "libopus_floor_cpu_s_per_audio_s",
+        "paced_floor_cpu_s_per_audio_s_per_conversation",
+        "ratio_to_paced_floor",
         "rss_bytes_per_conversation",
         "rss_bytes_per_extra_conversation",
     ] {
@@ -338,6 +340,12 @@ fn bench_audio_runs_small_and_reports_every_figure() {
     let m = &v["median"];
     assert!(
         m["parlor_cpu_s_per_audio_s_per_conversation"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    assert!(
+        m["paced_floor_cpu_s_per_audio_s_per_conversation"]
             .as_f64()
             .is_some_and(|x| x > 0.0),
         "{v}"

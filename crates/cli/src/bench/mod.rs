@@ -54,9 +54,10 @@ pub(crate) fn stat_cpu(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// This process's CPU time.
+/// This process's CPU time (all threads), to the nanosecond.
 pub(crate) fn cpu_seconds() -> f64 {
-    stat_cpu("/proc/self/stat")
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// Resident memory of a process (`"self"` or a pid), from `/proc/…/statm`.
