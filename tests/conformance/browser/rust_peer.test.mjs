@@ -7,6 +7,8 @@
 //   2. Chromium's fake-microphone Opus track arrives at the Rust peer (`track <id> audio`);
 //   3. the audio the Rust peer loops back is received by Chromium (getStats inbound-rtp
 //      audio packetsReceived > 0 and growing).
+// One case also sends Chromium's fake camera: the video track reaches the Rust peer (which
+// receives it and ignores it) and everything above still works.
 // Role selection: the page first opens its signalling socket without joining (re-drawing its
 // peer id until it lies on the favourable side of ID_PIVOT), then `parlor echo` processes are
 // started until one gets an id that compares the wanted way. Two join orders: "echo-first"
@@ -56,10 +58,10 @@ statusEl.textContent = "SDK loaded";
 // so the test learns our peer id before choosing the Rust peer. MeteredPeer.join() skips its own
 // connect() when the client is already connected. Calling it again replaces the MeteredPeer
 // (new signalling connection, new peer id).
-window.connect = async ({ url, apiKey, debug, relay }) => {
+window.connect = async ({ url, apiKey, debug, relay, video }) => {
   const st = window.state;
   if (window.peer) await window.peer.close();
-  window.stream = window.stream || await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  window.stream = window.stream || await navigator.mediaDevices.getUserMedia({ audio: true, video: !!video });
   const stream = window.stream;
   st.localTrackIds = stream.getAudioTracks().map((t) => t.id);
   st.sdp = { offersSent: 0, answersSent: 0, offersReceived: 0, answersReceived: 0 };
@@ -139,6 +141,19 @@ window.selectedPair = async (id) => {
   const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
   return { local: l && l.candidateType, remote: r && r.candidateType, localAddr: l && (l.address + ":" + l.port),
     remoteAddr: r && (r.address + ":" + r.port), state: pair.state, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived };
+};
+window.outboundVideo = async (id) => {
+  const remote = window.remotes[id];
+  if (!remote) return null;
+  const stats = await remote.pc.getStats();
+  let packets = 0, codec = null;
+  stats.forEach((r) => {
+    if (r.type === "outbound-rtp" && r.kind === "video") {
+      packets += r.packetsSent || 0;
+      const c = r.codecId && stats.get(r.codecId); if (c) codec = c.mimeType;
+    }
+  });
+  return { packets, codec };
 };
 window.inboundAudio = async (id) => {
   const remote = window.remotes[id];
@@ -229,11 +244,12 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
   // join and are stopped (the page sees them come and go) until one has the wanted id.
   // turn: Chromium with iceTransportPolicy "relay" and `parlor echo --relay-only`, both using
   // the TURN credentials Parlor minted into the welcome: every packet crosses coturn.
-  const cases = [["echo-first", false], ["browser-first", false], ["echo-first", true]];
-  for (const [order, turn] of cases) for (const role of ["impolite", "polite"]) {
-    describe(`browser ${role}, ${order}${turn ? ", both relay-only through coturn" : ""}`, () => {
-      const room = `room-rust-${role}-${order}${turn ? "-turn" : ""}`;
-      const shot = `rust-peer-${order}-browser-${role}${turn ? "-turn" : ""}`;
+  // video: the page also sends its fake camera (the Rust peer receives the track and ignores it).
+  const cases = [["echo-first", false, false], ["browser-first", false, false], ["echo-first", true, false], ["echo-first", false, true]];
+  for (const [order, turn, video] of cases) for (const role of ["impolite", "polite"]) {
+    describe(`browser ${role}, ${order}${turn ? ", both relay-only through coturn" : ""}${video ? ", with a camera track" : ""}`, () => {
+      const room = `room-rust-${role}-${order}${turn ? "-turn" : ""}${video ? "-video" : ""}`;
+      const shot = `rust-peer-${order}-browser-${role}${turn ? "-turn" : ""}${video ? "-video" : ""}`;
       const server = () => (turn ? parlorTurn : parlor);
       let context, page, echo, browserId, echoStarts = 0, deadline = Infinity;
       const left = () => Math.max(1000, Math.min(WAIT_MS, deadline - Date.now()));
@@ -253,7 +269,7 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
       };
 
       before(async () => {
-        context = await browser.newContext({ permissions: ["microphone"] });
+        context = await browser.newContext({ permissions: video ? ["microphone", "camera"] : ["microphone"] });
         page = await context.newPage();
         page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
         page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
@@ -262,7 +278,7 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         const wantEchoGreater = role === "polite"; // browser polite <=> browserId < echoId
         for (let i = 0; ; i++) {
           assert.ok(i < MAX_PAGE_CONNECTS, `no page id on the ${wantEchoGreater ? "low" : "high"} side of ${ID_PIVOT} after ${MAX_PAGE_CONNECTS} connects`);
-          browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: server().url, apiKey: DEV_KEY, debug: DEBUG, relay: turn }), "page signalling connect");
+          browserId = await withTimeout(page.evaluate((o) => window.connect(o), { url: server().url, apiKey: DEV_KEY, debug: DEBUG, relay: turn, video }), "page signalling connect");
           assert.match(String(browserId), /^\S+$/, "page got a peer id");
           if ((browserId < ID_PIVOT) === wantEchoGreater) break;
         }
@@ -332,6 +348,16 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         assert.ok(st.remote.tracks.some((tr) => tr.kind === "audio"), `remote audio track event: ${JSON.stringify(st.remote.tracks)}`);
         assert.equal(st.pc.connectionState, "connected");
         assert.deepEqual(st.errors, [], "MeteredPeer fatal errors");
+      }));
+
+      if (video) it("Chromium's fake-camera track reaches the Rust peer as video, beside the audio", (t) => check(async () => {
+        const line = await echo.waitLine(new RegExp(`^track ${browserId} video \\S+$`), "video track from the page", left());
+        const sent = await poll(() => page.evaluate((id) => window.outboundVideo(id), echo.id), (x) => x && x.packets > 0, "outbound video RTP", left());
+        t.diagnostic(`echo: ${line}; page outbound-rtp video packetsSent ${sent.packets} (codec ${sent.codec})`);
+        assert.ok(echo.lines.some((l) => new RegExp(`^track ${browserId} audio \\S+$`).test(l)), "the audio track arrived too");
+        const bad = echo.lines.filter((l) => new RegExp(`^connection ${browserId} (Failed|Closed)$`).test(l));
+        assert.deepEqual(bad, [], "echo connection never failed/closed");
+        assert.equal(echo.proc.exitCode, null, "parlor echo still running");
       }));
 
       if (turn) it("the selected candidate pair is relay <-> relay (both ends through coturn)", (t) => check(async () => {
