@@ -8,7 +8,7 @@
 //   3. the audio the Rust peer loops back is received by Chromium (getStats inbound-rtp
 //      audio packetsReceived > 0 and growing).
 // One case also sends Chromium's fake camera: the video track reaches the Rust peer (which
-// receives it and ignores it) and everything above still works.
+// receives it, ignores it and answers it receive-only) and everything above still works.
 // Role selection: the page first opens its signalling socket without joining (re-drawing its
 // peer id until it lies on the favourable side of ID_PIVOT), then `parlor echo` processes are
 // started until one gets an id that compares the wanted way. Two join orders: "echo-first"
@@ -355,6 +355,10 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         const sent = await poll(() => page.evaluate((id) => window.outboundVideo(id), echo.id), (x) => x && x.packets > 0, "outbound video RTP", left());
         t.diagnostic(`echo: ${line}; page outbound-rtp video packetsSent ${sent.packets} (codec ${sent.codec})`);
         assert.ok(echo.lines.some((l) => new RegExp(`^track ${browserId} audio \\S+$`).test(l)), "the audio track arrived too");
+        // The Rust peer sends no video, so it answers the camera receive-only (as aiortc
+        // does): the page gets no remote video track that would never carry frames.
+        const st = await snap();
+        assert.deepEqual(st.remote.tracks.filter((tr) => tr.kind === "video"), [], `remote tracks: ${JSON.stringify(st.remote.tracks)}`);
         const bad = echo.lines.filter((l) => new RegExp(`^connection ${browserId} (Failed|Closed)$`).test(l));
         assert.deepEqual(bad, [], "echo connection never failed/closed");
         assert.equal(echo.proc.exitCode, null, "parlor echo still running");

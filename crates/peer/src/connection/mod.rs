@@ -5,7 +5,7 @@
 //! Offer timing: the polite side offers at once ([`POLITE_OFFER_DELAY`]); if the remote
 //! offers too, the polite side rolls its own back, which str0m does cleanly. The impolite side
 //! waits [`IMPOLITE_OFFER_DELAY`] for the remote's offer before offering itself: a polite
-//! browser offers 40–170 ms after `peer-joined`, and offering into it would make the browser
+//! browser offers 40–250 ms after `peer-joined`, and offering into it would make the browser
 //! roll back an offer carrying a data channel, which Chromium does not survive (see
 //! `docs/decisions/webrtc-stack.md`).
 
@@ -48,7 +48,9 @@ use crate::track::{
 };
 
 /// How long the impolite side waits for the remote's first offer before offering itself.
-pub const IMPOLITE_OFFER_DELAY: Duration = Duration::from_millis(250);
+/// Polite Chromium pages offered 85–216 ms after the connection started in the interop
+/// suite, and once ~250 ms (relay-only, on a loaded machine), which a 250 ms wait lost.
+pub const IMPOLITE_OFFER_DELAY: Duration = Duration::from_millis(500);
 /// How long the polite side waits before its first offer: none (glare costs it only a
 /// rollback).
 pub const POLITE_OFFER_DELAY: Duration = Duration::from_millis(0);
@@ -1276,7 +1278,22 @@ impl Conn {
                         }
                         self.app |= sdp_text.contains("m=application");
                         self.learn_audio_mids(sdp_text);
-                        let answer_text = answer.to_sdp_string();
+                        let (answer_text, video) =
+                            sdp::answer_video_receive_only(&answer.to_sdp_string());
+                        if !video.is_empty() {
+                            // We never send video: the answer says receive-only, and str0m's
+                            // own state follows it (no `apply()`: the answer carries the
+                            // change, and our later offers then agree with it).
+                            let mut api = self.rtc.sdp_api();
+                            for (mid, receiving) in &video {
+                                let dir = if *receiving {
+                                    Direction::RecvOnly
+                                } else {
+                                    Direction::Inactive
+                                };
+                                api.set_direction(Mid::from(mid.as_str()), dir);
+                            }
+                        }
                         self.local_msids = sdp::msids_by_mid(&answer_text);
                         // Tracks that take one of the offered m-lines announce their
                         // metadata before the answer that carries them (spec §2.3).

@@ -110,6 +110,56 @@ pub fn msids_by_mid(sdp: &str) -> HashMap<String, Msid> {
     out
 }
 
+/// The SDK sends audio only. In an answer of ours, every `m=video` section that says we send
+/// (`a=sendrecv`, `a=sendonly`) is made receive-only (`a=recvonly`, `a=inactive`), so a
+/// remote that offered its camera sees no video track from us that would never carry frames
+/// (aiortc answers the same way). Applied to our own answer, never to remote input. Returns
+/// the rewritten answer and, for each changed section, its mid and whether we still receive.
+pub fn answer_video_receive_only(answer: &str) -> (String, Vec<(String, bool)>) {
+    let mut out = String::with_capacity(answer.len());
+    let mut changed = Vec::new();
+    // (is video, mid, receiving after the change, whether a direction line was rewritten)
+    let mut section: Option<(bool, Option<String>, bool, bool)> = None;
+    let mut close = |section: &mut Option<(bool, Option<String>, bool, bool)>| {
+        if let Some((true, Some(mid), receiving, true)) = section.take() {
+            changed.push((mid, receiving));
+        }
+    };
+    for line in answer.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[body.len()..];
+        if let Some(m) = body.strip_prefix("m=") {
+            close(&mut section);
+            section = Some((m.starts_with("video "), None, false, false));
+            out.push_str(line);
+            continue;
+        }
+        match section.as_mut() {
+            Some((true, mid, receiving, rewritten)) => {
+                if let Some(m) = body.strip_prefix("a=mid:") {
+                    *mid = Some(m.trim().to_owned());
+                }
+                let replacement = match body {
+                    "a=sendrecv" => Some(("a=recvonly", true)),
+                    "a=sendonly" => Some(("a=inactive", false)),
+                    _ => None,
+                };
+                if let Some((new, recv)) = replacement {
+                    out.push_str(new);
+                    out.push_str(ending);
+                    *receiving = recv;
+                    *rewritten = true;
+                } else {
+                    out.push_str(line);
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    close(&mut section);
+    (out, changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +204,33 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
         }
         assert_eq!(msids_by_mid(&big).len(), MAX_MSID_ENTRIES);
         assert!(msids_by_mid("garbage\nwithout\nstructure").is_empty());
+    }
+
+    #[test]
+    fn answers_never_offer_to_send_video() {
+        let answer = "v=0\r\ns=-\r\na=group:BUNDLE 0 1 2 3\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=sendonly\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=recvonly\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\na=sendrecv\r\n";
+        let (out, changed) = answer_video_receive_only(answer);
+        assert_eq!(
+            changed,
+            vec![("1".to_owned(), true), ("2".to_owned(), false)]
+        );
+        let expected = answer
+            .replacen("a=sendrecv\r\na=mid:1", "a=recvonly\r\na=mid:1", 1)
+            .replacen("a=mid:2\r\na=sendonly", "a=mid:2\r\na=inactive", 1);
+        assert_eq!(out, expected);
+        // Audio, data and already receive-only video are untouched; so is an answer
+        // without video, byte for byte (line endings included).
+        assert!(out.contains("a=mid:0\r\na=sendrecv\r\n"));
+        assert!(out.contains("a=mid:4\r\na=sendrecv\r\n"));
+        let audio_only = "v=0\nm=audio 9 RTP 111\na=mid:0\na=sendrecv";
+        assert_eq!(
+            answer_video_receive_only(audio_only),
+            (audio_only.to_owned(), vec![])
+        );
     }
 }
