@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use super::{cpu_seconds, percentile, rss_bytes};
+use super::{clock_seconds, cpu_seconds, percentile, rss_bytes};
 use serde_json::json;
 
 use parlor_media::codec::{Decoder, Encoder};
@@ -189,17 +189,26 @@ fn to_bytes(s: &[i16]) -> Vec<u8> {
     s.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// libopus encode + decode CPU-s per audio-second on the same signal and settings.
-fn opus_floor(settings: OpusSettings, signal: &[i16], rate: u32) -> anyhow::Result<f64> {
-    let secs = signal.len() as f64 / f64::from(rate);
-    // The encoder rate an `AudioSource` picks for this input.
+/// The signal as the encoder of an `AudioSource` sees it: at the Opus rate it picks for this
+/// input, in the encoder's channel count. Returns the PCM and that rate.
+fn encoder_input(
+    settings: OpusSettings,
+    signal: &[i16],
+    rate: u32,
+) -> anyhow::Result<(Vec<i16>, u32)> {
     let codec_rate = parlor_media::codec::codec_rate_for(rate);
     let mut pcm = Vec::new();
-    let mut rs = parlor_media::StreamResampler::new(rate, codec_rate, 1)?;
-    rs.process(signal, &mut pcm)?;
+    parlor_media::StreamResampler::new(rate, codec_rate, 1)?.process(signal, &mut pcm)?;
     if settings.channels == 2 {
         pcm = pcm.iter().flat_map(|s| [*s, *s]).collect();
     }
+    Ok((pcm, codec_rate))
+}
+
+/// libopus encode + decode CPU-s per audio-second on the same signal and settings.
+fn opus_floor(settings: OpusSettings, signal: &[i16], rate: u32) -> anyhow::Result<f64> {
+    let secs = signal.len() as f64 / f64::from(rate);
+    let (pcm, codec_rate) = encoder_input(settings, signal, rate)?;
     let mut enc = Encoder::with_rate(settings, codec_rate)?;
     let mut dec = Decoder::new()?;
     let frame = enc.frame_samples() * usize::from(settings.channels);
@@ -224,12 +233,7 @@ fn paced_floor(
     secs: f64,
     hot_floor: f64,
 ) -> anyhow::Result<f64> {
-    let codec_rate = parlor_media::codec::codec_rate_for(rate);
-    let mut pcm = Vec::new();
-    parlor_media::StreamResampler::new(rate, codec_rate, 1)?.process(signal, &mut pcm)?;
-    if settings.channels == 2 {
-        pcm = pcm.iter().flat_map(|s| [*s, *s]).collect();
-    }
+    let (pcm, codec_rate) = encoder_input(settings, signal, rate)?;
     let frame = codec_rate as usize / 50 * usize::from(settings.channels);
     anyhow::ensure!(pcm.len() >= frame, "the signal is shorter than one frame");
     // One thread while it stays at most half busy; more only when the work needs them.
@@ -312,8 +316,7 @@ fn paced_thread(
 
 /// This thread's CPU time, to the nanosecond (the floors run on their own threads).
 fn thread_cpu() -> f64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    clock_seconds(rustix::time::ClockId::ThreadCPUTime)
 }
 
 struct Conversation {

@@ -54,10 +54,15 @@ pub(crate) fn stat_cpu(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// This process's CPU time (all threads), to the nanosecond.
-pub(crate) fn cpu_seconds() -> f64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+/// A CPU clock of this process or thread, in seconds (nanosecond resolution).
+pub(crate) fn clock_seconds(clock: rustix::time::ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(clock);
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// This process's CPU time (all threads).
+pub(crate) fn cpu_seconds() -> f64 {
+    clock_seconds(rustix::time::ClockId::ProcessCPUTime)
 }
 
 /// Resident memory of a process (`"self"` or a pid), from `/proc/…/statm`.

@@ -1,5 +1,6 @@
 //! Small, bounded SDP readers (spec §2.5, §2.8): ICE ufrag, DTLS fingerprint, and the
 //! msid → track mapping per media section. Input comes from the network: every read is capped.
+//! One writer: [`answer_video_receive_only`] adjusts our own answers (we send no video).
 
 use std::collections::HashMap;
 
@@ -116,47 +117,49 @@ pub fn msids_by_mid(sdp: &str) -> HashMap<String, Msid> {
 /// (aiortc answers the same way). Applied to our own answer, never to remote input. Returns
 /// the rewritten answer and, for each changed section, its mid and whether we still receive.
 pub fn answer_video_receive_only(answer: &str) -> (String, Vec<(String, bool)>) {
+    /// The `m=video` section being read: its mid, and whether we still receive once its
+    /// direction line was rewritten (`None`: not rewritten).
+    #[derive(Default)]
+    struct Video {
+        mid: Option<String>,
+        receiving: Option<bool>,
+    }
     let mut out = String::with_capacity(answer.len());
     let mut changed = Vec::new();
-    // (is video, mid, receiving after the change, whether a direction line was rewritten)
-    let mut section: Option<(bool, Option<String>, bool, bool)> = None;
-    let mut close = |section: &mut Option<(bool, Option<String>, bool, bool)>| {
-        if let Some((true, Some(mid), receiving, true)) = section.take() {
-            changed.push((mid, receiving));
+    let mut video: Option<Video> = None;
+    let mut close = |video: Option<Video>| {
+        if let Some(Video {
+            mid: Some(mid),
+            receiving: Some(r),
+        }) = video
+        {
+            changed.push((mid, r));
         }
     };
     for line in answer.split_inclusive('\n') {
         let body = line.trim_end_matches(['\r', '\n']);
-        let ending = &line[body.len()..];
         if let Some(m) = body.strip_prefix("m=") {
-            close(&mut section);
-            section = Some((m.starts_with("video "), None, false, false));
-            out.push_str(line);
-            continue;
-        }
-        match section.as_mut() {
-            Some((true, mid, receiving, rewritten)) => {
-                if let Some(m) = body.strip_prefix("a=mid:") {
-                    *mid = Some(m.trim().to_owned());
-                }
-                let replacement = match body {
-                    "a=sendrecv" => Some(("a=recvonly", true)),
-                    "a=sendonly" => Some(("a=inactive", false)),
-                    _ => None,
-                };
-                if let Some((new, recv)) = replacement {
-                    out.push_str(new);
-                    out.push_str(ending);
-                    *receiving = recv;
-                    *rewritten = true;
-                } else {
-                    out.push_str(line);
-                }
+            close(video.take());
+            video = m.starts_with("video ").then(Video::default);
+        } else if let Some(v) = video.as_mut() {
+            if let Some(mid) = body.strip_prefix("a=mid:") {
+                v.mid = Some(mid.trim().to_owned());
             }
-            _ => out.push_str(line),
+            let rewrite = match body {
+                "a=sendrecv" => Some(("a=recvonly", true)),
+                "a=sendonly" => Some(("a=inactive", false)),
+                _ => None,
+            };
+            if let Some((direction, receiving)) = rewrite {
+                out.push_str(direction);
+                out.push_str(&line[body.len()..]);
+                v.receiving = Some(receiving);
+                continue;
+            }
         }
+        out.push_str(line);
     }
-    close(&mut section);
+    close(video);
     (out, changed)
 }
 
