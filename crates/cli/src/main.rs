@@ -133,6 +133,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         .as_secs() as i64;
     let exp = u64::try_from(now + args.ttl_secs).context("expiry before 1970")?;
     let claims = Claims {
+        nbf: None,
         exp,
         channels: (!args.channels.is_empty()).then_some(args.channels),
         permissions: (!args.permissions.is_empty()).then_some(args.permissions),
@@ -271,6 +272,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log collector gets plain `key=value` lines.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Token(args) => token(args),

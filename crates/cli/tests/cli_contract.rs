@@ -17,7 +17,12 @@ struct Serve {
 }
 
 fn serve(args: &[&str]) -> Serve {
-    let mut child = Command::new(BIN)
+    serve_with(Command::new(BIN), args)
+}
+
+/// `parlor serve` through `cmd` (the binary itself, or a shell that lowers a limit first).
+fn serve_with(mut cmd: Command, args: &[&str]) -> Serve {
+    let mut child = cmd
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -231,6 +236,134 @@ fn serve_tls_flags_fail_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+/// SIGTERM, wait for the exit, and return everything the server logged.
+fn stop_and_read_logs(mut s: Serve) -> String {
+    let pid = s.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = s.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    s.child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    logs
+}
+
+/// Issue #23 finding 6: a broken configuration names its file, line and key, never the
+/// value of the secret on that line.
+#[test]
+fn config_errors_name_the_place_never_the_secret() {
+    let dir = std::env::temp_dir().join(format!("parlor-cli-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let config = dir.join("broken.toml");
+    for text in [
+        // An unterminated string.
+        "[[secrets]]\nkid = \"main\"\nsecret = \"sk_live_TOPSECRET_0123456789\naccount = \"a\"\n",
+        // A string where a table belongs.
+        "[[secrets]]\nkid = \"main\"\naccount = \"a\"\nsecret = \"sk_live_TOPSECRET_0123456789\"\nturn = \"sk_live_TOPSECRET_0123456789\"\n",
+    ] {
+        std::fs::write(&config, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("TOPSECRET"), "secret echoed:\n{err}");
+        assert!(err.contains(&format!("{}:", config.display())), "{err}");
+        assert!(err.contains("(key [[secrets]] "), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue #23 finding 7: refusal lines name the client address, from `X-Forwarded-For` only
+/// when the TCP peer is a trusted proxy, and never the credential.
+#[tokio::test]
+async fn refusals_log_the_client_address() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = std::env::temp_dir().join(format!("parlor-cli-xff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let config = dir.join("proxy.toml");
+    std::fs::write(&config, "trusted_proxies = [\"127.0.0.0/8\"]\n").expect("write");
+    for (trusted, expect) in [(false, "client=127.0.0.1"), (true, "client=198.51.100.7")] {
+        let mut args = vec!["--dev-key", "pk_test_right"];
+        if trusted {
+            args.extend(["--config", config.to_str().expect("p")]);
+        }
+        let s = serve(&args);
+        let mut req = format!("{}/v1?key=pk_wrong_guess_42", s.url)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("x-forwarded-for", "198.51.100.7".parse().expect("h"));
+        let (mut ws, _) = connect_async(req).await.expect("upgrade");
+        assert_eq!(next_text(&mut ws).await.err(), Some(Some(4001)));
+        drop(ws);
+        let logs = stop_and_read_logs(s);
+        let line = logs
+            .lines()
+            .find(|l| l.contains("credential refused"))
+            .unwrap_or_else(|| panic!("no refusal line:\n{logs}"));
+        assert!(line.contains(expect), "{line}");
+        assert!(!logs.contains("pk_wrong_guess_42"), "{logs}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue #23 finding 1, with the open-file limit lowered so that exhaustion is reachable:
+/// 300 stalled sockets from one address hold at most their per-address share of descriptors,
+/// and a normal client connects while they are open.
+#[tokio::test]
+async fn a_client_connects_while_an_attacker_holds_sockets_at_a_low_file_limit() {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\"", BIN]);
+    let s = serve_with(sh, &["--dev-key", "pk_test_x"]);
+    let addr: std::net::SocketAddr = s
+        .url
+        .strip_prefix("ws://")
+        .expect("ws url")
+        .parse()
+        .expect("addr");
+    let mut attack = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("source"))
+            .expect("bind");
+        match socket.connect(addr).await {
+            Ok(stream) => attack.push(stream),
+            Err(e) => panic!("connect {}: {e}", attack.len()),
+        }
+    }
+    for _ in 0..3 {
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect_async(format!("{}/v1?key=pk_test_x", s.url)),
+        )
+        .await
+        .expect("a normal client is not starved")
+        .expect("upgrade");
+        assert_eq!(
+            next_text(&mut ws).await.expect("welcome")["type"],
+            "welcome"
+        );
+    }
+    drop(attack);
+    let logs = stop_and_read_logs(s);
+    assert!(
+        !logs.contains("accept failed"),
+        "descriptors ran out:\n{logs}"
+    );
 }
 
 /// nats-server, installed by scripts/system-deps.sh (PATH may lack /usr/sbin).

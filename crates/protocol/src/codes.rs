@@ -87,6 +87,11 @@ impl CloseCode {
     pub const NORMAL: CloseCode = CloseCode(1000);
     /// Graceful shutdown, sent after `going_away`.
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    /// The WebSocket protocol was broken (RFC 6455 §7.4.1): an unmasked client frame,
+    /// reserved bits, an unknown opcode, an oversized or fragmented control frame.
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    /// A text frame that is not UTF-8 (RFC 6455 §7.4.1).
+    pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
     /// Protocol abuse, e.g. binary frames.
     pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
     /// A frame or payload over the size cap.

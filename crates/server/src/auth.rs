@@ -94,6 +94,14 @@ pub struct Claims {
     /// (`1767225600.5`); it is rounded down.
     #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
+    /// Not before, Unix seconds (optional): a token is refused until then, with the same
+    /// leeway as `exp` ([`CLOCK_LEEWAY_SECS`]). A fraction is rounded up.
+    #[serde(
+        default,
+        deserialize_with = "numeric_date_ceil",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nbf: Option<u64>,
     /// Channel glob patterns; all channels when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
@@ -112,9 +120,13 @@ pub struct Claims {
     pub metadata: Option<Box<RawValue>>,
 }
 
-/// A JWT NumericDate (RFC 7519 §2): whole seconds, or with a fraction (rounded down, so a
-/// token never lives longer than it says). Negative or non-finite values are refused.
-fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+/// Seconds of clock skew allowed on `exp` and `nbf` alike.
+pub const CLOCK_LEEWAY_SECS: u64 = 0;
+
+/// A JWT NumericDate (RFC 7519 §2): whole seconds, or with a fraction, rounded with `round`
+/// (down for `exp`, so a token never lives longer than it says; up for `nbf`, so it never
+/// starts earlier). Negative or non-finite values are refused; values past u64 saturate.
+fn numeric<'de, D: serde::Deserializer<'de>>(d: D, round: fn(f64) -> f64) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Numeric {
@@ -123,11 +135,20 @@ fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error>
     }
     match Numeric::deserialize(d)? {
         Numeric::Whole(n) => Ok(n),
-        Numeric::Fraction(f) if f.is_finite() && (0.0..1.8e19).contains(&f) => Ok(f.floor() as u64),
+        // `as` saturates (1e30 becomes u64::MAX); the JWT library refuses such an `exp`.
+        Numeric::Fraction(f) if f.is_finite() && f >= 0.0 => Ok(round(f) as u64),
         Numeric::Fraction(_) => Err(serde::de::Error::custom(
             "a NumericDate must be a non-negative number of seconds",
         )),
     }
+}
+
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    numeric(d, f64::floor)
+}
+
+fn numeric_date_ceil<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    numeric(d, f64::ceil).map(Some)
 }
 
 /// Mint an HS256 JWT with header `kid` (used by `parlor token` and by tests).
@@ -209,7 +230,7 @@ impl Authenticator {
             })
             .collect();
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
+        validation.leeway = CLOCK_LEEWAY_SECS;
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp"]);
         Authenticator {
@@ -291,11 +312,17 @@ impl Authenticator {
         let claims = data.claims;
         // jsonwebtoken checks exp against its own clock; check against ours too so a
         // caller-supplied `now` (tests, skew handling) is honoured.
-        if claims.exp <= now {
+        if claims.exp.saturating_add(CLOCK_LEEWAY_SECS) <= now {
             return Err(AuthError {
                 code: CloseCode::TOKEN_EXPIRED,
                 reason: "token expired",
             });
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(CLOCK_LEEWAY_SECS))
+        {
+            return Err(invalid("token not yet valid"));
         }
         let actions = match &claims.permissions {
             None => Actions::ALL,
@@ -367,6 +394,7 @@ account = "acme"
     fn claims(exp: u64) -> Claims {
         Claims {
             exp,
+            nbf: None,
             channels: None,
             permissions: None,
             peer_metadata: None,
@@ -489,6 +517,56 @@ account = "acme"
             code(&sign(serde_json::json!({ "exp": exp, "metadata": "x" }))),
             4001
         );
+    }
+
+    /// Issue #23 findings 2 and 3: boundary values of `exp` and `nbf`.
+    #[test]
+    fn exp_and_nbf_boundaries() {
+        let a = auth();
+        let sign = |claims: serde_json::Value| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("main".to_owned());
+            let key = EncodingKey::from_secret(SECRET.as_bytes());
+            jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+        };
+        let t = now();
+        let check = |claims: serde_json::Value| {
+            a.authenticate(Some(&format!("token={}", sign(claims))), t)
+                .map(|g| g.expires_at)
+                .map_err(|e| e.code.0)
+        };
+        // exp: far-future values are valid and kept as they are (the driver saturates).
+        assert_eq!(
+            check(serde_json::json!({ "exp": u64::MAX })),
+            Ok(Some(u64::MAX))
+        );
+        let wraps = u64::MAX / 1000 + 1; // 18446744073709552: `exp * 1000` overflows
+        assert_eq!(check(serde_json::json!({ "exp": wraps })), Ok(Some(wraps)));
+        // Past u64 it is no NumericDate JWT libraries parse.
+        assert_eq!(check(serde_json::json!({ "exp": 1e30 })), Err(4001));
+        assert_eq!(check(serde_json::json!({ "exp": 0 })), Err(4002));
+        assert_eq!(check(serde_json::json!({ "exp": t })), Err(4002));
+        assert_eq!(check(serde_json::json!({ "exp": -1 })), Err(4001));
+        // nbf: honoured, with the same leeway (none), a fraction rounded up.
+        let exp = t + 60;
+        for (nbf, ok) in [
+            (serde_json::json!(0), true),
+            (serde_json::json!(t), true),
+            (serde_json::json!(t as f64 - 0.5), true),
+            (serde_json::json!(t as f64 + 0.25), false),
+            (serde_json::json!(t + 1), false),
+            (serde_json::json!(u64::MAX), false),
+            (serde_json::json!(1e30), false),
+            (serde_json::json!(-1), false),
+            (serde_json::json!("soon"), false),
+        ] {
+            let got = check(serde_json::json!({ "exp": exp, "nbf": nbf }));
+            if ok {
+                assert_eq!(got, Ok(Some(exp)), "nbf {nbf}");
+            } else {
+                assert_eq!(got, Err(4001), "nbf {nbf}");
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TOML did not parse or has unknown fields.
+    /// The TOML did not parse, or a field is unknown or of the wrong type. The message names
+    /// the file, line, column and key, never the value (it may be a secret).
     #[error("invalid config: {0}")]
     Parse(String),
     /// A value is out of range or inconsistent.
@@ -86,6 +87,30 @@ pub struct Limits {
     pub max_peer_metadata_bytes: usize,
     /// How long a graceful shutdown waits for connections to close.
     pub shutdown_grace_secs: u64,
+    /// A `wss://` client's TLS handshake: TCP accepted → handshake complete.
+    pub tls_handshake_timeout_ms: u64,
+    /// A request's headers: from the TCP accept (or the TLS handshake) for the first request,
+    /// from its first byte for a later one on a kept-alive connection, until they are complete.
+    pub header_timeout_ms: u64,
+    /// An HTTP keep-alive connection idle between two requests.
+    pub http_idle_timeout_ms: u64,
+    /// An upgraded WebSocket: the upgrade → the client's first frame. The server pings at
+    /// once, so any WebSocket client answers within a round trip.
+    pub first_frame_timeout_ms: u64,
+    /// Connections accepted that have not yet upgraded to a WebSocket, in total; beyond it a
+    /// new TCP connection is closed at once. 0 (the default) means half the process's
+    /// open-file limit, at most 4096.
+    pub max_pending_connections: usize,
+    /// Connections not yet upgraded, per client address (the TCP peer; an IPv6 /64). 0 (the
+    /// default) means an eighth of the total cap, within 4..=128, so one address can never
+    /// fill it.
+    pub max_pending_per_address: usize,
+    /// Pings (the protocol's `ping` frames and WebSocket pings) have a bucket of their own,
+    /// apart from messages (spec §1.13: pings never count against the message rate):
+    /// sustained pings per second (close 4011 when empty).
+    pub ping_rate_per_sec: f64,
+    /// The ping bucket's burst.
+    pub ping_burst: f64,
 }
 
 impl Default for Limits {
@@ -100,6 +125,14 @@ impl Default for Limits {
             outbound_queue_bytes: 4 << 20,
             max_peer_metadata_bytes: 2048,
             shutdown_grace_secs: 5,
+            tls_handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 30_000,
+            first_frame_timeout_ms: 10_000,
+            max_pending_connections: 0,
+            max_pending_per_address: 0,
+            ping_rate_per_sec: 2.0,
+            ping_burst: 20.0,
         }
     }
 }
@@ -222,6 +255,11 @@ pub struct Config {
     /// REST credentials in `metadata.iceServers` (see [`crate::turn`]). None when absent.
     #[serde(default)]
     pub turn: Option<crate::turn::TurnConfig>,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` header names the
+    /// client in the server's log lines. Empty (the default): the header is ignored and the
+    /// TCP peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn yes() -> bool {
@@ -241,6 +279,7 @@ impl Default for Config {
             tls: None,
             cluster: None,
             turn: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -254,7 +293,13 @@ pub const DEV_ACCOUNT: &str = "dev";
 impl Config {
     /// Parse a TOML document and validate it.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::parse(text, "config")
+    }
+
+    /// Parse `text` (from `origin`, named in errors) and validate it.
+    fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(describe(&e, text, origin)))?;
         config.validate()?;
         Ok(config)
     }
@@ -265,7 +310,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config = Config::from_toml(&text)?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
         if let (Some(tls), Some(dir)) = (&mut config.tls, path.parent()) {
             tls.cert_file = dir.join(&tls.cert_file);
             tls.key_file = dir.join(&tls.key_file);
@@ -304,6 +349,20 @@ impl Config {
         if l.ping_interval_secs == 0 {
             return bad("limits.ping_interval_secs must be > 0".into());
         }
+        if !(l.ping_rate_per_sec > 0.0 && l.ping_burst >= 1.0) {
+            return bad("limits.ping_rate_per_sec must be > 0 and limits.ping_burst >= 1".into());
+        }
+        for (name, ms) in [
+            ("tls_handshake_timeout_ms", l.tls_handshake_timeout_ms),
+            ("header_timeout_ms", l.header_timeout_ms),
+            ("http_idle_timeout_ms", l.http_idle_timeout_ms),
+            ("first_frame_timeout_ms", l.first_frame_timeout_ms),
+        ] {
+            if !(1..=3_600_000).contains(&ms) {
+                return bad(format!("limits.{name} must be in 1..=3600000"));
+            }
+        }
+
         if l.max_subscriptions_per_connection == 0 || l.max_channel_members == 0 {
             return bad("subscription and member limits must be > 0".into());
         }
@@ -349,10 +408,96 @@ impl Config {
         Ok(())
     }
 
+    /// The cap on connections not yet upgraded: `limits.max_pending_connections`, or when 0,
+    /// half of `open_files` (the process's open-file limit) bounded to 64..=4096.
+    pub fn max_pending_connections(&self, open_files: Option<u64>) -> usize {
+        match self.limits.max_pending_connections {
+            0 => open_files.map_or(1024, |n| (n / 2).clamp(64, 4096) as usize),
+            n => n,
+        }
+    }
+
+    /// The cap on connections not yet upgraded from one address, given the total cap.
+    pub fn max_pending_per_address(&self, total: usize) -> usize {
+        match self.limits.max_pending_per_address {
+            0 => (total / 8).clamp(4, 128),
+            n => n,
+        }
+    }
+
     /// The configuration of an account, if declared.
     pub fn account(&self, id: &str) -> Option<&AccountConfig> {
         self.accounts.iter().find(|a| a.id == id)
     }
+}
+
+/// A TOML error as `origin:line:column: message (key …)`: never the offending line itself
+/// (toml's own rendering quotes it, and it may hold a secret), and the message without the
+/// double-quoted values serde puts in type errors.
+fn describe(e: &toml::de::Error, text: &str, origin: &str) -> String {
+    let mut out = String::from(origin);
+    let mut key = None;
+    if let Some(span) = e.span() {
+        let start = span.start.min(text.len());
+        let before = &text.as_bytes()[..start];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = text[line_start..start].chars().count() + 1;
+        out += &format!(":{line}:{column}");
+        let this_line = text[line_start..].lines().next().unwrap_or("");
+        let table = text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .filter(|l| l.len() <= 80);
+        key = this_line
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.len() <= 64
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            })
+            .map(|k| match table {
+                Some(t) => format!("{t} {k}"),
+                None => k.to_owned(),
+            });
+    }
+    out += ": ";
+    out += &without_quoted(e.message().trim());
+    if let Some(k) = key {
+        out += &format!(" (key {k})");
+    }
+    out
+}
+
+/// `s` with the contents of each double-quoted run replaced by `…`.
+fn without_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut inside = false;
+    for c in s.chars() {
+        match (c, inside) {
+            ('"', false) => {
+                out.push_str("\"…");
+                inside = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                inside = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    if inside {
+        out.push('"');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -411,5 +556,90 @@ account = "acme"
         ] {
             assert!(Config::from_toml(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Issue #23 finding 6: a syntax or type error in a secret field names the place and the
+    /// key, never the value.
+    #[test]
+    fn parse_errors_name_the_place_never_the_secret() {
+        let cases = [
+            // An unterminated string.
+            (
+                "[limits]\nrate_per_sec = 5\n[[secrets]]\nkid = \"main\"\nsecret = \"sk_live_TOPSECRET_value\naccount = \"a\"\n",
+                ":5:",
+                "[[secrets]] secret",
+            ),
+            // A string where a number belongs (serde quotes the value in its message).
+            (
+                "echo_publisher = true\n[limits]\nrate_per_sec = \"sk_live_TOPSECRET_value\"\n",
+                ":3:",
+                "[limits] rate_per_sec",
+            ),
+            // A bare word where a value belongs.
+            (
+                "admin_secret = sk_live_TOPSECRET_value\n",
+                ":1:",
+                "admin_secret",
+            ),
+        ];
+        for (text, line, key) in cases {
+            let e = Config::parse(text, "/etc/parlor.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("TOPSECRET"), "{e}");
+            assert!(e.contains(&format!("/etc/parlor.toml{line}")), "{e}");
+            assert!(e.contains(&format!("(key {key})")), "{e}");
+        }
+        assert_eq!(without_quoted(r#"a "b" c "d"#), r#"a "…" c "…""#);
+    }
+
+    /// The README's configuration example parses, and its `[limits]` are the defaults.
+    #[test]
+    fn readme_example_parses_with_default_limits() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("### Configuration (`parlor.toml`)")
+            .expect("section");
+        let block = &readme[start..];
+        let block = &block[block.find("```toml\n").expect("toml block") + 8..];
+        let block = &block[..block.find("```").expect("end of block")];
+        let c = Config::from_toml(block).expect("README example");
+        let d = Limits::default();
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.max_message_size,
+                l.rate_per_sec,
+                l.ping_burst,
+                l.header_timeout_ms
+            ),
+            (
+                d.max_message_size,
+                d.rate_per_sec,
+                d.ping_burst,
+                d.header_timeout_ms
+            )
+        );
+        assert_eq!(
+            (l.max_pending_connections, l.max_pending_per_address),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_pending_cap() {
+        let c =
+            Config::from_toml("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]\n").expect("valid");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(Config::from_toml("trusted_proxies = [\"nope\"]").is_err());
+        assert_eq!(c.max_pending_connections(Some(1024)), 512);
+        assert_eq!(c.max_pending_connections(Some(1_000_000)), 4096);
+        assert_eq!(c.max_pending_connections(None), 1024);
+        assert_eq!(c.max_pending_per_address(64), 8);
+        assert_eq!(c.max_pending_per_address(512), 64);
+        assert_eq!(c.max_pending_per_address(4096), 128);
+        assert_eq!(c.max_pending_per_address(8), 4);
+        let c = Config::from_toml("[limits]\nmax_pending_connections = 7").expect("valid");
+        assert_eq!(c.max_pending_connections(Some(1024)), 7);
     }
 }

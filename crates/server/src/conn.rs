@@ -77,20 +77,32 @@ impl Drop for Registration<'_> {
     }
 }
 
-fn is_capacity_error(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+/// The close frame RFC 6455 asks for when a client breaks the WebSocket protocol (§7.4.1):
+/// 1009 for a frame over the cap, 1007 for a text frame that is not UTF-8, 1002 for the rest
+/// (unmasked frames, reserved bits, unknown opcodes, oversized or fragmented control frames).
+/// `None` for transport errors, where no frame can be sent.
+fn protocol_close(e: axum::Error) -> Option<(CloseCode, &'static str)> {
+    use tungstenite::Error;
+    match e.into_inner().downcast_ref::<Error>()? {
+        Error::Capacity(_) => Some((CloseCode::MESSAGE_TOO_BIG, "frame too large")),
+        Error::Utf8(_) => Some((CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8")),
+        Error::Protocol(_) => Some((CloseCode::PROTOCOL_ERROR, "WebSocket protocol error")),
+        _ => None,
+    }
 }
 
-/// Drive one upgraded connection to its end.
-pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket) {
+/// Drive one upgraded connection from `client` to its end.
+pub(crate) async fn run(
+    app: Arc<App>,
+    client: std::net::IpAddr,
+    query: Option<String>,
+    socket: WebSocket,
+) {
     let now_ms = crate::unix_ms();
     let grant = match app.auth.authenticate(query.as_deref(), now_ms / 1000) {
         Ok(g) => g,
         Err(e) => {
-            tracing::info!(code = e.code.0, reason = e.reason, "credential refused");
+            tracing::info!(%client, code = e.code.0, reason = e.reason, "credential refused");
             app.metrics.close(e.code);
             return refuse(socket, e.code, e.reason).await;
         }
@@ -100,7 +112,7 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
     let connected = match connected {
         Ok(c) => c,
         Err(e) => {
-            tracing::info!(code = e.code.0, reason = e.reason, "connection refused");
+            tracing::info!(%client, code = e.code.0, reason = e.reason, "connection refused");
             app.metrics.close(e.code);
             return refuse(socket, e.code, e.reason).await;
         }
@@ -112,25 +124,39 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
 
     let limits = &app.config.limits;
     let started = Instant::now();
+    // 0 until the first inbound frame; then its time since `started`, plus one.
     let last_inbound_ms = AtomicU64::new(0);
     let ping_every = Duration::from_secs(limits.ping_interval_secs);
     let dead_after = ping_every * 2;
+    let first_frame_within = Duration::from_millis(limits.first_frame_timeout_ms);
     let frame_cap = limits.max_message_size + crate::ENVELOPE_ALLOWANCE;
     let (mut sink, mut stream) = socket.split();
 
     let reader = async {
         let mut bucket = TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Instant::now());
+        // Pings have their own bucket (they never cost a message token, spec §1.13), so a
+        // ping flood is refused without touching a client's heartbeats.
+        let mut pings =
+            TokenBucket::new(limits.ping_rate_per_sec, limits.ping_burst, Instant::now());
+        let ping_flood = |pings: &mut TokenBucket| {
+            let over = !pings.take(Instant::now());
+            if over {
+                app.hub()
+                    .close(conn, CloseCode::OVER_MESSAGE_RATE, "ping rate exceeded");
+            }
+            over
+        };
         while let Some(msg) = stream.next().await {
-            last_inbound_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            last_inbound_ms.store(started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    if is_capacity_error(e) {
-                        app.hub()
-                            .close(conn, CloseCode::MESSAGE_TOO_BIG, "frame too large");
-                        return true;
-                    }
-                    return false;
+                    let Some((code, reason)) = protocol_close(e) else {
+                        return false;
+                    };
+                    tracing::debug!(%client, code = code.0, reason, "closing on a protocol error");
+                    app.hub().close(conn, code, reason);
+                    return true;
                 }
             };
             match msg {
@@ -146,6 +172,9 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
                     }
                     let parsed = parse_client_frame(&text);
                     let is_ping = matches!(&parsed, Ok(f) if f.request == ClientRequest::Ping);
+                    if is_ping && ping_flood(&mut pings) {
+                        continue;
+                    }
                     if !is_ping && !bucket.take(Instant::now()) {
                         app.hub().close(
                             conn,
@@ -167,7 +196,13 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
                         "binary frames are not supported",
                     );
                 }
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) => {
+                    // tungstenite has queued the pong; a flood closes the connection.
+                    if !outbox.is_closing() {
+                        ping_flood(&mut pings);
+                    }
+                }
+                Message::Pong(_) => {}
                 Message::Close(_) => {
                     // tungstenite queued the close reply; have the writer flush it.
                     outbox.close(CloseCode::NORMAL, "");
@@ -179,17 +214,21 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
     };
 
     let writer = async {
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        // The first ping goes out at once: any WebSocket client answers it, so a connection
+        // that upgraded and then says nothing is gone after `first_frame_timeout_ms`.
+        let mut ping = tokio::time::interval(ping_every);
+        let far = Duration::from_secs(100 * 365 * 24 * 3600);
         let mut expiry = pin!(sleep_until(match expires_at {
             Some(exp) => {
-                let left_ms = (exp * 1000).saturating_sub(crate::unix_ms());
-                tokio::time::Instant::now() + Duration::from_millis(left_ms)
+                // Saturating: a far-future `exp` (u64::MAX) must not wrap to "expired".
+                let left_ms = exp.saturating_mul(1000).saturating_sub(crate::unix_ms());
+                tokio::time::Instant::now() + Duration::from_millis(left_ms).min(far)
             }
-            None => far,
+            None => tokio::time::Instant::now() + far,
         }));
-        let mut liveness = pin!(sleep_until(tokio::time::Instant::now() + dead_after));
+        let mut liveness = pin!(sleep_until(
+            tokio::time::Instant::now() + first_frame_within.min(dead_after)
+        ));
         loop {
             tokio::select! {
                 next = outbox.next() => match next {
@@ -220,19 +259,30 @@ pub(crate) async fn run(app: Arc<App>, query: Option<String>, socket: WebSocket)
                     }
                 }
                 _ = &mut liveness => {
-                    let last = Duration::from_millis(last_inbound_ms.load(Ordering::Relaxed));
-                    let silent = started.elapsed().saturating_sub(last);
-                    if silent >= dead_after {
-                        tracing::info!(silent_ms = silent.as_millis() as u64, "dropping dead connection");
+                    // Before the first frame the shorter of the two limits applies.
+                    let (silent, limit) = match last_inbound_ms.load(Ordering::Relaxed) {
+                        0 => (started.elapsed(), first_frame_within.min(dead_after)),
+                        ms => (
+                            started.elapsed().saturating_sub(Duration::from_millis(ms - 1)),
+                            dead_after,
+                        ),
+                    };
+                    if silent >= limit {
+                        if last_inbound_ms.load(Ordering::Relaxed) == 0 {
+                            tracing::info!(%client, "no frame after the upgrade: dropping");
+                            app.metrics.phase_timeouts.inc();
+                        } else {
+                            tracing::info!(%client, silent_ms = silent.as_millis() as u64, "dropping dead connection");
+                        }
                         app.metrics.close(CloseCode(0));
                         outbox.kill();
                         return;
                     }
-                    liveness.as_mut().reset(tokio::time::Instant::now() + (dead_after - silent));
+                    liveness.as_mut().reset(tokio::time::Instant::now() + (limit - silent));
                 }
                 _ = &mut expiry => {
                     app.hub().close(conn, CloseCode::TOKEN_EXPIRED, "token expired");
-                    expiry.as_mut().reset(far);
+                    expiry.as_mut().reset(tokio::time::Instant::now() + far);
                 }
             }
         }

@@ -10,6 +10,8 @@
 //! * [`auth`]: `?key=` / `?token=` → a [`auth::Grant`], or a close code;
 //! * [`hub`]: the sans-IO core (tenants, channels, presence, routing, quotas);
 //! * `outbox`: each connection's bounded FIFO queue (the slow-consumer policy);
+//! * `http`: the accept loop and each connection's HTTP phase (phase timeouts, the cap on
+//!   connections not yet upgraded, the client address);
 //! * `conn`: the per-connection IO driver (reader + writer futures, timers);
 //! * [`tls`]: `wss://` termination with rustls (the `[tls]` config section);
 //! * [`cluster`]: cluster mode, several nodes sharing channels through NATS;
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 mod conn;
+mod http;
 pub mod hub;
 pub mod metrics;
 mod outbox;
@@ -45,11 +48,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -171,24 +173,15 @@ pub async fn serve_with_ready(
         tracing::info!("shutting down: sending going_away to every connection");
         drain.hub().shutdown();
     };
-    match tls {
-        Some(acceptor) => {
-            let listener = tls::TlsListener::new(listener, acceptor)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-        None => {
-            // Frames are small and latency matters: no Nagle delay (with delayed ACKs it
-            // stalls a busy connection for ~40 ms).
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
-    }
+    http::serve(
+        listener,
+        tls,
+        router,
+        http::Settings::from_config(&app.config),
+        app.metrics.clone(),
+        shutdown,
+    )
+    .await;
     let grace = Duration::from_secs(app.config.limits.shutdown_grace_secs);
     let drained = tokio::time::timeout(grace, async {
         loop {
@@ -323,9 +316,12 @@ impl Drop for Active {
 
 async fn upgrade(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let client = http::client_address(peer, &headers, &app.config.trusted_proxies);
     let cap = app.config.limits.max_message_size + ENVELOPE_ALLOWANCE;
     ws.max_message_size(cap)
         .max_frame_size(cap)
@@ -333,7 +329,7 @@ async fn upgrade(
         .on_upgrade(move |socket| async move {
             app.active.fetch_add(1, Ordering::SeqCst);
             let guard = Active(app.clone());
-            conn::run(app, query, socket).await;
+            conn::run(app, client, query, socket).await;
             drop(guard);
         })
 }

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub frames_out: Counter,
     /// Other cluster nodes this node is in sync with (0 outside cluster mode).
     pub cluster_nodes: Gauge,
+    /// TCP connections accepted that have not yet upgraded to a WebSocket.
+    pub pending: Gauge,
+    /// TCP connections closed at accept: over the pending cap (total or per address).
+    pub pending_refused: Counter,
+    /// Connections closed for a phase timeout (TLS handshake, headers, idle HTTP, first frame).
+    pub phase_timeouts: Counter,
     errors: Family<CodeLabel, Counter>,
     closes: Family<CodeLabel, Counter>,
 }
@@ -48,6 +54,24 @@ impl Metrics {
         let frames_in = Counter::default();
         let frames_out = Counter::default();
         let cluster_nodes = Gauge::default();
+        let pending = Gauge::default();
+        let pending_refused = Counter::default();
+        let phase_timeouts = Counter::default();
+        registry.register(
+            "pending_connections",
+            "TCP connections accepted that have not yet upgraded to a WebSocket",
+            pending.clone(),
+        );
+        registry.register(
+            "pending_refused",
+            "TCP connections closed at accept for the pending cap",
+            pending_refused.clone(),
+        );
+        registry.register(
+            "phase_timeouts",
+            "Connections closed for a TLS, header, idle or first-frame timeout",
+            phase_timeouts.clone(),
+        );
         let errors = Family::<CodeLabel, Counter>::default();
         let closes = Family::<CodeLabel, Counter>::default();
         registry.register(
@@ -88,6 +112,9 @@ impl Metrics {
             frames_in,
             frames_out,
             cluster_nodes,
+            pending,
+            pending_refused,
+            phase_timeouts,
             errors,
             closes,
         }

@@ -1,26 +1,17 @@
 //! `wss://`: TLS termination with rustls, from PEM certificate and key files.
 //!
 //! [`TlsAcceptor::from_files`] loads the chain and key once at startup (a clear error names
-//! the file that is wrong); [`TlsListener`] runs handshakes off the accept loop, each bounded
-//! in time, and hands finished streams to axum. A client that never finishes its handshake
-//! costs one task for [`HANDSHAKE_TIMEOUT`]; at most [`MAX_PENDING_HANDSHAKES`] run at once,
-//! beyond which new TCP connections wait in the kernel's backlog.
+//! the file that is wrong). Handshakes run in each connection's own task, bounded in time by
+//! `limits.tls_handshake_timeout_ms` and counted under the pending-connection caps (see the
+//! accept loop in `http`).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-
-/// How long a client may take to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once.
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// The `[tls]` section of the configuration (or `--tls-cert` / `--tls-key`).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -123,85 +114,10 @@ impl TlsAcceptor {
     pub fn from_config(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         Self::from_files(&config.cert_file, &config.key_file)
     }
-}
 
-/// A TCP listener that yields TLS streams (an [`axum::serve::Listener`]).
-#[derive(Debug)]
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Accept on `listener`, handshaking with `acceptor`.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let accept_task = tokio::spawn(accept_loop(listener, acceptor, tx));
-        Ok(TlsListener {
-            local,
-            ready,
-            accept_task,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, addr) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning (as axum's listener does).
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.0.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let _ = tx.send((stream, addr)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            // The accept loop never ends while the listener lives.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+    /// Run the server side of a handshake on `tcp`.
+    pub(crate) async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        self.0.accept(tcp).await
     }
 }
 

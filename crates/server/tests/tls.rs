@@ -68,7 +68,10 @@ impl Drop for Pki {
 }
 
 async fn tls_server(tls: &TlsConfig) -> parlor_server::ServerHandle {
-    let mut config = Config::default();
+    tls_server_with(tls, Config::default()).await
+}
+
+async fn tls_server_with(tls: &TlsConfig, mut config: Config) -> parlor_server::ServerHandle {
     config.add_dev_key(KEY);
     config.tls = Some(tls.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -167,6 +170,37 @@ async fn wss_with_a_private_ca() {
     assert_eq!(welcome["type"], "welcome");
     let _ = silent.flush().await;
 
+    server.shutdown().await.unwrap();
+}
+
+/// Issue #23: a client that opens TCP and never finishes its TLS handshake is closed when
+/// `limits.tls_handshake_timeout_ms` is up, and holds a pending slot only until then.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let pki = pki("stall");
+    let config =
+        Config::from_toml("[limits]\ntls_handshake_timeout_ms = 400\nmax_pending_per_address = 2")
+            .unwrap();
+    let server = tls_server_with(&pki.tls, config).await;
+    let trusted = client_config(std::slice::from_ref(&pki.ca_der));
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+        // Half a ClientHello record header, then nothing.
+        s.write_all(b"\x16\x03\x01").await.unwrap();
+        stalled.push(s);
+    }
+    for s in &mut stalled {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed within the handshake timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // Their slots are free again: a client from the same address gets in.
+    let welcome = wss_welcome(&server, trusted, "localhost").await.unwrap();
+    assert_eq!(welcome["type"], "welcome");
     server.shutdown().await.unwrap();
 }
 
