@@ -8,6 +8,8 @@
 //! - [`silero`]: Silero VAD v6, speech probability per 32 ms;
 //! - [`smart_turn`]: smart-turn v3.2, end of turn from the utterance's audio;
 //! - [`piper`]: Piper, a neural voice, as a [`parlor_agent::TextToSpeech`] hook;
+//! - [`whisper`]: Whisper speech-to-text (on candle, from the CTranslate2 weights) as a
+//!   [`parlor_agent::SpeechToText`] hook;
 //! - [`mel`]: Whisper's log-mel features (smart-turn's and Whisper's input).
 //!
 //! The ONNX models run on ONNX Runtime loaded at run time from the cache (the `ort` crate's
@@ -35,6 +37,7 @@ mod onnx;
 pub mod piper;
 pub mod silero;
 pub mod smart_turn;
+pub mod whisper;
 
 /// An engine could not load or run.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use parlor_voice::models::{Model, ModelCache};
 use parlor_voice::piper::PiperTts;
 use parlor_voice::silero::{CHUNK, SileroVad};
 use parlor_voice::smart_turn::SmartTurn;
+use parlor_voice::whisper::WhisperModel;
 
 fn cache(models: &[Model]) -> Option<ModelCache> {
     let cache = ModelCache::from_env().expect("cache dir");
@@ -141,4 +142,63 @@ fn piper_speaks_sentences_and_stops_when_asked() {
         )
         .expect("speak");
     assert_eq!(pieces, 1);
+}
+
+/// Words of `s`, lowercased, without punctuation.
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+#[test]
+fn whisper_transcribes_espeak_and_piper_speech() {
+    let Some(cache) = cache(&[Model::OnnxRuntime, Model::PiperJoe, Model::WhisperTinyEn]) else {
+        return;
+    };
+    let t0 = std::time::Instant::now();
+    let whisper = WhisperModel::load(&cache, Model::WhisperTinyEn).expect("load");
+    eprintln!("whisper: loaded in {:.2} s", t0.elapsed().as_secs_f64());
+    let question = "What is the weather like in Paris today?";
+    let espeak = speech(question);
+    let t0 = std::time::Instant::now();
+    let heard = whisper.transcribe(&espeak).expect("transcribe");
+    eprintln!(
+        "whisper: {:.2} s of eSpeak in {:.3} s: {heard:?}",
+        espeak.len() as f64 / 16_000.0,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(words(&heard), words(question), "{heard:?}");
+
+    // Piper's voice at 22.05 kHz, brought to 16 kHz the same simple way.
+    let piper = PiperTts::joe(&cache, 2).expect("piper");
+    let mut pcm = Vec::new();
+    piper
+        .speak("Could you tell me the time, please?", &mut |p| {
+            pcm.extend_from_slice(p);
+            Flow::Continue
+        })
+        .expect("speak");
+    let ratio = 22_050.0 / 16_000.0;
+    let n = (pcm.len() as f64 / ratio) as usize;
+    let pcm16: Vec<i16> = (0..n).map(|i| pcm[(i as f64 * ratio) as usize]).collect();
+    let t0 = std::time::Instant::now();
+    let heard = whisper.transcribe(&pcm16).expect("transcribe");
+    eprintln!(
+        "whisper: {:.2} s of Piper in {:.3} s: {heard:?}",
+        pcm16.len() as f64 / 16_000.0,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        words(&heard),
+        words("Could you tell me the time, please?"),
+        "{heard:?}"
+    );
+    assert_eq!(whisper.transcribe(&[]).expect("empty"), "");
 }

