@@ -6,7 +6,8 @@
 // Agent -> page (server-routed broadcasts, the SDK's `data` event):
 //   {type:"transcript", role:"human"|"agent", peerId, text, final}
 //   {type:"state", state:"listening"|"thinking"|"speaking"|"ended", peerId}
-//   {type:"metrics", peerId, eouToFirstAudioMs}
+//   {type:"metrics", peerId, eouToFirstAudioMs | textToFirstAudioMs, endedBy,
+//    stages: {endOfTurnMs, sttMs, replyMs, ttsMs}}
 //   {type:"barge-in", peerId}
 // Page -> agent: {type:"hangup"} on the control channel (answered with {type:"bye"}), or
 // {type:"text", text} / {type:"hangup"} server-routed.
@@ -65,8 +66,9 @@ window.addEventListener("unhandledrejection", (e) => demo.errors.push("unhandled
 // ------------------------------------------------------------------ transcript view
 function addLine({ role, peerId, text, final }) {
   const key = role + "|" + peerId;
-  // A line that does not continue the open one is a new reply: the old one was cut short.
-  if (lines.has(key) && !text.startsWith(lines.get(key).entry.text)) closeLine(role, peerId);
+  // An agent line that does not continue the open one is a new reply: the old one was cut
+  // short. A human's interim hypotheses are revised as they come, and the final one replaces them.
+  if (role === "agent" && lines.has(key) && !text.startsWith(lines.get(key).entry.text)) closeLine(role, peerId);
   const open = lines.get(key);
   if (open) {
     // The agent's reply grows sentence by sentence: update its line in place.
@@ -138,7 +140,7 @@ function onAgentMessage(sender, msg) {
       break;
     case "metrics":
       demo.metrics.push({ ...msg, t: now() });
-      if (msg.peerId === demo.peerId) ui.latency.textContent = `last reply: ${Math.round(msg.eouToFirstAudioMs)} ms from the end of your words to the agent's first audio`;
+      if (msg.peerId === demo.peerId) ui.latency.textContent = describeMetrics(msg);
       break;
     case "barge-in":
       demo.bargeIns.push({ peerId: msg.peerId, t: now() });
@@ -339,6 +341,22 @@ window.demoStats = async () => {
   };
 };
 
+/** One line for the latency footer: the total and each stage's share. */
+function describeMetrics(m) {
+  const st = m.stages || {};
+  const part = (label, v) => (typeof v === "number" ? `${label} ${Math.round(v)}` : null);
+  const parts = [
+    part("end of turn", st.endOfTurnMs),
+    part("speech-to-text", st.sttMs),
+    part("reply", st.replyMs),
+    part("voice", st.ttsMs),
+  ].filter(Boolean).join(" + ");
+  if (typeof m.eouToFirstAudioMs === "number") {
+    return `last reply: ${Math.round(m.eouToFirstAudioMs)} ms from the end of your words to the agent's first audio (${parts} ms; turn ended by ${m.endedBy})`;
+  }
+  return `last reply: ${Math.round(m.textToFirstAudioMs)} ms from your text to the agent's first audio (${parts} ms)`;
+}
+
 // ------------------------------------------------------------------ start
 ui.join.addEventListener("click", join);
 ui.mic.addEventListener("click", toggleMic);
@@ -348,6 +366,11 @@ ui.say.addEventListener("submit", sayText);
 try {
   config = await (await fetch("/config.json")).json();
   ui.room.textContent = config.room;
+  demo.engines = config.engines || {};
+  for (const [k, v] of Object.entries(demo.engines)) {
+    const el = $(`engine-${k}`);
+    if (el) el.textContent = v;
+  }
   ui.join.disabled = false;
   setStatus("press Join and allow the microphone");
   if (new URLSearchParams(location.search).get("autojoin") === "1") join();

@@ -5,8 +5,8 @@
 //! What the agent tells the room (server-routed `send`, JSON; see `docs/agent.md`):
 //! `{"type":"transcript","role":"human"|"agent","peerId":…,"text":…,"final":bool}`,
 //! `{"type":"state","state":"listening"|"thinking"|"speaking"|"ended","peerId":…}`,
-//! `{"type":"metrics","peerId":…,"eouToFirstAudioMs":…}` (end of the human's utterance, as
-//! the VAD saw it, to the first reply audio handed to the voice) and
+//! `{"type":"metrics","peerId":…,"eouToFirstAudioMs":…,"stages":{…},"endedBy":…}` (per turn:
+//! see [`TurnTiming`]; a typed turn reports `textToFirstAudioMs` instead) and
 //! `{"type":"barge-in","peerId":…}`. What a human may send, on a data channel labelled
 //! [`AgentOptions::control_label`] or through the server: `{"type":"hangup"}` and
 //! `{"type":"text","text":…}` (a typed turn).
@@ -24,14 +24,22 @@ use parlor_peer::{
 };
 use serde_json::{Value, json};
 
-use crate::hooks::{Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn};
-use crate::vad::{Vad, VadEvent, VadOptions};
+use crate::hooks::{
+    EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn, VoiceActivity,
+};
+use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns};
+use crate::vad::EnergyActivity;
 
 /// Tuning of an [`Agent`].
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// Utterance detection on each human's audio.
-    pub vad: VadOptions,
+    /// Turn-taking on each human's audio ([`TurnOptions::hangover`] by default;
+    /// [`TurnOptions::with_end_of_turn_model`] with an end-of-turn hook).
+    pub turn: TurnOptions,
+    /// 20 ms frames of one human's audio queued for their listening thread (VAD, end of
+    /// turn, speech-to-text). When it is full (the thread is this far behind), new frames are
+    /// dropped and counted, never queued without bound; 250 is 5 s.
+    pub listen_queue: usize,
     /// Label of the data channel a human opens for control messages.
     pub control_label: String,
     /// Said to each human when their audio arrives.
@@ -45,7 +53,8 @@ pub struct AgentOptions {
 impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
-            vad: VadOptions::default(),
+            turn: TurnOptions::default(),
+            listen_queue: 250,
             control_label: "control".to_owned(),
             greeting: None,
             max_buffered: Duration::from_secs(2),
@@ -82,6 +91,8 @@ impl std::fmt::Debug for Agent {
 
 struct Inner {
     peer: RoomPeer,
+    activity: Arc<dyn VoiceActivity>,
+    end_of_turn: Option<Arc<dyn EndOfTurn>>,
     stt: Arc<dyn SpeechToText>,
     llm: Arc<dyn Llm>,
     tts: Arc<dyn TextToSpeech>,
@@ -117,6 +128,8 @@ impl Agent {
         Agent {
             inner: Arc::new(Inner {
                 peer,
+                activity: Arc::new(EnergyActivity::default()),
+                end_of_turn: None,
                 stt: Arc::new(stt),
                 llm: Arc::new(llm),
                 tts: Arc::new(tts),
@@ -127,6 +140,24 @@ impl Agent {
                 next_utterance: AtomicU64::new(1),
             }),
         }
+    }
+
+    fn configure(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner)
+            .expect("an agent's state is shared only once it joins, and `with_*` take it before")
+    }
+
+    /// Detect speech with `activity` instead of the energy detector.
+    pub fn with_voice_activity(mut self, activity: impl VoiceActivity) -> Agent {
+        self.configure().activity = Arc::new(activity);
+        self
+    }
+
+    /// Ask `model` whether a turn is complete at each pause ([`TurnEvent::Pause`]) instead of
+    /// ending turns on silence alone; pair it with [`TurnOptions::with_end_of_turn_model`].
+    pub fn with_end_of_turn(mut self, model: impl EndOfTurn) -> Agent {
+        self.configure().end_of_turn = Some(Arc::new(model));
+        self
     }
 
     /// The room peer.
@@ -276,7 +307,7 @@ async fn on_control(inner: &Arc<Inner>, peer_id: &str, v: &Value) {
         Some("text") => {
             if let Some(text) = v.get("text").and_then(Value::as_str) {
                 let text: String = text.chars().take(2_000).collect();
-                on_utterance(inner, peer_id, text, Instant::now()).await;
+                on_utterance(inner, peer_id, text, Heard::Typed(Instant::now())).await;
             }
         }
         _ => {}
@@ -300,13 +331,36 @@ async fn control(inner: Arc<Inner>, peer_id: String, channel: DataChannel) {
     }
 }
 
-enum SttCmd {
-    Start(Vec<i16>),
-    Feed(Vec<i16>),
-    Finish(Instant),
+/// When each stage of a spoken turn happened (the per-stage split of the metrics message).
+#[derive(Debug, Clone, Copy)]
+pub struct TurnTiming {
+    /// The last window of speech arrived (the end of the human's words, as the agent got them).
+    pub speech_end: Instant,
+    /// The turn was judged over (end-of-turn model, silence cap, or length cap).
+    pub decided: Instant,
+    /// Speech-to-text returned the final text.
+    pub transcribed: Instant,
+    /// What ended it.
+    pub reason: EndReason,
 }
 
-/// One human's listening loop: decoded frames → 16 kHz → VAD → their recognizer thread.
+/// How a human's turn reached the agent.
+#[derive(Debug, Clone, Copy)]
+enum Heard {
+    Spoken(TurnTiming),
+    /// Typed on the page (`{"type":"text"}`), at this instant.
+    Typed(Instant),
+}
+
+/// What a human's listening thread tells their listening task.
+enum Listened {
+    SpeechStart,
+    Interim(String),
+    Final(String, TurnTiming),
+}
+
+/// One human's listening loop: decoded frames → 16 kHz → their listening thread (VAD, end of
+/// turn, speech-to-text), through a bounded queue; what the thread hears comes back here.
 async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
     let (mut frames, mut down) = match (AudioFrames::new(track), SpeechDownsampler::new()) {
         (Ok(f), Ok(d)) => (f, d),
@@ -315,40 +369,41 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
             return;
         }
     };
-    let mut rec = match inner.stt.recognizer() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(peer = %peer_id, error = %e, "no recognizer for this human");
+    let hooks = (
+        inner.activity.detector(),
+        inner.stt.recognizer(),
+        inner.end_of_turn.clone(),
+    );
+    let (detector, recognizer, end_of_turn) = match hooks {
+        (Ok(d), Ok(r), eot) => (d, r, eot),
+        (Err(e), _, _) | (_, Err(e), _) => {
+            tracing::error!(peer = %peer_id, error = %e, "cannot listen to this human");
             return;
         }
     };
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<SttCmd>();
-    let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Recognition is blocking work: it runs on this human's own thread, off the audio path.
-    let who = peer_id.clone();
-    std::thread::Builder::new()
-        .name("parlor-stt".into())
-        .spawn(move || {
-            while let Ok(cmd) = cmd_rx.recv() {
-                let r = match cmd {
-                    SttCmd::Start(pre) => rec.start().and_then(|()| rec.feed(&pre)).map(|_| None),
-                    SttCmd::Feed(pcm) => rec.feed(&pcm).map(|_| None),
-                    SttCmd::Finish(at) => rec.finish().map(|text| Some((text, at))),
-                };
-                match r {
-                    Ok(Some(done)) => {
-                        if res_tx.send(done).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(peer = %who, error = %e, "recognizer"),
-                }
-            }
-        })
-        .ok();
-    let mut vad = Vad::new(16_000, inner.opts.vad);
+    let (audio_tx, audio_rx) =
+        std::sync::mpsc::sync_channel::<(Vec<i16>, Instant)>(inner.opts.listen_queue.max(1));
+    // What the thread hears is never dropped: it waits for room here (a handful of events
+    // per utterance).
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::channel::<Listened>(16);
+    let thread = Listening {
+        detector,
+        recognizer,
+        end_of_turn,
+        turns: Turns::new(16_000, inner.opts.turn),
+        threshold: inner.opts.turn.threshold,
+        max_utterance: (inner.opts.turn.max_utterance.as_secs_f64() * 16_000.0) as usize,
+        who: peer_id.clone(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name("parlor-listen".into())
+        .spawn(move || thread.run(audio_rx, heard_tx));
+    if let Err(e) = spawned {
+        tracing::error!(peer = %peer_id, error = %e, "cannot start a listening thread");
+        return;
+    }
     let mut pcm = Vec::with_capacity(320);
+    let mut dropped = 0u64;
     loop {
         tokio::select! {
             f = frames.next() => {
@@ -357,33 +412,149 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                 if down.process(&f, &mut pcm).is_err() {
                     continue;
                 }
-                let cmd = match vad.push(&pcm) {
-                    VadEvent::SpeechStart { pre_roll } => {
-                        if inner.interrupt() {
-                            tracing::info!(peer = %peer_id, "barge-in");
-                            inner.send(json!({"type": "barge-in", "peerId": peer_id})).await;
-                            inner.state("listening", &peer_id).await;
+                match audio_tx.try_send((pcm.clone(), Instant::now())) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                        // The overflow policy: the newest audio is dropped, counted, and
+                        // logged at the first drop of each second of drops.
+                        if dropped.is_multiple_of(50) {
+                            tracing::warn!(peer = %peer_id, dropped, "listening thread behind: audio dropped");
                         }
-                        SttCmd::Start(pre_roll)
+                        dropped += 1;
                     }
-                    VadEvent::Speech => SttCmd::Feed(pcm.clone()),
-                    VadEvent::SpeechEnd => SttCmd::Finish(Instant::now()),
-                    VadEvent::None => continue,
-                };
-                if cmd_tx.send(cmd).is_err() {
-                    break;
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
                 }
             }
-            Some((text, ended)) = res_rx.recv() => {
-                on_utterance(&inner, &peer_id, text, ended).await;
+            Some(heard) = heard_rx.recv() => match heard {
+                Listened::SpeechStart => {
+                    if inner.interrupt() {
+                        tracing::info!(peer = %peer_id, "barge-in");
+                        inner.send(json!({"type": "barge-in", "peerId": peer_id})).await;
+                        inner.state("listening", &peer_id).await;
+                    }
+                }
+                Listened::Interim(text) => {
+                    inner
+                        .send(json!({"type": "transcript", "role": "human", "peerId": peer_id, "text": text, "final": false}))
+                        .await;
+                }
+                Listened::Final(text, timing) => {
+                    on_utterance(&inner, &peer_id, text, Heard::Spoken(timing)).await;
+                }
+            },
+        }
+    }
+    tracing::debug!(peer = %peer_id, dropped, "audio ended");
+}
+
+/// The blocking half of one human's listening: speech detection, turn-taking, the
+/// end-of-turn model and speech-to-text, on its own thread (off the audio path).
+struct Listening {
+    detector: Box<dyn crate::hooks::SpeechDetector>,
+    recognizer: Box<dyn crate::hooks::Recognizer>,
+    end_of_turn: Option<Arc<dyn EndOfTurn>>,
+    turns: Turns,
+    threshold: f32,
+    max_utterance: usize,
+    who: String,
+}
+
+impl Listening {
+    fn run(
+        mut self,
+        audio: std::sync::mpsc::Receiver<(Vec<i16>, Instant)>,
+        heard: tokio::sync::mpsc::Sender<Listened>,
+    ) {
+        let window = self.detector.window().max(1);
+        let mut buffered: std::collections::VecDeque<i16> = std::collections::VecDeque::new();
+        let mut probabilities = Vec::new();
+        let mut utterance: Vec<i16> = Vec::new();
+        let mut speech_end = Instant::now();
+        let mut chunk = Vec::with_capacity(window);
+        while let Ok((pcm, arrived)) = audio.recv() {
+            buffered.extend(pcm.iter().copied());
+            probabilities.clear();
+            if let Err(e) = self.detector.push(&pcm, &mut probabilities) {
+                tracing::warn!(peer = %self.who, error = %e, "speech detector");
+                continue;
+            }
+            for &p in &probabilities {
+                if buffered.len() < window {
+                    break;
+                }
+                chunk.clear();
+                chunk.extend(buffered.drain(..window));
+                if p >= self.threshold {
+                    speech_end = arrived;
+                }
+                let mut event = self.turns.push(&chunk, p);
+                if let TurnEvent::SpeechStart { pre_roll } = &event {
+                    utterance.clear();
+                    utterance.extend_from_slice(pre_roll);
+                    let started = self
+                        .recognizer
+                        .start()
+                        .and_then(|()| self.recognizer.feed(pre_roll));
+                    if let Err(e) = started {
+                        tracing::warn!(peer = %self.who, error = %e, "recognizer");
+                    }
+                    if heard.blocking_send(Listened::SpeechStart).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if matches!(event, TurnEvent::None) {
+                    continue;
+                }
+                if utterance.len() < self.max_utterance {
+                    utterance.extend_from_slice(&chunk);
+                }
+                match self.recognizer.feed(&chunk) {
+                    Ok(Some(text)) => {
+                        if heard.blocking_send(Listened::Interim(text)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
+                }
+                if let (TurnEvent::Pause { silence }, Some(model)) = (&event, &self.end_of_turn) {
+                    match model.complete(&utterance) {
+                        Ok(p) => {
+                            tracing::debug!(peer = %self.who, p, silence_ms = silence.as_millis() as u64, "end of turn?");
+                            if p >= 0.5
+                                && let Some(end) = self.turns.end_turn()
+                            {
+                                event = end;
+                            }
+                        }
+                        Err(e) => tracing::warn!(peer = %self.who, error = %e, "end-of-turn model"),
+                    }
+                }
+                if let TurnEvent::End { reason, .. } = event {
+                    let decided = Instant::now();
+                    let text = self.recognizer.finish().unwrap_or_else(|e| {
+                        tracing::warn!(peer = %self.who, error = %e, "recognizer");
+                        String::new()
+                    });
+                    let timing = TurnTiming {
+                        speech_end,
+                        decided,
+                        transcribed: Instant::now(),
+                        reason,
+                    };
+                    utterance.clear();
+                    if heard.blocking_send(Listened::Final(text, timing)).is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
-    tracing::debug!(peer = %peer_id, "audio ended");
 }
 
 /// A finished human utterance: show it and answer it.
-async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, ended: Instant) {
+async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, heard: Heard) {
     let text = text.trim().to_owned();
     if text.is_empty() {
         return;
@@ -411,7 +582,7 @@ async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, ended: In
         inner.clone(),
         peer_id.to_owned(),
         Said::Model(history),
-        Some(ended),
+        Some(heard),
     ));
 }
 
@@ -423,7 +594,7 @@ enum Said {
 }
 
 /// Speak one reply as one utterance (one `AudioSource` on the agent's voice track).
-async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, ended: Option<Instant>) {
+async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Heard>) {
     let options = AudioSourceOptions::new(inner.tts.sample_rate(), Layout::Mono)
         .max_buffered(inner.opts.max_buffered);
     let source = match AudioSource::with_track(options, inner.voice.clone()) {
@@ -468,10 +639,12 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, ended: Option<Ins
     };
     let mut text = String::new();
     let mut first_audio = true;
+    let mut first_text: Option<Instant> = None;
     while let Some(sentence) = sentences.recv().await {
         if cancel.load(Ordering::SeqCst) {
             break;
         }
+        first_text.get_or_insert_with(Instant::now);
         if !text.is_empty() {
             text.push(' ');
         }
@@ -498,14 +671,10 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, ended: Option<Ins
             if first_audio {
                 first_audio = false;
                 inner.state("speaking", &peer_id).await;
-                if let Some(at) = ended {
-                    let ms = at.elapsed().as_secs_f64() * 1_000.0;
-                    tracing::info!(peer = %peer_id, eou_to_first_audio_ms = ms, "replying");
-                    inner
-                        .send(
-                            json!({"type": "metrics", "peerId": peer_id, "eouToFirstAudioMs": ms}),
-                        )
-                        .await;
+                if let (Some(heard), Some(text_at)) = (heard, first_text) {
+                    let metrics = turn_metrics(&peer_id, heard, text_at, Instant::now());
+                    tracing::info!(peer = %peer_id, %metrics, "replying");
+                    inner.send(metrics).await;
                 }
             }
         }
@@ -540,4 +709,41 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, ended: Option<Ins
         }
     }
     inner.state("listening", &peer_id).await;
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    (to.saturating_duration_since(from).as_secs_f64() * 1_000.0 * 10.0).round() / 10.0
+}
+
+/// The metrics message of one answered turn: each stage's share of the time from the end of
+/// the human's words (or the typed text's arrival) to the reply's first audio.
+fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: Instant) -> Value {
+    match heard {
+        Heard::Spoken(t) => json!({
+            "type": "metrics",
+            "peerId": peer_id,
+            "eouToFirstAudioMs": ms(t.speech_end, first_audio),
+            "endedBy": match t.reason {
+                EndReason::Model => "end-of-turn model",
+                EndReason::Silence => "silence",
+                EndReason::MaxUtterance => "length",
+            },
+            "stages": {
+                "endOfTurnMs": ms(t.speech_end, t.decided),
+                "sttMs": ms(t.decided, t.transcribed),
+                "replyMs": ms(t.transcribed, first_text),
+                "ttsMs": ms(first_text, first_audio),
+            },
+        }),
+        Heard::Typed(at) => json!({
+            "type": "metrics",
+            "peerId": peer_id,
+            "textToFirstAudioMs": ms(at, first_audio),
+            "endedBy": "text",
+            "stages": {
+                "replyMs": ms(at, first_text),
+                "ttsMs": ms(first_text, first_audio),
+            },
+        }),
+    }
 }

@@ -74,6 +74,41 @@ pub trait Recognizer: Send + 'static {
     fn finish(&mut self) -> Result<String, HookError>;
 }
 
+/// Voice activity: one [`SpeechDetector`] per human audio stream (the model, if any, shared).
+pub trait VoiceActivity: Send + Sync + 'static {
+    /// A detector for one stream.
+    fn detector(&self) -> Result<Box<dyn SpeechDetector>, HookError>;
+}
+
+/// The probability that audio is speech, window by window.
+pub trait SpeechDetector: Send + 'static {
+    /// Samples per probability (16 kHz).
+    fn window(&self) -> usize;
+    /// Push 16 kHz mono PCM of any length; append one probability (0..=1) per completed
+    /// window to `probabilities`.
+    fn push(&mut self, pcm: &[i16], probabilities: &mut Vec<f32>) -> Result<(), HookError>;
+}
+
+/// End-of-turn: has the human finished their turn, judged from the utterance so far (asked
+/// after a short silence, so a pause mid-sentence is not answered).
+pub trait EndOfTurn: Send + Sync + 'static {
+    /// The probability that `utterance` (16 kHz mono, from its start through the silence
+    /// so far) is a finished turn.
+    fn complete(&self, utterance: &[i16]) -> Result<f32, HookError>;
+}
+
+impl<T: VoiceActivity + ?Sized> VoiceActivity for std::sync::Arc<T> {
+    fn detector(&self) -> Result<Box<dyn SpeechDetector>, HookError> {
+        (**self).detector()
+    }
+}
+
+impl<T: EndOfTurn + ?Sized> EndOfTurn for std::sync::Arc<T> {
+    fn complete(&self, utterance: &[i16]) -> Result<f32, HookError> {
+        (**self).complete(utterance)
+    }
+}
+
 /// The reply model: streams the reply to the conversation so far in pieces (sentences or
 /// tokens) into `sink`, and stops early when `sink` returns [`Flow::Stop`].
 pub trait Llm: Send + Sync + 'static {

@@ -10,7 +10,9 @@
 //!   transcripts and state through the server (`send`); control (hang-up) on a data channel
 //!   the browser opens; barge-in ends the current utterance's `AudioSource` at once.
 //! - [`offline`]: PocketSphinx, eSpeak NG and a rule-based reply, so it talks with no cloud.
-//! - [`vad`]: the energy voice-activity detector (pure, unit tested).
+//! - [`vad`]: the energy voice-activity detector (pure, unit tested);
+//! - [`turn`]: turn-taking from speech probabilities, with an end-of-turn model's pauses
+//!   (pure, unit tested on simulated time).
 //!
 //! ```no_run
 //! use parlor_agent::offline::{EspeakTts, RuleReply, SphinxStt};
@@ -45,7 +47,11 @@ pub mod agent;
 pub mod hooks;
 pub mod offline;
 pub mod openai;
+pub mod turn;
 pub mod vad;
 
 pub use agent::{Agent, AgentError, AgentOptions};
-pub use hooks::{Flow, HookError, Llm, Recognizer, Role, SpeechToText, TextToSpeech, Turn};
+pub use hooks::{
+    EndOfTurn, Flow, HookError, Llm, Recognizer, Role, SpeechDetector, SpeechToText, TextToSpeech,
+    Turn, VoiceActivity,
+};

@@ -1,141 +1,87 @@
-//! A small energy voice-activity detector on 16 kHz mono frames (sans-IO: frames in, events
-//! out). It tracks the noise floor, needs [`VadOptions::onset`] of loud audio to start an
-//! utterance and [`VadOptions::hangover`] of quiet audio to end it, and keeps a pre-roll so
-//! the recognizer also gets the utterance's first syllable.
+//! The energy voice-activity detector: a [`VoiceActivity`] with no model (sans-IO). It tracks
+//! the noise floor and calls a 20 ms window speech (probability 1) when its RMS is well above
+//! it; [`crate::turn::Turns`] turns the probabilities into utterances.
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use crate::hooks::{HookError, SpeechDetector, VoiceActivity};
 
-/// Tuning of a [`Vad`].
+/// Tuning of the [`EnergyActivity`] detector.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct VadOptions {
-    /// Loud audio needed to start an utterance.
-    pub onset: Duration,
-    /// Quiet audio that ends an utterance.
-    pub hangover: Duration,
-    /// Audio kept from before the onset and handed over with `SpeechStart`.
-    pub pre_roll: Duration,
-    /// A frame is loud when its RMS exceeds the noise floor by this factor…
+pub struct EnergyOptions {
+    /// A window is speech when its RMS exceeds the noise floor by this factor…
     pub ratio: f32,
     /// …and this absolute RMS (s16 units).
     pub min_rms: f32,
-    /// Utterances longer than this are cut (the recognizer gets a turn).
-    pub max_utterance: Duration,
 }
 
-impl Default for VadOptions {
+impl Default for EnergyOptions {
     fn default() -> Self {
-        VadOptions {
-            onset: Duration::from_millis(60),
-            hangover: Duration::from_millis(500),
-            pre_roll: Duration::from_millis(300),
+        EnergyOptions {
             ratio: 3.0,
             min_rms: 300.0,
-            max_utterance: Duration::from_secs(15),
         }
     }
 }
 
-/// What a frame did to the detector.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VadEvent {
-    /// Nothing changed.
-    None,
-    /// An utterance started; `pre_roll` is the audio before (and including) this frame.
-    SpeechStart {
-        /// 16 kHz mono PCM from before the onset up to now.
-        pre_roll: Vec<i16>,
-    },
-    /// Inside an utterance: feed this frame to the recognizer.
-    Speech,
-    /// The utterance ended: the hangover of quiet audio has passed (that quiet tail was
-    /// already handed over as `Speech`), or it reached `max_utterance`.
-    SpeechEnd,
+/// Voice activity from energy alone (no model): the basic engines' detector.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnergyActivity(pub EnergyOptions);
+
+impl VoiceActivity for EnergyActivity {
+    fn detector(&self) -> Result<Box<dyn SpeechDetector>, HookError> {
+        Ok(Box::new(EnergyDetector::new(self.0)))
+    }
 }
 
-/// The detector. Feed it 16 kHz mono frames of any length (20 ms is typical).
+/// Samples per window (20 ms at 16 kHz).
+pub const WINDOW: usize = 320;
+
+/// One stream's energy detector.
 #[derive(Debug, Clone)]
-pub struct Vad {
-    opts: VadOptions,
-    rate: u32,
+pub struct EnergyDetector {
+    opts: EnergyOptions,
     noise: f32,
-    in_speech: bool,
-    loud_run: usize,
-    quiet_run: usize,
-    speech_len: usize,
-    history: VecDeque<i16>,
+    pending: Vec<i16>,
 }
 
-impl Vad {
-    /// A detector for `rate` Hz mono audio.
-    pub fn new(rate: u32, opts: VadOptions) -> Vad {
-        Vad {
+impl EnergyDetector {
+    /// A detector with a fresh noise floor.
+    pub fn new(opts: EnergyOptions) -> EnergyDetector {
+        EnergyDetector {
             opts,
-            rate,
             noise: opts.min_rms / opts.ratio,
-            in_speech: false,
-            loud_run: 0,
-            quiet_run: 0,
-            speech_len: 0,
-            history: VecDeque::new(),
+            pending: Vec::with_capacity(WINDOW),
         }
     }
 
-    /// Whether an utterance is in progress.
-    pub fn in_speech(&self) -> bool {
-        self.in_speech
-    }
-
-    fn samples(&self, d: Duration) -> usize {
-        (d.as_secs_f64() * f64::from(self.rate)) as usize
-    }
-
-    /// Process one frame.
-    pub fn push(&mut self, frame: &[i16]) -> VadEvent {
-        if frame.is_empty() {
-            return VadEvent::None;
-        }
-        let rms =
-            (frame.iter().map(|s| f32::from(*s).powi(2)).sum::<f32>() / frame.len() as f32).sqrt();
+    fn decide(&mut self, window: &[i16]) -> f32 {
+        let rms = (window.iter().map(|s| f32::from(*s).powi(2)).sum::<f32>() / window.len() as f32)
+            .sqrt();
         let loud = rms > self.opts.min_rms && rms > self.noise * self.opts.ratio;
         if !loud {
-            // The floor follows quiet frames quickly down and slowly up.
+            // The floor follows quiet windows quickly down and slowly up.
             let k = if rms < self.noise { 0.2 } else { 0.02 };
             self.noise += (rms - self.noise) * k;
         }
-        if self.in_speech {
-            self.speech_len += frame.len();
-            if loud {
-                self.quiet_run = 0;
-            } else {
-                self.quiet_run += frame.len();
+        if loud { 1.0 } else { 0.0 }
+    }
+}
+
+impl SpeechDetector for EnergyDetector {
+    fn window(&self) -> usize {
+        WINDOW
+    }
+
+    fn push(&mut self, pcm: &[i16], probabilities: &mut Vec<f32>) -> Result<(), HookError> {
+        for &s in pcm {
+            self.pending.push(s);
+            if self.pending.len() == WINDOW {
+                let window = std::mem::take(&mut self.pending);
+                probabilities.push(self.decide(&window));
+                self.pending = window;
+                self.pending.clear();
             }
-            if self.quiet_run >= self.samples(self.opts.hangover)
-                || self.speech_len >= self.samples(self.opts.max_utterance)
-            {
-                self.in_speech = false;
-                self.loud_run = 0;
-                self.quiet_run = 0;
-                self.history.clear();
-                return VadEvent::SpeechEnd;
-            }
-            return VadEvent::Speech;
         }
-        self.history.extend(frame.iter().copied());
-        let keep = self.samples(self.opts.pre_roll).max(frame.len());
-        while self.history.len() > keep {
-            self.history.pop_front();
-        }
-        self.loud_run = if loud { self.loud_run + frame.len() } else { 0 };
-        if self.loud_run >= self.samples(self.opts.onset).max(1) {
-            self.in_speech = true;
-            self.quiet_run = 0;
-            self.speech_len = self.history.len();
-            return VadEvent::SpeechStart {
-                pre_roll: self.history.drain(..).collect(),
-            };
-        }
-        VadEvent::None
+        Ok(())
     }
 }
 
@@ -149,56 +95,19 @@ mod tests {
             .collect()
     }
 
-    fn run(vad: &mut Vad, pcm: &[i16]) -> Vec<(usize, &'static str)> {
-        let mut out = Vec::new();
-        for (i, f) in pcm.chunks(320).enumerate() {
-            match vad.push(f) {
-                VadEvent::SpeechStart { pre_roll } => {
-                    assert!(pre_roll.len() >= 320 * 3);
-                    out.push((i, "start"));
-                }
-                VadEvent::SpeechEnd => out.push((i, "end")),
-                _ => {}
-            }
-        }
-        out
-    }
-
     #[test]
-    fn speech_between_silences_is_one_utterance() {
-        let mut pcm = tone(1_000, 20.0);
-        pcm.extend(tone(1_200, 8_000.0));
-        pcm.extend(tone(1_000, 20.0));
-        let mut vad = Vad::new(16_000, VadOptions::default());
-        let ev = run(&mut vad, &pcm);
-        // Starts 60 ms into the speech (frame 50 + 2), ends 500 ms after it (frame 110 + 25).
-        assert_eq!(ev, vec![(52, "start"), (134, "end")]);
-    }
-
-    #[test]
-    fn short_clicks_and_steady_noise_do_not_start() {
-        let mut pcm = tone(2_000, 600.0); // steady hum well above min_rms
-        pcm.extend(tone(40, 8_000.0)); // a 40 ms click
-        pcm.extend(tone(1_000, 600.0));
-        let mut vad = Vad::new(16_000, VadOptions::default());
-        // The hum starts an utterance once (the floor adapts slowly up), then nothing more.
-        let ev = run(&mut vad, &pcm);
-        assert!(ev.iter().filter(|e| e.1 == "start").count() <= 1, "{ev:?}");
-        let mut quiet = Vad::new(16_000, VadOptions::default());
-        let mut pcm = tone(1_000, 50.0);
-        pcm.extend(tone(40, 8_000.0));
-        pcm.extend(tone(1_000, 50.0));
-        assert!(run(&mut quiet, &pcm).is_empty());
-    }
-
-    #[test]
-    fn long_speech_is_cut_at_max_utterance() {
-        let opts = VadOptions {
-            max_utterance: Duration::from_secs(2),
-            ..VadOptions::default()
-        };
-        let mut vad = Vad::new(16_000, opts);
-        let ev = run(&mut vad, &tone(5_000, 8_000.0));
-        assert_eq!(ev.iter().filter(|e| e.1 == "end").count(), 2, "{ev:?}");
+    fn loud_windows_over_the_floor_are_speech() {
+        let mut d = EnergyDetector::new(EnergyOptions::default());
+        let mut p = Vec::new();
+        d.push(&tone(200, 20.0), &mut p).expect("push");
+        d.push(&tone(100, 8_000.0), &mut p).expect("push");
+        // Any chunking: 10 + 5 windows.
+        assert_eq!(p.len(), 15);
+        assert!(p[..10].iter().all(|&x| x == 0.0) && p[10..].iter().all(|&x| x == 1.0));
+        // Below `min_rms` nothing is speech, however quiet the floor.
+        let mut hum = EnergyDetector::new(EnergyOptions::default());
+        let mut q = Vec::new();
+        hum.push(&tone(1_000, 200.0), &mut q).expect("push");
+        assert!(q.iter().all(|&x| x == 0.0), "{q:?}");
     }
 }

@@ -1,5 +1,7 @@
-//! `parlor demo`: the embedded server, a voice agent (PocketSphinx, rules, eSpeak NG) in one
-//! room, and the browser page (`web/`), all on one port.
+//! `parlor demo`: the embedded server, a voice agent in one room, and the browser page
+//! (`web/`), all on one port. The agent's engines are neural by default (Whisper, Piper,
+//! Silero VAD, smart-turn; the models are fetched on first run) or, with `--engines basic`,
+//! the no-download fallback (PocketSphinx, eSpeak NG, an energy detector).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +17,10 @@ use axum::routing::get;
 use clap::Args;
 use parlor_agent::offline::{EspeakTts, RuleReply, SphinxStt};
 use parlor_agent::openai::OpenAiLlm;
-use parlor_agent::{Agent, AgentOptions, Llm};
+use parlor_agent::turn::TurnOptions;
+use parlor_agent::{Agent, AgentOptions, Llm, SpeechToText, TextToSpeech};
 use parlor_peer::{ReconnectOptions, RoomPeer, SignallingClient};
+use parlor_voice::models::{Model, ModelCache};
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -36,6 +40,70 @@ pub(crate) struct DemoArgs {
     /// What the agent says when a human's audio arrives.
     #[arg(long)]
     greeting: Option<String>,
+    /// The agent's engines: `neural` (Whisper tiny.en, Piper, Silero VAD, smart-turn; the
+    /// models are fetched into the cache on first run) or `basic` (PocketSphinx, eSpeak NG,
+    /// an energy detector; no download).
+    #[arg(long, value_enum, default_value_t = Engines::Neural)]
+    engines: Engines,
+}
+
+/// Which engines the demo's agent runs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engines {
+    /// Whisper, Piper, Silero VAD, smart-turn.
+    Neural,
+    /// PocketSphinx, eSpeak NG, an energy detector.
+    Basic,
+}
+
+/// The loaded engines, and what the page says they are.
+struct Loaded {
+    stt: Box<dyn SpeechToText>,
+    tts: Box<dyn TextToSpeech>,
+    activity: Option<parlor_voice::silero::SileroActivity>,
+    end_of_turn: Option<parlor_voice::smart_turn::SmartTurn>,
+    names: serde_json::Value,
+}
+
+fn load_engines(engines: Engines) -> anyhow::Result<Loaded> {
+    match engines {
+        Engines::Basic => Ok(Loaded {
+            stt: Box::new(SphinxStt::new().context("speech-to-text (PocketSphinx)")?),
+            tts: Box::new(EspeakTts::new().context("text-to-speech (eSpeak NG)")?),
+            activity: None,
+            end_of_turn: None,
+            names: serde_json::json!({
+                "stt": "PocketSphinx", "tts": "eSpeak NG", "turn": "500 ms of silence",
+            }),
+        }),
+        Engines::Neural => {
+            let cache = ModelCache::from_env()?;
+            // The first run fetches the models (a few hundred MB, pinned by sha256).
+            crate::models::fetch(&cache, &Model::DEFAULT)?;
+            let t0 = std::time::Instant::now();
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let stt = parlor_voice::whisper::WhisperStt::load(&cache, Model::WhisperTinyEn)
+                .context("speech-to-text (Whisper tiny.en)")?;
+            let tts = parlor_voice::piper::PiperTts::joe(&cache, threads)
+                .context("text-to-speech (Piper)")?;
+            let vad = parlor_voice::silero::SileroVad::load(&cache).context("Silero VAD")?;
+            let eot = parlor_voice::smart_turn::SmartTurn::load(&cache, 1).context("smart-turn")?;
+            tracing::info!(
+                ms = t0.elapsed().as_millis() as u64,
+                "neural engines loaded"
+            );
+            Ok(Loaded {
+                stt: Box::new(stt),
+                tts: Box::new(tts),
+                activity: Some(parlor_voice::silero::SileroActivity(vad)),
+                end_of_turn: Some(eot),
+                names: serde_json::json!({
+                    "stt": "Whisper tiny.en", "tts": "Piper (en_US joe)",
+                    "turn": "Silero VAD and smart-turn v3.2",
+                }),
+            })
+        }
+    }
 }
 
 struct Site {
@@ -67,9 +135,19 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sdk.display(),
         web.display()
     );
-    // The hooks load first, so a missing package fails before anything listens.
-    let stt = SphinxStt::new().context("speech-to-text (PocketSphinx)")?;
-    let tts = EspeakTts::new().context("text-to-speech (eSpeak NG)")?;
+    // The engines load first, so a missing package or model fails before anything listens.
+    let engines = args.engines;
+    let loaded = tokio::task::spawn_blocking(move || load_engines(engines)).await??;
+    // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
+    let (llm, reply_name): (Box<dyn Llm>, &str) = match OpenAiLlm::from_env() {
+        Some(llm) => {
+            tracing::info!(?llm, "replies from an OpenAI-compatible endpoint");
+            (Box::new(llm), "an OpenAI-compatible model")
+        }
+        None => (Box::new(RuleReply), "simple rules"),
+    };
+    let mut names = loaded.names.clone();
+    names["reply"] = reply_name.into();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -84,6 +162,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "url": format!("ws://{addr}"),
             "apiKey": args.key,
             "room": args.room,
+            "engines": names,
         })
         .to_string(),
     });
@@ -105,19 +184,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..ReconnectOptions::default()
         }))
         .build()?;
+    let neural = loaded.end_of_turn.is_some();
     let options = AgentOptions {
         greeting: args.greeting.clone(),
+        turn: if neural {
+            TurnOptions::with_end_of_turn_model()
+        } else {
+            TurnOptions::hangover()
+        },
         ..AgentOptions::default()
     };
-    // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
-    let llm: Box<dyn Llm> = match OpenAiLlm::from_env() {
-        Some(llm) => {
-            tracing::info!(?llm, "replies from an OpenAI-compatible endpoint");
-            Box::new(llm)
-        }
-        None => Box::new(RuleReply),
-    };
-    let agent = Agent::new(RoomPeer::new(client), stt, llm, tts, options);
+    let mut agent = Agent::new(RoomPeer::new(client), loaded.stt, llm, loaded.tts, options);
+    if let Some(vad) = loaded.activity {
+        agent = agent.with_voice_activity(vad);
+    }
+    if let Some(eot) = loaded.end_of_turn {
+        agent = agent.with_end_of_turn(eot);
+    }
     let events = agent
         .join(&args.room)
         .await

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use ort::session::Session;
 use ort::value::Tensor;
+use parlor_agent::{HookError, SpeechDetector, VoiceActivity};
 
 use crate::EngineError;
 use crate::models::{Model, ModelCache};
@@ -107,5 +108,25 @@ impl SileroStream {
         self.state.fill(0.0);
         self.input.fill(0.0);
         self.pending.clear();
+    }
+}
+
+/// Silero as the agent's [`VoiceActivity`] hook: the model shared, a stream per human.
+#[derive(Debug, Clone)]
+pub struct SileroActivity(pub Arc<SileroVad>);
+
+impl VoiceActivity for SileroActivity {
+    fn detector(&self) -> Result<Box<dyn SpeechDetector>, HookError> {
+        Ok(Box::new(self.0.stream()))
+    }
+}
+
+impl SpeechDetector for SileroStream {
+    fn window(&self) -> usize {
+        CHUNK
+    }
+
+    fn push(&mut self, pcm: &[i16], probabilities: &mut Vec<f32>) -> Result<(), HookError> {
+        SileroStream::push(self, pcm, probabilities).map_err(HookError::from)
     }
 }

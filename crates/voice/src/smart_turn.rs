@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use ort::session::Session;
 use ort::value::Tensor;
+use parlor_agent::{EndOfTurn, HookError};
 
 use crate::EngineError;
 use crate::mel::{LogMel, N_MELS, SAMPLE_RATE};
@@ -71,5 +72,11 @@ impl SmartTurn {
         }
         let mut mel = self.mel.lock().unwrap_or_else(|e| e.into_inner());
         mel.features(&audio, FRAMES)
+    }
+}
+
+impl EndOfTurn for SmartTurn {
+    fn complete(&self, utterance: &[i16]) -> Result<f32, HookError> {
+        self.probability(utterance).map_err(HookError::from)
     }
 }

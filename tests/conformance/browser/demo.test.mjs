@@ -9,10 +9,12 @@
 //       the agent's state is "speaking";
 //   (c) barge-in: the second utterance interrupts the reply; a barge-in message arrives and the
 //       inbound audio energy goes flat (measured from page-side getStats samples every 50 ms);
-//   (d) the metrics message (eouToFirstAudioMs) arrives;
+//   (d) the metrics message arrives: eouToFirstAudioMs and its per-stage split;
 //   (e) hang-up over the "control" data channel: state "ended" for our id, "bye" on the
 //       channel, and the page shows "call ended" (then "Call again" joins as a new peer);
 //   (f) screenshots out/demo-call.png (during the call) and out/demo.png (call ended).
+// The demo runs its default (neural) engines: the page names them, and the weather question
+// must come back word for word (Whisper; the basic engines' PocketSphinx misheard it).
 // Two humans (two browsers, two WAVs: "weather" and "What time is it?"): each one's transcript
 // is tagged with its own peer id, on both pages.
 //
@@ -218,6 +220,12 @@ describe("parlor demo: the page in Chromium talks to the voice agent", () => {
     const line = humanLines(heard, /weather/i)[0];
     assert.ok(line, `a human transcript with "weather": ${JSON.stringify(humanLines(heard, /./))}`);
     assert.equal(line.peerId, me, `the transcript is tagged with our peer id: ${JSON.stringify(line)}`);
+    const engines = await page.evaluate(() => window.demo.engines);
+    assert.equal(engines.stt, "Whisper tiny.en", `the page names the engines: ${JSON.stringify(engines)}`);
+    const finalLine = await poll(human.state, (s) => humanLines(s, /weather/i).some((x) => x.final), "the final weather transcript", left());
+    const words = (x) => x.toLowerCase().replace(/[^a-z' ]/g, "").split(/\s+/).filter(Boolean).join(" ");
+    const said = humanLines(finalLine, /weather/i).find((x) => x.final).text;
+    assert.equal(words(said), "what is the weather like today", `heard word for word: ${JSON.stringify(said)}`);
     assert.equal(heard.agentPeerId, demo.agentId ?? heard.agentPeerId, "the agent is the peer the demo announced");
     t.diagnostic(`heard: ${JSON.stringify(line.text)} (peer ${me})`);
 
@@ -236,9 +244,16 @@ describe("parlor demo: the page in Chromium talks to the voice agent", () => {
 
     // (d) end of utterance -> first reply audio
     const m = await poll(human.state, (s) => s.metrics.some((x) => x.peerId === me), "metrics", left());
-    const eou = m.metrics.find((x) => x.peerId === me).eouToFirstAudioMs;
+    const first = m.metrics.find((x) => x.peerId === me);
+    const eou = first.eouToFirstAudioMs;
     assert.equal(typeof eou, "number");
     assert.ok(eou >= 0 && eou < 10_000, `eouToFirstAudioMs plausible: ${eou}`);
+    const stages = first.stages || {};
+    for (const k of ["endOfTurnMs", "sttMs", "replyMs", "ttsMs"]) {
+      assert.ok(typeof stages[k] === "number" && stages[k] >= 0, `stage ${k} in ${JSON.stringify(first)}`);
+    }
+    assert.ok(["end-of-turn model", "silence", "length"].includes(first.endedBy), JSON.stringify(first));
+    t.diagnostic(`first reply: ${JSON.stringify(first)}`);
 
     // (c) barge-in: the second utterance starts while the reply (~3 sentences) still plays
     const bi = await poll(human.state, (s) => s.bargeIns.some((x) => x.peerId === me), "a barge-in message", left());

@@ -187,7 +187,7 @@ impl WhisperModel {
             tokens = out.len(),
             "whisper pass"
         );
-        Ok(self.vocab.decode(&out).trim().to_owned())
+        Ok(without_restart(self.vocab.decode(&out).trim()))
     }
 }
 
@@ -204,6 +204,20 @@ impl WhisperModel {
         !current.is_empty()
             && (current.len() >= 8 || before.ends_with(&current))
             && before.contains(&current)
+    }
+}
+
+/// `text` without a trailing restart of itself: when the words from some point on repeat the
+/// transcript's own beginning ("Hello Hello", "Could you tell me the time? Could you tell"),
+/// only the part before that point is kept.
+fn without_restart(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let keys: Vec<String> = words.iter().map(|w| normalized(w)).collect();
+    let n = keys.len();
+    let restart = (1..n).find(|&k| (k..n).all(|i| !keys[i].is_empty() && keys[i] == keys[i - k]));
+    match restart {
+        Some(k) => words[..k].join(" "),
+        None => words.join(" "),
     }
 }
 
@@ -300,6 +314,25 @@ impl Recognizer for WhisperRecognizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transcript_that_starts_over_keeps_its_first_telling() {
+        assert_eq!(without_restart("Hello Hello"), "Hello");
+        assert_eq!(without_restart("Hello. hello!"), "Hello.");
+        assert_eq!(
+            without_restart("Could you tell me the time, please? Could you tell"),
+            "Could you tell me the time, please?"
+        );
+        assert_eq!(
+            without_restart("thank you thank you very much"),
+            "thank you thank you very much"
+        );
+        assert_eq!(
+            without_restart("What is the weather like today?"),
+            "What is the weather like today?"
+        );
+        assert_eq!(without_restart(""), "");
+    }
 
     #[test]
     fn repeated_phrases_stop_decoding() {

@@ -1,0 +1,343 @@
+//! Turn-taking (sans-IO): speech probabilities window by window in, utterance events out;
+//! time is counted in samples of the audio, so tests run on a simulated clock for free.
+//!
+//! An utterance starts after [`TurnOptions::onset`] of speech (the windows before it, up to
+//! [`TurnOptions::pre_roll`], go with it). Once the human is quiet, the agent is told at
+//! [`TurnOptions::pause`], twice that and four times that ([`TurnEvent::Pause`]): the moments to
+//! ask an end-of-turn model, whose "complete" ends the turn ([`Turns::end_turn`]). Without a
+//! model, or when it keeps saying "not yet", the turn ends after [`TurnOptions::max_pause`] of
+//! quiet; an utterance never runs past [`TurnOptions::max_utterance`]. Probabilities between
+//! [`TurnOptions::release`] and [`TurnOptions::threshold`] neither start nor end silence (as
+//! Silero's own iterator does).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Tuning of [`Turns`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnOptions {
+    /// A window at or above this probability is speech.
+    pub threshold: f32,
+    /// A window below this probability is silence.
+    pub release: f32,
+    /// Speech needed to start an utterance.
+    pub onset: Duration,
+    /// Silence after which the end-of-turn model is first asked (again at 2× and 4×).
+    pub pause: Duration,
+    /// Silence after which the turn ends whatever the model says (the cap).
+    pub max_pause: Duration,
+    /// Audio kept from before the onset and handed over with it.
+    pub pre_roll: Duration,
+    /// Utterances longer than this end (the recognizer gets a turn).
+    pub max_utterance: Duration,
+}
+
+impl TurnOptions {
+    /// For a detector without an end-of-turn model: an utterance ends after 500 ms of quiet.
+    pub fn hangover() -> TurnOptions {
+        TurnOptions {
+            threshold: 0.5,
+            release: 0.5,
+            onset: Duration::from_millis(60),
+            pause: Duration::from_millis(500),
+            max_pause: Duration::from_millis(500),
+            pre_roll: Duration::from_millis(300),
+            max_utterance: Duration::from_secs(15),
+        }
+    }
+
+    /// With an end-of-turn model (and Silero's 32 ms windows): asked after 250 ms of quiet,
+    /// then at 500 ms and 1 s; the turn ends after 1.5 s of quiet in any case.
+    pub fn with_end_of_turn_model() -> TurnOptions {
+        TurnOptions {
+            threshold: 0.5,
+            release: 0.35,
+            onset: Duration::from_millis(90),
+            pause: Duration::from_millis(250),
+            max_pause: Duration::from_millis(1_500),
+            pre_roll: Duration::from_millis(400),
+            max_utterance: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Default for TurnOptions {
+    fn default() -> Self {
+        TurnOptions::hangover()
+    }
+}
+
+/// Why a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The end-of-turn model said the turn is complete.
+    Model,
+    /// The silence reached [`TurnOptions::max_pause`].
+    Silence,
+    /// The utterance reached [`TurnOptions::max_utterance`].
+    MaxUtterance,
+}
+
+/// What a window did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnEvent {
+    /// Nothing (no utterance in progress).
+    None,
+    /// An utterance started; `pre_roll` is the audio before (and including) this window.
+    SpeechStart {
+        /// 16 kHz mono PCM from before the onset up to now.
+        pre_roll: Vec<i16>,
+    },
+    /// Inside an utterance (speech, or a pause within it): the window belongs to it.
+    Speech,
+    /// The window belongs to the utterance, and the human has now been quiet for `silence`:
+    /// ask the end-of-turn model.
+    Pause {
+        /// Quiet so far.
+        silence: Duration,
+    },
+    /// The turn ended (the window belonged to it); `silence` is its quiet tail.
+    End {
+        /// Why.
+        reason: EndReason,
+        /// Quiet at its end.
+        silence: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Idle {
+        onset: usize,
+    },
+    Speaking {
+        len: usize,
+        quiet: usize,
+        ask_at: usize,
+    },
+}
+
+/// One stream's turn-taking state.
+#[derive(Debug, Clone)]
+pub struct Turns {
+    opts: TurnOptions,
+    rate: u32,
+    state: State,
+    history: VecDeque<i16>,
+}
+
+impl Turns {
+    /// Turn-taking on `rate` Hz audio.
+    pub fn new(rate: u32, opts: TurnOptions) -> Turns {
+        Turns {
+            opts,
+            rate,
+            state: State::Idle { onset: 0 },
+            history: VecDeque::new(),
+        }
+    }
+
+    fn samples(&self, d: Duration) -> usize {
+        (d.as_secs_f64() * f64::from(self.rate)) as usize
+    }
+
+    fn duration(&self, samples: usize) -> Duration {
+        Duration::from_secs_f64(samples as f64 / f64::from(self.rate))
+    }
+
+    /// Whether an utterance is in progress.
+    pub fn in_speech(&self) -> bool {
+        matches!(self.state, State::Speaking { .. })
+    }
+
+    /// One window of audio and its speech probability.
+    pub fn push(&mut self, window: &[i16], probability: f32) -> TurnEvent {
+        let n = window.len();
+        let speech = probability >= self.opts.threshold;
+        let silence = probability < self.opts.release;
+        match self.state {
+            State::Idle { onset } => {
+                self.history.extend(window.iter().copied());
+                let keep = self.samples(self.opts.pre_roll).max(n);
+                while self.history.len() > keep {
+                    self.history.pop_front();
+                }
+                let onset = if speech { onset + n } else { 0 };
+                if onset > 0 && onset >= self.samples(self.opts.onset) {
+                    self.state = State::Speaking {
+                        len: self.history.len(),
+                        quiet: 0,
+                        ask_at: self.samples(self.opts.pause),
+                    };
+                    return TurnEvent::SpeechStart {
+                        pre_roll: self.history.drain(..).collect(),
+                    };
+                }
+                self.state = State::Idle { onset };
+                TurnEvent::None
+            }
+            State::Speaking {
+                mut len,
+                mut quiet,
+                mut ask_at,
+            } => {
+                len += n;
+                if speech {
+                    quiet = 0;
+                    ask_at = self.samples(self.opts.pause);
+                } else if silence {
+                    quiet += n;
+                }
+                let end = if len >= self.samples(self.opts.max_utterance) {
+                    Some(EndReason::MaxUtterance)
+                } else if quiet >= self.samples(self.opts.max_pause) {
+                    Some(EndReason::Silence)
+                } else {
+                    None
+                };
+                if let Some(reason) = end {
+                    self.state = State::Idle { onset: 0 };
+                    return TurnEvent::End {
+                        reason,
+                        silence: self.duration(quiet),
+                    };
+                }
+                let ask = quiet >= ask_at && quiet > 0;
+                if ask {
+                    ask_at *= 2;
+                }
+                self.state = State::Speaking { len, quiet, ask_at };
+                if ask {
+                    TurnEvent::Pause {
+                        silence: self.duration(quiet),
+                    }
+                } else {
+                    TurnEvent::Speech
+                }
+            }
+        }
+    }
+
+    /// The end-of-turn model says the turn is complete: end it now (if one is in progress).
+    pub fn end_turn(&mut self) -> Option<TurnEvent> {
+        match self.state {
+            State::Speaking { quiet, .. } => {
+                self.state = State::Idle { onset: 0 };
+                Some(TurnEvent::End {
+                    reason: EndReason::Model,
+                    silence: self.duration(quiet),
+                })
+            }
+            State::Idle { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: usize = 320; // 20 ms windows
+
+    /// Feed `ms` of windows at `p`; the events with their window index (from `at`).
+    fn feed(t: &mut Turns, at: &mut usize, ms: usize, p: f32) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for _ in 0..ms / 20 {
+            let e = t.push(&[0; W], p);
+            let name = match e {
+                TurnEvent::None | TurnEvent::Speech => None,
+                TurnEvent::SpeechStart { pre_roll } => Some(format!("start {}", pre_roll.len())),
+                TurnEvent::Pause { silence } => Some(format!("pause {}", silence.as_millis())),
+                TurnEvent::End { reason, silence } => {
+                    Some(format!("end {reason:?} {}", silence.as_millis()))
+                }
+            };
+            if let Some(n) = name {
+                out.push((*at, n));
+            }
+            *at += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn hangover_ends_after_500_ms_of_quiet() {
+        let mut t = Turns::new(16_000, TurnOptions::hangover());
+        let mut at = 0;
+        let mut ev = feed(&mut t, &mut at, 1_000, 0.0);
+        ev.extend(feed(&mut t, &mut at, 1_200, 1.0));
+        ev.extend(feed(&mut t, &mut at, 1_000, 0.0));
+        // Starts 60 ms into the speech (window 50 + 2) with 300 ms of pre-roll; ends 500 ms
+        // after it (window 110 + 24).
+        assert_eq!(
+            ev,
+            vec![(52, "start 4800".into()), (134, "end Silence 500".into())]
+        );
+    }
+
+    #[test]
+    fn short_clicks_do_not_start() {
+        let mut t = Turns::new(16_000, TurnOptions::hangover());
+        let mut at = 0;
+        let mut ev = feed(&mut t, &mut at, 1_000, 0.0);
+        ev.extend(feed(&mut t, &mut at, 40, 1.0));
+        ev.extend(feed(&mut t, &mut at, 1_000, 0.0));
+        assert!(ev.is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn the_model_is_asked_at_growing_pauses_and_the_cap_ends_the_turn() {
+        let mut t = Turns::new(16_000, TurnOptions::with_end_of_turn_model());
+        let mut at = 0;
+        let mut ev = feed(&mut t, &mut at, 1_000, 0.9);
+        // A pause mid-sentence: asked at 260 ms (the first window past 250) and 500 ms, then
+        // speech again.
+        ev.extend(feed(&mut t, &mut at, 700, 0.1));
+        ev.extend(feed(&mut t, &mut at, 500, 0.9));
+        // Uncertain windows neither extend nor reset the silence.
+        ev.extend(feed(&mut t, &mut at, 200, 0.4));
+        ev.extend(feed(&mut t, &mut at, 2_000, 0.0));
+        let names: Vec<&str> = ev.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "start 1600",
+                "pause 260",
+                "pause 500",
+                "pause 260",
+                "pause 500",
+                "pause 1000",
+                "end Silence 1500"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_model_ends_the_turn_and_long_speech_is_cut() {
+        let mut t = Turns::new(16_000, TurnOptions::with_end_of_turn_model());
+        let mut at = 0;
+        feed(&mut t, &mut at, 600, 0.9);
+        let ev = feed(&mut t, &mut at, 260, 0.0);
+        assert_eq!(ev.last().map(|e| e.1.as_str()), Some("pause 260"));
+        assert_eq!(
+            t.end_turn(),
+            Some(TurnEvent::End {
+                reason: EndReason::Model,
+                silence: Duration::from_millis(260)
+            })
+        );
+        assert_eq!(t.end_turn(), None);
+        assert!(!t.in_speech());
+        let opts = TurnOptions {
+            max_utterance: Duration::from_secs(2),
+            ..TurnOptions::hangover()
+        };
+        let mut t = Turns::new(16_000, opts);
+        let ev = feed(&mut t, &mut 0, 5_000, 1.0);
+        let ends = ev
+            .iter()
+            .filter(|e| e.1.starts_with("end MaxUtterance"))
+            .count();
+        assert_eq!(ends, 2, "{ev:?}");
+    }
+}
