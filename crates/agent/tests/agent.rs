@@ -125,7 +125,10 @@ async fn hears_answers_is_interrupted_and_hangs_up() {
         .push(&speech("What is the weather like today?"))
         .await
         .expect("push");
-    let heard = agent_says(&mut ev, "transcript", |v| v["role"] == "human").await;
+    let heard = agent_says(&mut ev, "transcript", |v| {
+        v["role"] == "human" && v["final"] == true
+    })
+    .await;
     assert_eq!(heard["peerId"], me.as_str());
     assert!(
         heard["text"].as_str().unwrap_or("").contains("weather"),
