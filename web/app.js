@@ -233,7 +233,9 @@ async function join() {
       video: false,
     });
     meters.mic = analyser(micStream);
-    peer = new MeteredPeer({ url: config.url, apiKey: config.apiKey });
+    // The server is where the page came from (ws, or wss when the demo serves TLS).
+    const url = config.url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
+    peer = new MeteredPeer({ url, apiKey: config.apiKey });
     window.peer = peer;
     peer.addStream(micStream, { role: "mic", label: "microphone" });
     peer.on("error", ({ err }) => fail("connection error", err));

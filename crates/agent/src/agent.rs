@@ -614,21 +614,27 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
     });
     inner.state("thinking", &peer_id).await;
 
-    // The reply hook streams sentences from a blocking thread.
-    let (sentence_tx, mut sentences) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The reply hook streams sentences from a blocking thread; it waits when 16 sentences
+    // are ahead of the voice (backpressure, not a growing queue), and stops when the reply is
+    // cancelled (the receiver is dropped).
+    let (sentence_tx, mut sentences) = tokio::sync::mpsc::channel::<String>(16);
     let model = match said {
         Said::Fixed(list) => {
-            for s in list {
-                let _ = sentence_tx.send(s);
-            }
-            drop(sentence_tx);
+            tokio::spawn(async move {
+                for s in list {
+                    if sentence_tx.send(s).await.is_err() {
+                        return;
+                    }
+                }
+            });
             None
         }
         Said::Model(history) => {
             let (llm, c) = (inner.llm.clone(), cancel.clone());
             Some(tokio::task::spawn_blocking(move || {
                 llm.reply(&history, &mut |s| {
-                    if c.load(Ordering::SeqCst) || sentence_tx.send(s.to_owned()).is_err() {
+                    if c.load(Ordering::SeqCst) || sentence_tx.blocking_send(s.to_owned()).is_err()
+                    {
                         Flow::Stop
                     } else {
                         Flow::Continue
@@ -652,11 +658,13 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
         inner
             .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": false}))
             .await;
-        let (pcm_tx, mut pcm_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<i16>>();
+        // The voice hook's PCM: a few chunks ahead of the AudioSource, whose own buffer
+        // (`max_buffered`) is the backpressure; the hook waits for room.
+        let (pcm_tx, mut pcm_rx) = tokio::sync::mpsc::channel::<Vec<i16>>(4);
         let (tts, c) = (inner.tts.clone(), cancel.clone());
         let speech = tokio::task::spawn_blocking(move || {
             tts.speak(&sentence, &mut |pcm| {
-                if c.load(Ordering::SeqCst) || pcm_tx.send(pcm.to_vec()).is_err() {
+                if c.load(Ordering::SeqCst) || pcm_tx.blocking_send(pcm.to_vec()).is_err() {
                     Flow::Stop
                 } else {
                     Flow::Continue
@@ -678,10 +686,13 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
                 }
             }
         }
+        // Dropped first: a hook blocked on a full channel then stops instead of waiting.
+        drop(pcm_rx);
         if let Ok(Err(e)) = speech.await {
             tracing::warn!(error = %e, "speech hook failed");
         }
     }
+    drop(sentences);
     if let Some(m) = model
         && let Ok(Err(e)) = m.await
     {

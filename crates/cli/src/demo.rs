@@ -45,6 +45,104 @@ pub(crate) struct DemoArgs {
     /// an energy detector; no download).
     #[arg(long, value_enum, default_value_t = Engines::Neural)]
     engines: Engines,
+    /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Plain http/ws even when listening beyond loopback (browsers then give the microphone
+    /// only to pages opened on this machine).
+    #[arg(long, conflicts_with = "tls_cert")]
+    no_tls: bool,
+}
+
+/// How the demo is served: plain on loopback; TLS beyond it (browsers give the microphone
+/// only to https pages, or to localhost).
+struct Tls {
+    config: parlor_server::tls::TlsConfig,
+    /// The CA the agent trusts to reach its own server.
+    roots_pem: Vec<u8>,
+    /// The generated CA's file, to name on start-up (None for the user's own certificate).
+    generated_ca: Option<PathBuf>,
+}
+
+/// A certificate authority and a certificate for `names` signed by it, generated once and
+/// kept in the cache (again when the names change).
+fn self_signed(names: &[String]) -> anyhow::Result<Tls> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) if !x.is_empty() => PathBuf::from(x),
+        (_, Some(h)) => PathBuf::from(h).join(".cache"),
+        _ => std::env::temp_dir(),
+    };
+    let dir = base.join("parlor/demo-tls");
+    let (ca, cert, key, stamp) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("names.txt"),
+    );
+    let wanted = names.join("\n");
+    let fresh = [&ca, &cert, &key].iter().all(|p| p.exists())
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted);
+    if !fresh {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Parlor demo CA (this machine)");
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate()?;
+        let leaf = CertificateParams::new(names.to_vec())?.signed_by(&leaf_key, &issuer)?;
+        std::fs::write(&ca, ca_cert.pem())?;
+        std::fs::write(&cert, format!("{}{}", leaf.pem(), ca_cert.pem()))?;
+        std::fs::write(&key, leaf_key.serialize_pem())?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    Ok(Tls {
+        roots_pem: std::fs::read(&ca)?,
+        config: parlor_server::tls::TlsConfig {
+            cert_file: cert,
+            key_file: key,
+        },
+        generated_ca: Some(ca),
+    })
+}
+
+/// This machine's name, for the certificate and the start-up line.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+fn choose_tls(args: &DemoArgs) -> anyhow::Result<Option<Tls>> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok(Some(Tls {
+            roots_pem: std::fs::read(cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?,
+            config: parlor_server::tls::TlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            },
+            generated_ca: None,
+        }));
+    }
+    if args.no_tls || args.listen.ip().is_loopback() {
+        return Ok(None);
+    }
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !args.listen.ip().is_unspecified() {
+        names.push(args.listen.ip().to_string());
+    }
+    names.extend(hostname());
+    self_signed(&names).map(Some)
 }
 
 /// Which engines the demo's agent runs.
@@ -149,17 +247,19 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut names = loaded.names.clone();
     names["reply"] = reply_name.into();
 
+    let tls = choose_tls(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let mut config = parlor_server::config::Config::default();
     config.add_dev_key(&args.key);
+    config.tls = tls.as_ref().map(|t| t.config.clone());
     let site = Arc::new(Site {
         web,
         sdk,
+        // No "url": the page connects back to where it was loaded from (ws or wss).
         config: serde_json::json!({
-            "url": format!("ws://{addr}"),
             "apiKey": args.key,
             "room": args.room,
             "engines": names,
@@ -174,8 +274,22 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .with_state(site);
     let server = parlor_server::spawn_with(listener, config, pages)?;
 
-    let client = SignallingClient::builder()
-        .url(server.url())
+    // The agent reaches its own server on this machine; over TLS it trusts the certificate
+    // the server presents (the generated CA, or the user's chain).
+    let mut builder = SignallingClient::builder();
+    if let Some(t) = &tls {
+        let host = if t.generated_ca.is_some() {
+            "127.0.0.1"
+        } else {
+            "localhost"
+        };
+        builder = builder
+            .url(format!("wss://{host}:{}", addr.port()))
+            .tls_root_certificates_pem(&t.roots_pem);
+    } else {
+        builder = builder.url(server.url());
+    }
+    let client = builder
         .api_key(args.key.clone())
         // A daemon: retry forever, at most a minute apart.
         .reconnect(Some(ReconnectOptions {
@@ -210,7 +324,35 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.room,
         agent.peer().peer_id().unwrap_or_default()
     );
-    println!("demo: open http://{addr}/");
+    match &tls {
+        None => {
+            let host = if addr.ip().is_unspecified() {
+                format!("127.0.0.1:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            println!("demo: open http://{host}/");
+        }
+        Some(t) => {
+            let host = match addr.ip() {
+                ip if ip.is_unspecified() || ip.is_loopback() => {
+                    hostname().unwrap_or_else(|| "THIS-MACHINE".into())
+                }
+                ip => ip.to_string(),
+            };
+            println!("demo: open https://{host}:{}/", addr.port());
+            match &t.generated_ca {
+                Some(ca) => println!(
+                    "demo: the page is served over TLS so that browsers on other machines give it \
+                     the microphone; its certificate is signed by a CA generated on this machine \
+                     ({}): the browser warns once (accept it, or import that CA), then asks for \
+                     the microphone",
+                    ca.display()
+                ),
+                None => println!("demo: served over TLS with your certificate"),
+            }
+        }
+    }
     let result = tokio::select! {
         r = agent.serve(events) => r.context("the agent stopped"),
         _ = tokio::signal::ctrl_c() => Ok(()),
