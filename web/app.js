@@ -142,6 +142,9 @@ function onAgentMessage(sender, msg) {
       demo.metrics.push({ ...msg, t: now() });
       if (msg.peerId === demo.peerId) ui.latency.textContent = describeMetrics(msg);
       break;
+    case "resumed":
+      if (msg.peerId === demo.peerId) addEvent("not an interruption: the agent goes on");
+      break;
     case "barge-in":
       demo.bargeIns.push({ peerId: msg.peerId, t: now() });
       closeLine("agent", msg.peerId);

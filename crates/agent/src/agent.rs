@@ -7,7 +7,9 @@
 //! `{"type":"state","state":"listening"|"thinking"|"speaking"|"ended","peerId":…}`,
 //! `{"type":"metrics","peerId":…,"eouToFirstAudioMs":…,"stages":{…},"endedBy":…}` (per turn:
 //! see [`TurnTiming`]; a typed turn reports `textToFirstAudioMs` instead) and
-//! `{"type":"barge-in","peerId":…}`. What a human may send, on a data channel labelled
+//! `{"type":"barge-in","peerId":…}` (the voice is held the moment a human speaks over it) and
+//! `{"type":"resumed","peerId":…,"heard":…}` (their turn had no words: the reply goes on).
+//! What a human may send, on a data channel labelled
 //! [`AgentOptions::control_label`] or through the server: `{"type":"hangup"}` and
 //! `{"type":"text","text":…}` (a typed turn).
 
@@ -107,6 +109,9 @@ struct Utterance {
     id: u64,
     source: Arc<AudioSource>,
     cancel: Arc<AtomicBool>,
+    /// The human whose speech paused this reply, until their turn shows whether it was an
+    /// interruption (words) or not (a cough, "uh-huh": the reply resumes).
+    held_by: Option<String>,
 }
 
 #[derive(Default)]
@@ -254,6 +259,36 @@ impl Inner {
     async fn state(&self, state: &str, peer_id: &str) {
         self.send(json!({"type": "state", "state": state, "peerId": peer_id}))
             .await;
+    }
+
+    /// A human started speaking: hold the voice at once (nothing more is heard), keeping the
+    /// reply, until their turn ends. True if it was talking.
+    fn hold(&self, peer_id: &str) -> bool {
+        let mut speaking = self.speaking();
+        let Some(u) = speaking.as_mut() else {
+            return false;
+        };
+        if u.held_by.is_none() {
+            u.source.pause();
+            u.held_by = Some(peer_id.to_owned());
+        }
+        true
+    }
+
+    /// Whether the current reply is held by `peer_id`'s speech.
+    fn held_by(&self, peer_id: &str) -> bool {
+        self.speaking()
+            .as_ref()
+            .is_some_and(|u| u.held_by.as_deref() == Some(peer_id))
+    }
+
+    /// The turn that held the reply had no words: go on with it.
+    fn release(&self) {
+        if let Some(u) = self.speaking().as_mut()
+            && u.held_by.take().is_some()
+        {
+            u.source.resume();
+        }
     }
 
     /// Stop the voice now (barge-in); true if it was talking.
@@ -427,8 +462,10 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
             }
             Some(heard) = heard_rx.recv() => match heard {
                 Listened::SpeechStart => {
-                    if inner.interrupt() {
-                        tracing::info!(peer = %peer_id, "barge-in");
+                    // Barge-in: the voice is held at once; the turn's words decide whether the
+                    // reply is dropped (an interruption) or resumed (a cough, "uh-huh").
+                    if inner.hold(&peer_id) {
+                        tracing::info!(peer = %peer_id, "barge-in: voice held");
                         inner.send(json!({"type": "barge-in", "peerId": peer_id})).await;
                         inner.state("listening", &peer_id).await;
                     }
@@ -439,6 +476,17 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                         .await;
                 }
                 Listened::Final(text, timing) => {
+                    if inner.held_by(&peer_id) {
+                        if !has_words(&text) {
+                            // A false interruption: no words, or only a backchannel.
+                            tracing::info!(peer = %peer_id, text, "not an interruption: the reply goes on");
+                            inner.release();
+                            inner.send(json!({"type": "resumed", "peerId": peer_id, "heard": text})).await;
+                            inner.state("speaking", &peer_id).await;
+                            continue;
+                        }
+                        inner.interrupt();
+                    }
                     on_utterance(&inner, &peer_id, text, Heard::Spoken(timing)).await;
                 }
             },
@@ -611,6 +659,7 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
         id,
         source: source.clone(),
         cancel: cancel.clone(),
+        held_by: None,
     });
     inner.state("thinking", &peer_id).await;
 
@@ -722,6 +771,37 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
     inner.state("listening", &peer_id).await;
 }
 
+/// Words a human would say to interrupt, not just to show they are listening: a transcript
+/// of only backchannels and fillers ("uh-huh", "mm", "okay", "right"), of what the recognizer
+/// makes of noise (a bracketed "[coughs]", "(music)"), or empty, has none.
+fn has_words(text: &str) -> bool {
+    const NOT_WORDS: &[&str] = &[
+        "uh", "huh", "uhhuh", "uhuh", "um", "umm", "hmm", "hm", "mm", "mmm", "mhm", "mmhmm", "ah",
+        "oh", "yeah", "yep", "right", "okay", "ok", "sure", "i", "see",
+    ];
+    let mut plain = String::new();
+    let (mut depth, mut starred) = (0usize, false);
+    for c in text.chars() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth = depth.saturating_sub(1),
+            '*' => starred = !starred,
+            _ if depth == 0 && !starred => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+        .split(|c: char| c.is_whitespace() || c == '-')
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .any(|w| !NOT_WORDS.contains(&w.as_str()))
+}
+
 fn ms(from: Instant, to: Instant) -> f64 {
     (to.saturating_duration_since(from).as_secs_f64() * 1_000.0 * 10.0).round() / 10.0
 }
@@ -756,5 +836,35 @@ fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: I
                 "ttsMs": ms(first_text, first_audio),
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backchannels_and_noise_are_not_words() {
+        for text in [
+            "",
+            "Uh-huh.",
+            "Mm-hmm",
+            "okay, right",
+            "[coughs]",
+            "(Music)",
+            "*sigh*",
+            "Yeah.",
+        ] {
+            assert!(!has_words(text), "{text:?}");
+        }
+        for text in [
+            "Stop.",
+            "Wait, what about tomorrow?",
+            "No",
+            "yes",
+            "okay stop",
+        ] {
+            assert!(has_words(text), "{text:?}");
+        }
     }
 }

@@ -103,6 +103,8 @@ struct State {
     carry: Vec<u8>,
     resampler: StreamResampler,
     phase: Phase,
+    /// Paused: the pacer sends silence and keeps the buffer.
+    paused: bool,
     started: bool,
     underruns: u64,
     frames: u64,
@@ -184,6 +186,7 @@ impl AudioSource {
                 carry: Vec::new(),
                 resampler,
                 phase: Phase::Live,
+                paused: false,
                 started: false,
                 underruns: 0,
                 frames: 0,
@@ -322,6 +325,24 @@ impl AudioSource {
     pub fn stop(&self) {
         finish(&self.shared, true);
     }
+
+    /// Hold the voice at once, keeping what is buffered: the pacer sends silence (the
+    /// stream's timing goes on) until [`resume`](AudioSource::resume). `push` still fills the
+    /// buffer up to its cap, then waits. For a possible interruption that may turn out not
+    /// to be one (a cough, "uh-huh").
+    pub fn pause(&self) {
+        self.shared.lock().paused = true;
+    }
+
+    /// Go on from where [`pause`](AudioSource::pause) held the voice.
+    pub fn resume(&self) {
+        self.shared.lock().paused = false;
+    }
+
+    /// Whether the voice is paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared.lock().paused
+    }
 }
 
 impl Drop for AudioSource {
@@ -408,11 +429,15 @@ async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
             if st.phase == Phase::Done {
                 return;
             }
-            let have = st.buf.len().min(frame_len);
-            if have < frame_len && st.started && st.phase == Phase::Live {
+            let have = if st.paused {
+                0
+            } else {
+                st.buf.len().min(frame_len)
+            };
+            if have < frame_len && st.started && st.phase == Phase::Live && !st.paused {
                 st.underruns += 1;
             }
-            if have == 0 && st.phase == Phase::Ending {
+            if have == 0 && st.phase == Phase::Ending && !st.paused {
                 drop(st);
                 finish(&shared, false);
                 return;

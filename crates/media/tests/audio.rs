@@ -136,6 +136,35 @@ async fn stop_drops_the_buffer_at_once() {
 }
 
 #[tokio::test]
+async fn pause_holds_the_buffer_sends_silence_and_resume_goes_on() {
+    let src = AudioSource::new(AudioSourceOptions::new(48_000, Layout::Mono)).expect("source");
+    src.push(&sine_bytes(48_000, 440.0, 0, 48_000))
+        .await
+        .expect("push 1 s");
+    src.pause();
+    assert!(src.is_paused());
+    let held = src.buffered_seconds();
+    let sent = src.frames_sent();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stream's timing goes on (silent frames), the speech waits.
+    assert!(src.frames_sent() >= sent + 5, "silence frames while paused");
+    assert!(
+        (src.buffered_seconds() - held).abs() < 1e-9,
+        "nothing drained while paused"
+    );
+    assert_eq!(src.underruns(), 0, "a pause is not an underrun");
+    src.resume();
+    assert!(!src.is_paused());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        src.buffered_seconds() < held - 0.1,
+        "drains again after resume"
+    );
+    src.end().await;
+    assert_eq!(src.buffered_seconds(), 0.0);
+}
+
+#[tokio::test]
 async fn buffered_seconds_hold_at_every_input_rate() {
     // The encoder runs at the smallest Opus rate that keeps the input's bandwidth (22.05 kHz
     // → 24 kHz, 44.1 kHz → 48 kHz, 8 kHz as is): a second in is a second buffered.
