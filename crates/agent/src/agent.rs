@@ -13,12 +13,14 @@
 //! [`AgentOptions::control_label`] or through the server: `{"type":"hangup"}` and
 //! `{"type":"text","text":…}` (a typed turn).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout, SpeechDownsampler};
+use parlor_media::{
+    AudioFrames, AudioSource, AudioSourceOptions, Layout, OutputLevels, SpeechDownsampler,
+};
 use parlor_peer::room::FatalError;
 use parlor_peer::{
     DataChannel, DataMessage, LocalTrack, RemoteTrack, RoomError, RoomEvent, RoomEvents, RoomPeer,
@@ -26,6 +28,7 @@ use parlor_peer::{
 };
 use serde_json::{Value, json};
 
+use crate::echo::EchoGate;
 use crate::hooks::{
     EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn, VoiceActivity,
 };
@@ -38,6 +41,10 @@ pub struct AgentOptions {
     /// Turn-taking on each human's audio ([`TurnOptions::hangover`] by default;
     /// [`TurnOptions::with_end_of_turn_model`] with an end-of-turn hook).
     pub turn: TurnOptions,
+    /// Tell the agent's own voice, heard back through a human's microphone, from the human
+    /// ([`crate::echo`]): windows no louder than the echo predicted for them are not speech.
+    /// With no echo it changes nothing.
+    pub echo_gate: bool,
     /// 20 ms frames of one human's audio queued for their listening thread (VAD, end of
     /// turn, speech-to-text). When it is full (the thread is this far behind), new frames are
     /// dropped and counted, never queued without bound; 250 is 5 s.
@@ -56,6 +63,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             turn: TurnOptions::default(),
+            echo_gate: true,
             listen_queue: 250,
             control_label: "control".to_owned(),
             greeting: None,
@@ -103,6 +111,12 @@ struct Inner {
     speaking: Mutex<Option<Utterance>>,
     humans: Mutex<HashMap<String, Human>>,
     next_utterance: AtomicU64,
+    /// The level of each frame the voice sent, and when (every utterance's source records
+    /// into it): the echo gate's reference.
+    voice_levels: OutputLevels,
+    /// What the agent said lately (each sentence when it went to the voice), to tell its own
+    /// voice coming back through a human's microphone from the human (bounded: 64 sentences).
+    said: Mutex<VecDeque<(Instant, String)>>,
 }
 
 struct Utterance {
@@ -143,6 +157,8 @@ impl Agent {
                 speaking: Mutex::new(None),
                 humans: Mutex::new(HashMap::new()),
                 next_utterance: AtomicU64::new(1),
+                said: Mutex::new(VecDeque::new()),
+                voice_levels: OutputLevels::new(),
             }),
         }
     }
@@ -259,6 +275,27 @@ impl Inner {
     async fn state(&self, state: &str, peer_id: &str) {
         self.send(json!({"type": "state", "state": state, "peerId": peer_id}))
             .await;
+    }
+
+    fn remember_said(&self, sentence: &str) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        said.push_back((Instant::now(), sentence.to_owned()));
+        while said.len() > 64 {
+            said.pop_front();
+        }
+    }
+
+    /// Whether `heard` is the agent's own voice coming back (an open microphone near a
+    /// speaker): most of its word pairs are in what the agent said in the last
+    /// [`ECHO_MEMORY`].
+    fn is_own_echo(&self, heard: &str) -> bool {
+        let said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        let recent: Vec<&str> = said
+            .iter()
+            .filter(|(at, _)| at.elapsed() <= ECHO_MEMORY)
+            .map(|(_, s)| s.as_str())
+            .collect();
+        echoes(heard, &recent)
     }
 
     /// A human started speaking: hold the voice at once (nothing more is heard), keeping the
@@ -429,6 +466,10 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
         threshold: inner.opts.turn.threshold,
         max_utterance: (inner.opts.turn.max_utterance.as_secs_f64() * 16_000.0) as usize,
         who: peer_id.clone(),
+        echo: inner
+            .opts
+            .echo_gate
+            .then(|| (inner.voice_levels.clone(), EchoGate::new())),
     };
     let spawned = std::thread::Builder::new()
         .name("parlor-listen".into())
@@ -476,6 +517,16 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                         .await;
                 }
                 Listened::Final(text, timing) => {
+                    if inner.is_own_echo(&text) {
+                        // The agent's own voice through the human's microphone: never a turn.
+                        tracing::info!(peer = %peer_id, text, "own voice heard back: ignored");
+                        if inner.held_by(&peer_id) {
+                            inner.release();
+                            inner.state("speaking", &peer_id).await;
+                        }
+                        inner.send(json!({"type": "echo", "peerId": peer_id, "heard": text})).await;
+                        continue;
+                    }
                     if inner.held_by(&peer_id) {
                         if !has_words(&text) {
                             // A false interruption: no words, or only a backchannel.
@@ -505,6 +556,8 @@ struct Listening {
     threshold: f32,
     max_utterance: usize,
     who: String,
+    /// The agent's voice levels and this microphone's echo gate.
+    echo: Option<(OutputLevels, EchoGate)>,
 }
 
 impl Listening {
@@ -519,6 +572,8 @@ impl Listening {
         let mut utterance: Vec<i16> = Vec::new();
         let mut speech_end = Instant::now();
         let mut chunk = Vec::with_capacity(window);
+        let mut voice_seen = tokio::time::Instant::now();
+        let mut gated = 0u64;
         while let Ok((pcm, arrived)) = audio.recv() {
             buffered.extend(pcm.iter().copied());
             probabilities.clear();
@@ -526,7 +581,26 @@ impl Listening {
                 tracing::warn!(peer = %self.who, error = %e, "speech detector");
                 continue;
             }
+            // Louder than the agent's own voice would be here, or not speech.
+            let open = match &mut self.echo {
+                None => true,
+                Some((levels, gate)) => {
+                    for (at, level) in levels.since(voice_seen) {
+                        gate.voice(at.into_std(), level);
+                        voice_seen = at;
+                    }
+                    gate.microphone(arrived, rms(&pcm))
+                }
+            };
+            if !open && probabilities.iter().any(|&p| p >= self.threshold) {
+                gated += 1;
+                if gated.is_multiple_of(50) {
+                    let path = self.echo.as_ref().and_then(|(_, g)| g.path());
+                    tracing::debug!(peer = %self.who, gated, ?path, "own voice in this microphone: gated");
+                }
+            }
             for &p in &probabilities {
+                let p = if open { p } else { 0.0 };
                 if buffered.len() < window {
                     break;
                 }
@@ -644,7 +718,8 @@ enum Said {
 /// Speak one reply as one utterance (one `AudioSource` on the agent's voice track).
 async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Heard>) {
     let options = AudioSourceOptions::new(inner.tts.sample_rate(), Layout::Mono)
-        .max_buffered(inner.opts.max_buffered);
+        .max_buffered(inner.opts.max_buffered)
+        .levels(inner.voice_levels.clone());
     let source = match AudioSource::with_track(options, inner.voice.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -704,6 +779,7 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
             text.push(' ');
         }
         text.push_str(sentence.trim());
+        inner.remember_said(&sentence);
         inner
             .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": false}))
             .await;
@@ -769,6 +845,50 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
         }
     }
     inner.state("listening", &peer_id).await;
+}
+
+/// RMS of s16 PCM.
+fn rms(pcm: &[i16]) -> f32 {
+    let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (energy / pcm.len().max(1) as f64).sqrt() as f32
+}
+
+/// How long what the agent said counts as a possible echo.
+const ECHO_MEMORY: Duration = Duration::from_secs(20);
+
+/// Lower-case words, punctuation dropped.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == '-')
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Whether `heard` (two words or more) repeats `said`: at least half of its word pairs occur
+/// in it. One word is never judged an echo ("yes" may be an answer).
+fn echoes(heard: &str, said: &[&str]) -> bool {
+    let heard = words(heard);
+    if heard.len() < 2 {
+        return false;
+    }
+    let mut pairs = std::collections::HashSet::new();
+    for s in said {
+        let w = words(s);
+        for p in w.windows(2) {
+            pairs.insert((p[0].clone(), p[1].clone()));
+        }
+    }
+    let total = heard.len() - 1;
+    let found = heard
+        .windows(2)
+        .filter(|p| pairs.contains(&(p[0].clone(), p[1].clone())))
+        .count();
+    found * 2 >= total && found > 0
 }
 
 /// Words a human would say to interrupt, not just to show they are listening: a transcript
@@ -842,6 +962,21 @@ fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agents_own_words_are_an_echo() {
+        let said = [
+            "Here it is sunny and twenty one degrees, with a light wind from the west.",
+            "Tomorrow looks the same.",
+        ];
+        assert!(echoes("sunny and twenty one degrees", &said));
+        assert!(echoes("With a light wind from the, uh, west", &said));
+        assert!(echoes("tomorrow looks the same", &said));
+        assert!(!echoes("what about tomorrow in Paris", &said));
+        assert!(!echoes("stop talking please", &said));
+        assert!(!echoes("tomorrow", &said), "one word is never an echo");
+        assert!(!echoes("the same", &[]));
+    }
 
     #[test]
     fn backchannels_and_noise_are_not_words() {

@@ -11,6 +11,7 @@
 //!   the browser opens; barge-in ends the current utterance's `AudioSource` at once.
 //! - [`offline`]: PocketSphinx, eSpeak NG and a rule-based reply, so it talks with no cloud.
 //! - [`vad`]: the energy voice-activity detector (pure, unit tested);
+//! - [`echo`]: echo-aware gating, the agent's own voice told from a human's (pure);
 //! - [`turn`]: turn-taking from speech probabilities, with an end-of-turn model's pauses
 //!   (pure, unit tested on simulated time).
 //!
@@ -44,6 +45,7 @@
 //! ```
 
 pub mod agent;
+pub mod echo;
 pub mod hooks;
 pub mod offline;
 pub mod openai;

@@ -49,6 +49,38 @@ pub const DEFAULT_MAX_BUFFERED: Duration = Duration::from_secs(5);
 /// cap instead of buffering all of it.
 const PUSH_PIECE_MS: u32 = 20;
 
+/// What a source sent lately: when each 20 ms frame left the pacer and its level (RMS, s16
+/// units; 0 for silence). An agent compares it with what its microphones hear to tell its own
+/// voice coming back from a human's (`parlor_agent::echo`). Cheap to clone (one shared ring);
+/// several sources (one per utterance) may share one. Bounded: the last [`OutputLevels::KEEP`]
+/// frames.
+#[derive(Debug, Clone, Default)]
+pub struct OutputLevels(Arc<Mutex<VecDeque<(tokio::time::Instant, f32)>>>);
+
+impl OutputLevels {
+    /// Frames kept (4 s).
+    pub const KEEP: usize = 200;
+
+    /// An empty record.
+    pub fn new() -> OutputLevels {
+        OutputLevels::default()
+    }
+
+    fn record(&self, at: tokio::time::Instant, level: f32) {
+        let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ring.push_back((at, level));
+        while ring.len() > Self::KEEP {
+            ring.pop_front();
+        }
+    }
+
+    /// The frames sent after `since`, oldest first.
+    pub fn since(&self, since: tokio::time::Instant) -> Vec<(tokio::time::Instant, f32)> {
+        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().filter(|(at, _)| *at > since).copied().collect()
+    }
+}
+
 /// Options of an [`AudioSource`].
 #[derive(Debug, Clone)]
 pub struct AudioSourceOptions {
@@ -60,6 +92,8 @@ pub struct AudioSourceOptions {
     pub max_buffered: Duration,
     /// Encoder settings.
     pub opus: OpusSettings,
+    /// Where to record the level of each frame sent, if anywhere.
+    pub levels: Option<OutputLevels>,
 }
 
 impl AudioSourceOptions {
@@ -70,7 +104,14 @@ impl AudioSourceOptions {
             layout,
             max_buffered: DEFAULT_MAX_BUFFERED,
             opus: OpusSettings::default(),
+            levels: None,
         }
+    }
+
+    /// Record the level of each frame sent into `levels`.
+    pub fn levels(mut self, levels: OutputLevels) -> Self {
+        self.levels = Some(levels);
+        self
     }
 
     /// Set the buffering cap.
@@ -201,7 +242,7 @@ impl AudioSource {
             fec: options.opus.fec,
             expected_loss: AtomicU8::new(expected_loss),
         });
-        tokio::spawn(pace(shared.clone(), encoder, track.clone()));
+        tokio::spawn(pace(shared.clone(), encoder, track.clone(), options.levels));
         Ok(AudioSource { shared, track })
     }
 
@@ -399,7 +440,12 @@ fn next_tick(now: tokio::time::Instant) -> tokio::time::Instant {
 const LOSS_CHECK_FRAMES: u64 = 25;
 
 /// The pacer: one frame per tick of the shared frame clock.
-async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
+async fn pace(
+    shared: Arc<Shared>,
+    mut encoder: Encoder,
+    track: LocalTrack,
+    levels: Option<OutputLevels>,
+) {
     let frame_len = encoder.frame_samples() * shared.out_channels;
     let mut pcm: Vec<i16> = Vec::with_capacity(frame_len);
     let mut ticks: u64 = 0;
@@ -448,6 +494,13 @@ async fn pace(shared: Arc<Shared>, mut encoder: Encoder, track: LocalTrack) {
             st.frames += 1;
         }
         shared.space.notify_waiters();
+        if let Some(levels) = &levels {
+            let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+            levels.record(
+                tokio::time::Instant::now(),
+                (energy / pcm.len().max(1) as f64).sqrt() as f32,
+            );
+        }
         match encoder.encode(&pcm) {
             Ok(packet) => match EncodedFrame::opus(packet) {
                 Ok(f) => track.push(f),

@@ -1,0 +1,319 @@
+//! Echo-aware gating (sans-IO): telling the agent's own voice, coming back through a human's
+//! open microphone, from the human.
+//!
+//! The agent knows what its voice sent and when (`parlor_media::OutputLevels`: a level every
+//! 20 ms). A microphone near a speaker hears that again later and quieter: the level envelope
+//! of the microphone follows the envelope of the voice, delayed by `d` and scaled by `g`. The
+//! gate finds `d` (0–500 ms) as the delay at which the two envelopes correlate best over the
+//! last 3 s, and `g` as the median ratio of the levels there; only when the correlation is
+//! clear (Pearson ≥ [`MIN_CORRELATION`]) is an echo assumed at all. A microphone window counts
+//! as possible speech only when it is louder than [`MARGIN`] × the echo predicted for it
+//! (`g` × the voice's level around `t − d`). Until the gate has heard enough of the voice to
+//! know (an echo shows within ~0.3 s of the voice's speech; its absence takes 1 s), a window
+//! heard while the voice is speaking must be louder than the voice itself, which no echo
+//! through a speaker is. Once it
+//! knows there is no echo, the gain is 0 and every window passes: barge-in is as fast as
+//! without the gate. Times are passed in; slots are 20 ms.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// One slot of the envelopes.
+pub const SLOT: Duration = Duration::from_millis(20);
+/// The longest echo delay looked for, in slots (500 ms).
+pub const MAX_DELAY_SLOTS: usize = 25;
+/// The history the estimate looks at, in slots (3 s).
+const HISTORY: usize = 150;
+/// Slots kept (history plus the longest delay).
+const KEEP: usize = HISTORY + MAX_DELAY_SLOTS + 4;
+/// The weakest correlation taken for an echo.
+pub const MIN_CORRELATION: f32 = 0.5;
+/// How much louder than the predicted echo a window must be to count as speech.
+pub const MARGIN: f32 = 1.5;
+/// Below this level (s16 RMS) the voice is not speaking: its slots teach nothing.
+const VOICE_ACTIVE: f32 = 300.0;
+/// Pairs needed for an estimate (0.3 s of the voice speaking).
+pub const MIN_PAIRS: usize = 15;
+/// Pairs needed to conclude there is no echo (1 s of the voice speaking).
+const NO_ECHO_PAIRS: usize = 50;
+
+/// The current estimate of the echo path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EchoPath {
+    /// Delay from the voice to the microphone.
+    pub delay: Duration,
+    /// Level of the echo relative to the voice.
+    pub gain: f32,
+    /// How well the envelopes matched at that delay.
+    pub correlation: f32,
+}
+
+/// One microphone's echo gate.
+#[derive(Debug, Clone)]
+pub struct EchoGate {
+    epoch: Option<Instant>,
+    /// Slot index of `voice[0]` and `mic[0]`.
+    first: u64,
+    voice: VecDeque<f32>,
+    mic: VecDeque<Option<f32>>,
+    path: Option<EchoPath>,
+    /// An estimate was possible once: `path` is knowledge, not ignorance.
+    learned: bool,
+    since_estimate: usize,
+}
+
+impl Default for EchoGate {
+    fn default() -> Self {
+        EchoGate::new()
+    }
+}
+
+impl EchoGate {
+    /// A gate that has heard nothing yet.
+    pub fn new() -> EchoGate {
+        EchoGate {
+            epoch: None,
+            first: 0,
+            voice: VecDeque::new(),
+            mic: VecDeque::new(),
+            path: None,
+            learned: false,
+            since_estimate: 0,
+        }
+    }
+
+    /// The echo path found, if any.
+    pub fn path(&self) -> Option<EchoPath> {
+        self.path
+    }
+
+    fn slot(&mut self, at: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(at);
+        (at.saturating_duration_since(epoch).as_millis() / SLOT.as_millis()) as u64
+    }
+
+    /// Make room for slot `s` (and drop what is older than the window).
+    fn reach(&mut self, s: u64) -> Option<usize> {
+        if s < self.first {
+            return None;
+        }
+        while self.first + (self.voice.len() as u64) <= s {
+            self.voice.push_back(0.0);
+            self.mic.push_back(None);
+        }
+        while self.voice.len() > KEEP {
+            self.voice.pop_front();
+            self.mic.pop_front();
+            self.first += 1;
+        }
+        s.checked_sub(self.first).map(|i| i as usize)
+    }
+
+    /// The voice sent a frame of `level` at `at`.
+    pub fn voice(&mut self, at: Instant, level: f32) {
+        let s = self.slot(at);
+        if let Some(i) = self.reach(s) {
+            self.voice[i] = self.voice[i].max(level);
+        }
+    }
+
+    /// The microphone delivered audio of `level` at `at`: whether it may be the human
+    /// speaking (louder than the echo predicted for it).
+    pub fn microphone(&mut self, at: Instant, level: f32) -> bool {
+        let s = self.slot(at);
+        let Some(i) = self.reach(s) else {
+            return true;
+        };
+        self.mic[i] = Some(self.mic[i].map_or(level, |m| m.max(level)));
+        self.since_estimate += 1;
+        if self.since_estimate >= 5 {
+            self.since_estimate = 0;
+            self.estimate();
+        }
+        let voice_around = |from: usize, to: usize| {
+            (from..=to)
+                .filter_map(|k| self.voice.get(k).copied())
+                .fold(0.0f32, f32::max)
+        };
+        match self.path {
+            Some(path) => {
+                let d = (path.delay.as_millis() / SLOT.as_millis()) as usize;
+                let voice = voice_around(
+                    i.saturating_sub(d + 2),
+                    i.saturating_sub(d.saturating_sub(2)),
+                );
+                level > MARGIN * path.gain * voice
+            }
+            // Still learning: louder than anything the voice said in the last 500 ms.
+            None if !self.learned => level > voice_around(i.saturating_sub(MAX_DELAY_SLOTS), i),
+            None => true,
+        }
+    }
+
+    /// Re-estimate the echo path over the last [`HISTORY`] slots.
+    fn estimate(&mut self) {
+        let n = self.mic.len();
+        let start = n.saturating_sub(HISTORY);
+        let mut best: Option<(usize, f32, usize)> = None;
+        for d in 0..=MAX_DELAY_SLOTS {
+            let pairs: Vec<(f32, f32)> = (start.max(d)..n)
+                .filter_map(|k| {
+                    let r = self.voice[k - d];
+                    (r >= VOICE_ACTIVE).then_some(())?;
+                    self.mic[k].map(|m| (m, r))
+                })
+                .collect();
+            if pairs.len() < MIN_PAIRS {
+                continue;
+            }
+            let c = pearson(&pairs);
+            if best.is_none_or(|(_, b, _)| c > b) {
+                best = Some((d, c, pairs.len()));
+            }
+        }
+        let Some((d, correlation, pairs)) = best else {
+            // The voice has not spoken for a while: keep what was found (its echo tail).
+            return;
+        };
+        if correlation < MIN_CORRELATION {
+            // "No echo" takes more evidence than "an echo": 1 s of the voice.
+            if pairs >= NO_ECHO_PAIRS {
+                self.learned = true;
+                self.path = None;
+            }
+            return;
+        }
+        self.learned = true;
+        let mut ratios: Vec<f32> = (start.max(d)..n)
+            .filter_map(|k| {
+                let r = self.voice[k - d];
+                (r >= VOICE_ACTIVE).then_some(())?;
+                self.mic[k].map(|m| m / r)
+            })
+            .collect();
+        ratios.sort_by(f32::total_cmp);
+        let gain = ratios
+            .get(ratios.len() / 2)
+            .copied()
+            .unwrap_or(0.0)
+            .min(4.0);
+        self.path = Some(EchoPath {
+            delay: SLOT * d as u32,
+            gain,
+            correlation,
+        });
+    }
+}
+
+/// Pearson correlation of the pairs.
+fn pearson(pairs: &[(f32, f32)]) -> f32 {
+    let n = pairs.len() as f64;
+    let (mx, my) = pairs.iter().fold((0.0, 0.0), |(a, b), &(x, y)| {
+        (a + f64::from(x), b + f64::from(y))
+    });
+    let (mx, my) = (mx / n, my / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for &(x, y) in pairs {
+        let (dx, dy) = (f64::from(x) - mx, f64::from(y) - my);
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    if sxx <= 0.0 || syy <= 0.0 {
+        return 0.0;
+    }
+    (sxy / (sxx * syy).sqrt()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A voice envelope like speech: syllables every ~200 ms, pauses between words.
+    fn voice_level(k: u64) -> f32 {
+        let syllable = ((k as f32) * 0.33).sin().abs();
+        let word = if (k / 17) % 4 == 3 { 0.0 } else { 1.0 };
+        4_000.0 * syllable * word
+    }
+
+    /// Feed `slots` of voice, and of a microphone hearing it at `gain` after `delay_slots`
+    /// plus `human` (a function of the slot); the verdicts on the microphone.
+    fn run(
+        gate: &mut EchoGate,
+        t0: Instant,
+        slots: std::ops::Range<u64>,
+        gain: f32,
+        delay_slots: u64,
+        human: impl Fn(u64) -> f32,
+    ) -> Vec<bool> {
+        slots
+            .map(|k| {
+                let at = t0 + SLOT * k as u32;
+                gate.voice(at, voice_level(k));
+                let echo = if k >= delay_slots {
+                    gain * voice_level(k - delay_slots)
+                } else {
+                    0.0
+                };
+                let h = human(k);
+                gate.microphone(at, (echo * echo + h * h).sqrt() + 20.0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_echo_at_minus_6_db_is_found_and_gated() {
+        let t0 = Instant::now();
+        let mut gate = EchoGate::new();
+        let verdicts = run(&mut gate, t0, 0..300, 0.5, 8, |_| 0.0);
+        let path = gate.path().expect("an echo path");
+        assert_eq!(path.delay, Duration::from_millis(160), "{path:?}");
+        assert!((path.gain - 0.5).abs() < 0.1, "{path:?}");
+        // Once found (within ~1 s), the echo alone never passes.
+        let loud_echo: Vec<usize> = (75..300)
+            .filter(|&k| voice_level(k as u64 - 8) > 500.0)
+            .collect();
+        let passed = loud_echo.iter().filter(|&&k| verdicts[k]).count();
+        assert!(
+            passed * 20 < loud_echo.len(),
+            "{passed} of {} echo windows passed",
+            loud_echo.len()
+        );
+        // A human louder than the echo does pass, the echo still running.
+        let human = |k: u64| {
+            if (310..330).contains(&k) {
+                4_000.0
+            } else {
+                0.0
+            }
+        };
+        let verdicts = run(&mut gate, t0, 300..340, 0.5, 8, human);
+        assert!(verdicts[10..30].iter().all(|v| *v), "{verdicts:?}");
+    }
+
+    #[test]
+    fn without_an_echo_everything_passes() {
+        let t0 = Instant::now();
+        let mut gate = EchoGate::new();
+        // The voice speaks, the microphone hears a human unrelated to it.
+        let human = |k: u64| 1_500.0 * ((k as f32) * 0.71).cos().abs();
+        let verdicts = run(&mut gate, t0, 0..300, 0.0, 0, human);
+        assert_eq!(gate.path(), None);
+        // Only while it learns (the voice's first second of speech) is a quieter human held
+        // back; from then on everything passes.
+        assert!(verdicts[90..].iter().all(|v| *v), "{verdicts:?}");
+    }
+
+    #[test]
+    fn other_delays_and_gains() {
+        for (delay, gain) in [(0u64, 0.5f32), (5, 0.25), (15, 1.0), (24, 0.5)] {
+            let mut gate = EchoGate::new();
+            run(&mut gate, Instant::now(), 0..300, gain, delay, |_| 0.0);
+            let path = gate
+                .path()
+                .unwrap_or_else(|| panic!("delay {delay}: no path"));
+            assert_eq!(path.delay, SLOT * delay as u32, "{path:?}");
+            assert!((path.gain - gain).abs() < 0.15 * gain.max(0.5), "{path:?}");
+        }
+    }
+}
