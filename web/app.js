@@ -216,6 +216,36 @@ function playAgent(track) {
   ui.audio.srcObject = stream; // Chromium only feeds remote WebRTC audio to WebAudio while an element plays it
   ui.audio.play().catch((e) => demo.errors.push("audio play: " + e.message));
   meters.agent = analyser(stream);
+  feedEcho(stream);
+}
+
+// A test of the agent's echo handling (`?echoDb=-6&echoDelayMs=150`): the page's microphone
+// also carries the agent's voice, that much quieter and later, as a laptop's speakers without
+// echo cancellation would. Off unless asked for.
+const echoParams = new URLSearchParams(location.search);
+const echoMix = echoParams.has("echoDb") ? {
+  gain: 10 ** (Number(echoParams.get("echoDb")) / 20),
+  delay: Number(echoParams.get("echoDelayMs") || 0) / 1000,
+  dest: null,
+} : null;
+
+/** The microphone as published: the device's, or with the agent's voice mixed in. */
+function publishedMic(stream) {
+  if (!echoMix) return stream;
+  audioCtx = audioCtx || new AudioContext();
+  echoMix.dest = audioCtx.createMediaStreamDestination();
+  audioCtx.createMediaStreamSource(stream).connect(echoMix.dest);
+  demo.echo = { gain: echoMix.gain, delayMs: echoMix.delay * 1000 };
+  return echoMix.dest.stream;
+}
+
+function feedEcho(stream) {
+  if (!echoMix || !echoMix.dest) return;
+  const delay = audioCtx.createDelay(1);
+  delay.delayTime.value = echoMix.delay;
+  const gain = audioCtx.createGain();
+  gain.gain.value = echoMix.gain;
+  audioCtx.createMediaStreamSource(stream).connect(delay).connect(gain).connect(echoMix.dest);
 }
 // Autoplay policies: a click anywhere lets the audio start.
 document.addEventListener("click", () => { audioCtx?.resume(); ui.audio.play().catch(() => {}); });
@@ -240,7 +270,7 @@ async function join() {
     const url = config.url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
     peer = new MeteredPeer({ url, apiKey: config.apiKey });
     window.peer = peer;
-    peer.addStream(micStream, { role: "mic", label: "microphone" });
+    peer.addStream(publishedMic(micStream), { role: "mic", label: "microphone" });
     peer.on("error", ({ err }) => fail("connection error", err));
     peer.on("peer-joined", ({ peer: remote }) => onRemote(remote));
     peer.on("peer-left", ({ peer: remote }) => {

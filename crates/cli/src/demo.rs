@@ -51,6 +51,10 @@ pub(crate) struct DemoArgs {
     /// The key of `--tls-cert` (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Turn off the agent's echo gate (its own voice in a microphone then counts as speech;
+    /// for comparison).
+    #[arg(long)]
+    no_echo_gate: bool,
     /// Plain http/ws even when listening beyond loopback (browsers then give the microphone
     /// only to pages opened on this machine).
     #[arg(long, conflicts_with = "tls_cert")]
@@ -301,6 +305,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let neural = loaded.end_of_turn.is_some();
     let options = AgentOptions {
         greeting: args.greeting.clone(),
+        echo_gate: !args.no_echo_gate,
         turn: if neural {
             TurnOptions::with_end_of_turn_model()
         } else {

@@ -150,7 +150,7 @@ async function openPage(browser, url, name, contextOptions = {}) {
   const consoleLines = [];
   page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
-  await page.goto(url + "?autojoin=1");
+  await page.goto(url + (url.includes("?") ? "&" : "?") + "autojoin=1");
   const p = {
     name, page, context, consoleLines,
     state: () => page.evaluate(() => window.demo),
@@ -438,5 +438,55 @@ describe("parlor demo beyond loopback: TLS for a browser on another machine", ()
     assert.equal(typeof typed.textToFirstAudioMs, "number", JSON.stringify(typed));
     assert.equal(typed.eouToFirstAudioMs, undefined, "a typed turn reports from the text, not from an end of speech");
     assert.deepEqual((await human.state()).errors, []);
+  }));
+});
+
+// The agent's own voice in the page's microphone: the page mixes the agent's audio into what
+// it sends at -6 dB, 150 ms late (laptop speakers, no echo cancellation), the microphone
+// itself is silent, and the human types a question. The agent must not take its own voice for
+// the human: no turn of it, at most one hold, and the whole reply said. (ECHO_GATE_OFF=1 runs
+// the demo with --no-echo-gate: the agent then answers its own voice, as the issue reported.)
+describe("parlor demo: the agent's own voice echoed into the page's microphone", () => {
+  let dir, demo, browser, human;
+  const check = async (fn) => {
+    try { await fn(); } catch (e) {
+      if (human) e.message += "\n" + await human.dump();
+      e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
+      throw e;
+    }
+  };
+
+  before(async () => {
+    mkdirSync(OUT_DIR, { recursive: true });
+    dir = mkdtempSync(path.join(tmpdir(), "parlor-demo-echo-"));
+    // A silent microphone (60 s of nothing: the helper needs one word, at the very end).
+    const silent = speechWav(path.join(dir, "silent.wav"), [60, "Hello.", 1], dir);
+    demo = await startDemo("demo-echo", process.env.ECHO_GATE_OFF ? ["--no-echo-gate"] : []);
+    browser = await launchChromium([`--use-file-for-fake-audio-capture=${silent.file}%noloop`]);
+  });
+
+  after(async () => {
+    await human?.close("demo-echo");
+    await browser?.close().catch(() => {});
+    await demo?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("no turn of its own voice; the reply is said to its end", { timeout: 90_000 }, (t) => check(async () => {
+    human = await openPage(browser, `${demo.url}?echoDb=-6&echoDelayMs=150`, "echo");
+    const st = await poll(human.state, (s) => s && s.joined && s.peerId && s.echo, "the page to join with the echo mixed in", 30_000);
+    await human.page.waitForFunction(() => window.demo.agentPeerId, null, { timeout: 30_000 });
+    const question = "What is the weather like today?";
+    await human.page.fill("#say-text", question);
+    await human.page.click("#say-send");
+    const done = await poll(human.state, (s) => s.transcripts.some((x) => x.role === "agent" && x.final && /long walk/.test(x.text)) ||
+      s.transcripts.some((x) => x.role === "human" && x.final && x.text !== question),
+    "the whole reply, or a turn of its own voice", 60_000);
+    const own = done.transcripts.filter((x) => x.role === "human" && x.final && x.text !== question).map((x) => x.text);
+    const holds = done.bargeIns.filter((x) => x.peerId === st.peerId).length;
+    t.diagnostic(`echo ${JSON.stringify(st.echo)}: ${holds} holds, turns of its own voice ${JSON.stringify(own)}`);
+    assert.deepEqual(own, [], "the agent took its own voice for the human");
+    assert.ok(holds <= 1, `${holds} holds on its own voice`);
+    assert.ok(done.transcripts.some((x) => x.role === "agent" && x.final && /long walk/.test(x.text)), "the whole reply was said");
   }));
 });
