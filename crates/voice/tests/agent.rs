@@ -5,9 +5,12 @@
 //! whole question as one turn, and the answer comes in Piper's voice, with its per-stage
 //! timings. Skipped without the models unless `PARLOR_REQUIRE_MODELS=1`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cache;
 use parlor_agent::offline::{EspeakTts, RuleReply};
 use parlor_agent::turn::TurnOptions;
 use parlor_agent::{Agent, AgentOptions, Flow, TextToSpeech};
@@ -26,20 +29,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// One call at a time: each runs every engine on both cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn cache() -> Option<ModelCache> {
-    let cache = ModelCache::from_env().expect("cache dir");
-    for m in Model::DEFAULT {
-        if let Err(e) = cache.require(m) {
-            if std::env::var("PARLOR_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-                panic!("{e}");
-            }
-            eprintln!("skipped (PARLOR_REQUIRE_MODELS unset): {e}");
-            return None;
-        }
-    }
-    Some(cache)
-}
 
 fn peer(url: &str) -> RoomPeer {
     RoomPeer::new(
@@ -191,7 +180,7 @@ impl Call {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_with_a_pause_is_one_turn_answered_in_a_neural_voice() {
-    let Some(cache) = cache() else {
+    let Some(cache) = cache(&Model::DEFAULT) else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -234,7 +223,7 @@ async fn a_question_with_a_pause_is_one_turn_answered_in_a_neural_voice() {
 /// at once (barge-in), the turn has no words, and the reply resumes and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backchannel_holds_the_reply_and_it_resumes() {
-    let Some(cache) = cache() else {
+    let Some(cache) = cache(&Model::DEFAULT) else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -282,7 +271,7 @@ async fn a_backchannel_holds_the_reply_and_it_resumes() {
 /// its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_voice_through_the_humans_microphone_is_not_a_turn() {
-    let Some(cache) = cache() else {
+    let Some(cache) = cache(&Model::DEFAULT) else {
         return;
     };
     let _serial = SERIAL.lock().await;

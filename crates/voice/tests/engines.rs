@@ -2,27 +2,16 @@
 //! these tests say so and pass, unless `PARLOR_REQUIRE_MODELS=1` (the test command sets it
 //! after fetching them), where a missing model fails.
 
+mod common;
+
+use common::cache;
 use parlor_agent::offline::EspeakTts;
 use parlor_agent::{Flow, TextToSpeech};
-use parlor_voice::models::{Model, ModelCache};
+use parlor_voice::models::Model;
 use parlor_voice::piper::PiperTts;
 use parlor_voice::silero::{CHUNK, SileroVad};
 use parlor_voice::smart_turn::SmartTurn;
 use parlor_voice::whisper::WhisperModel;
-
-fn cache(models: &[Model]) -> Option<ModelCache> {
-    let cache = ModelCache::from_env().expect("cache dir");
-    for &m in models {
-        if let Err(e) = cache.require(m) {
-            if std::env::var("PARLOR_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-                panic!("{e}");
-            }
-            eprintln!("skipped (PARLOR_REQUIRE_MODELS unset): {e}");
-            return None;
-        }
-    }
-    Some(cache)
-}
 
 /// eSpeak NG speech at 16 kHz (linear interpolation is enough for these tests).
 fn speech(text: &str) -> Vec<i16> {
