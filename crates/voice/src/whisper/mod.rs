@@ -2,9 +2,11 @@
 //! packages ship (read directly, no CTranslate2), behind [`SpeechToText`].
 //!
 //! An utterance is encoded over the frames it has plus [`TAIL_SECS`] of silence, not over
-//! Whisper's fixed 30 s window: the encoder's cost grows with its input, so a 2 s question costs
-//! a fifteenth of what 30 s would (see `docs/decisions/whisper-engine.md` for the
-//! measured accuracy and speed). Decoding is greedy, timestamps off, the model's own suppressed
+//! Whisper's fixed 30 s window: the encoder's cost grows with its input, so a 2 s question (3 s
+//! with the tail) costs about a tenth of what 30 s would (see
+//! `docs/decisions/whisper-engine.md` for the measured accuracy and speed). A short window
+//! tempts greedy decoding to start the sentence over instead of ending it: two guards stop
+//! that (a phrase repeated a third time; a sentence whose words came before). Decoding is greedy, timestamps off, the model's own suppressed
 //! tokens masked, at most [`TOKENS_PER_SEC`] tokens per second of audio (a runaway guard).
 //!
 //! The model is loaded once and shared: [`WhisperStt::recognizer`] gives each stream a
