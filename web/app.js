@@ -208,7 +208,6 @@ function drawMeters() {
   ui.meterMic.style.width = (micStream && micStream.getAudioTracks()[0]?.enabled ? level(meters.mic) * 100 : 0) + "%";
   ui.meterAgent.style.width = level(meters.agent) * 100 + "%";
   requestAnimationFrame(drawMeters);
-
 }
 requestAnimationFrame(drawMeters);
 
