@@ -32,6 +32,7 @@ use crate::echo::EchoGate;
 use crate::hooks::{
     EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn, VoiceActivity,
 };
+use crate::text::words;
 use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns};
 use crate::vad::EnergyActivity;
 
@@ -856,19 +857,6 @@ fn rms(pcm: &[i16]) -> f32 {
 /// How long what the agent said counts as a possible echo.
 const ECHO_MEMORY: Duration = Duration::from_secs(20);
 
-/// Lower-case words, punctuation dropped.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| c.is_whitespace() || c == '-')
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .flat_map(char::to_lowercase)
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
 /// Whether `heard` (two words or more) repeats `said`: at least half of its word pairs occur
 /// in it. One word is never judged an echo ("yes" may be an answer).
 fn echoes(heard: &str, said: &[&str]) -> bool {
@@ -910,15 +898,8 @@ fn has_words(text: &str) -> bool {
             _ => {}
         }
     }
-    plain
-        .split(|c: char| c.is_whitespace() || c == '-')
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric())
-                .flat_map(char::to_lowercase)
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
+    words(&plain)
+        .iter()
         .any(|w| !NOT_WORDS.contains(&w.as_str()))
 }
 

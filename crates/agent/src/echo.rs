@@ -150,25 +150,28 @@ impl EchoGate {
         }
     }
 
+    /// (microphone, voice `d` slots earlier) for the slots from `start` where the voice spoke
+    /// and the microphone was heard.
+    fn pairs(&self, start: usize, d: usize) -> impl Iterator<Item = (f32, f32)> + '_ {
+        (start.max(d)..self.mic.len()).filter_map(move |k| {
+            let r = self.voice[k - d];
+            (r >= VOICE_ACTIVE).then_some(())?;
+            self.mic[k].map(|m| (m, r))
+        })
+    }
+
     /// Re-estimate the echo path over the last [`HISTORY`] slots.
     fn estimate(&mut self) {
         let n = self.mic.len();
         let start = n.saturating_sub(HISTORY);
         let mut best: Option<(usize, f32, usize)> = None;
         for d in 0..=MAX_DELAY_SLOTS {
-            let pairs: Vec<(f32, f32)> = (start.max(d)..n)
-                .filter_map(|k| {
-                    let r = self.voice[k - d];
-                    (r >= VOICE_ACTIVE).then_some(())?;
-                    self.mic[k].map(|m| (m, r))
-                })
-                .collect();
-            if pairs.len() < MIN_PAIRS {
+            let (c, count) = pearson(self.pairs(start, d));
+            if count < MIN_PAIRS {
                 continue;
             }
-            let c = pearson(&pairs);
             if best.is_none_or(|(_, b, _)| c > b) {
-                best = Some((d, c, pairs.len()));
+                best = Some((d, c, count));
             }
         }
         let Some((d, correlation, pairs)) = best else {
@@ -184,13 +187,7 @@ impl EchoGate {
             return;
         }
         self.learned = true;
-        let mut ratios: Vec<f32> = (start.max(d)..n)
-            .filter_map(|k| {
-                let r = self.voice[k - d];
-                (r >= VOICE_ACTIVE).then_some(())?;
-                self.mic[k].map(|m| m / r)
-            })
-            .collect();
+        let mut ratios: Vec<f32> = self.pairs(start, d).map(|(m, r)| m / r).collect();
         ratios.sort_by(f32::total_cmp);
         let gain = ratios
             .get(ratios.len() / 2)
@@ -205,24 +202,28 @@ impl EchoGate {
     }
 }
 
-/// Pearson correlation of the pairs.
-fn pearson(pairs: &[(f32, f32)]) -> f32 {
-    let n = pairs.len() as f64;
-    let (mx, my) = pairs.iter().fold((0.0, 0.0), |(a, b), &(x, y)| {
-        (a + f64::from(x), b + f64::from(y))
-    });
-    let (mx, my) = (mx / n, my / n);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for &(x, y) in pairs {
-        let (dx, dy) = (f64::from(x) - mx, f64::from(y) - my);
-        sxy += dx * dy;
-        sxx += dx * dx;
-        syy += dy * dy;
+/// Pearson correlation of the pairs, and how many there were (one pass, no allocation).
+fn pearson(pairs: impl Iterator<Item = (f32, f32)>) -> (f32, usize) {
+    let (mut n, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (x, y) in pairs {
+        let (x, y) = (f64::from(x), f64::from(y));
+        n += 1;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        syy += y * y;
+        sxy += x * y;
     }
-    if sxx <= 0.0 || syy <= 0.0 {
-        return 0.0;
+    if n == 0 {
+        return (0.0, 0);
     }
-    (sxy / (sxx * syy).sqrt()) as f32
+    let nf = n as f64;
+    let cov = sxy - sx * sy / nf;
+    let (vx, vy) = (sxx - sx * sx / nf, syy - sy * sy / nf);
+    if vx <= 0.0 || vy <= 0.0 {
+        return (0.0, n);
+    }
+    ((cov / (vx * vy).sqrt()) as f32, n)
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ pub mod echo;
 pub mod hooks;
 pub mod offline;
 pub mod openai;
+pub mod text;
 pub mod turn;
 pub mod vad;
 

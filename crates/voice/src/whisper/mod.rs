@@ -225,16 +225,7 @@ fn without_restart(text: &str) -> String {
 
 /// Lower-case words separated by single spaces.
 fn normalized(text: &str) -> String {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .flat_map(char::to_lowercase)
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    parlor_agent::text::words(text).join(" ")
 }
 
 /// Whether adding `next` makes the end of `out` a phrase repeated a third time (greedy
