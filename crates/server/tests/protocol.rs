@@ -265,13 +265,18 @@ async fn payload_bytes_are_forwarded_verbatim() {
         b.peer_id
     ))
     .await;
-    let msg = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut b.ws))
-        .await
-        .expect("frame")
-        .expect("open")
-        .expect("ok");
-    let Message::Text(text) = msg else {
-        panic!("text expected")
+    // The server pings a fresh connection at once: skip control frames.
+    let text = loop {
+        let msg = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut b.ws))
+            .await
+            .expect("frame")
+            .expect("open")
+            .expect("ok");
+        match msg {
+            Message::Text(text) => break text,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("text expected, got {other:?}"),
+        }
     };
     assert!(text.contains(payload), "{text}");
 }

@@ -112,12 +112,18 @@ async fn wss_welcome(
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
-    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .map_err(|_| "no frame".to_owned())?;
-    match frame {
-        Some(Ok(Message::Text(t))) => serde_json::from_str(&t).map_err(|e| e.to_string()),
-        other => Err(format!("unexpected {other:?}")),
+    // The server pings a fresh connection at once, possibly before the welcome.
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| "no frame".to_owned())?;
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(&t).map_err(|e| e.to_string());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return Err(format!("unexpected {other:?}")),
+        }
     }
 }
 
