@@ -413,6 +413,11 @@ pub struct TurnTiming {
     pub decided: Instant,
     /// Speech-to-text returned the final text.
     pub transcribed: Instant,
+    /// The final text was the one transcribed at the pause ([`Recognizer::provisional`]),
+    /// before the turn was judged over: no second pass.
+    ///
+    /// [`Recognizer::provisional`]: crate::hooks::Recognizer::provisional
+    pub early: bool,
     /// What ended it.
     pub reason: EndReason,
 }
@@ -575,6 +580,9 @@ impl Listening {
         let mut chunk = Vec::with_capacity(window);
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
+        // The text of the utterance up to the current pause, taken while waiting to learn
+        // whether the turn is over; cleared when speech resumes.
+        let mut provisional: Option<String> = None;
         while let Ok((pcm, arrived)) = audio.recv() {
             buffered.extend(pcm.iter().copied());
             probabilities.clear();
@@ -609,10 +617,12 @@ impl Listening {
                 chunk.extend(buffered.drain(..window));
                 if p >= self.threshold {
                     speech_end = arrived;
+                    provisional = None;
                 }
                 let mut event = self.turns.push(&chunk, p);
                 if let TurnEvent::SpeechStart { pre_roll } = &event {
                     utterance.clear();
+                    provisional = None;
                     utterance.extend_from_slice(pre_roll);
                     let started = self
                         .recognizer
@@ -653,17 +663,40 @@ impl Listening {
                         }
                         Err(e) => tracing::warn!(peer = %self.who, error = %e, "end-of-turn model"),
                     }
+                    if !matches!(event, TurnEvent::End { .. }) {
+                        // Not over yet, perhaps: transcribe what there is while waiting, so
+                        // that if the silence ends the turn the answer can start at once.
+                        match self.recognizer.provisional() {
+                            Ok(Some(text)) => {
+                                if !text.is_empty()
+                                    && heard
+                                        .blocking_send(Listened::Interim(text.clone()))
+                                        .is_err()
+                                {
+                                    return;
+                                }
+                                provisional = Some(text);
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
+                        }
+                    }
                 }
                 if let TurnEvent::End { reason, .. } = event {
                     let decided = Instant::now();
-                    let text = self.recognizer.finish().unwrap_or_else(|e| {
-                        tracing::warn!(peer = %self.who, error = %e, "recognizer");
-                        String::new()
-                    });
+                    let early = provisional.is_some();
+                    let text = match provisional.take() {
+                        Some(text) => text,
+                        None => self.recognizer.finish().unwrap_or_else(|e| {
+                            tracing::warn!(peer = %self.who, error = %e, "recognizer");
+                            String::new()
+                        }),
+                    };
                     let timing = TurnTiming {
                         speech_end,
                         decided,
                         transcribed: Instant::now(),
+                        early,
                         reason,
                     };
                     utterance.clear();
@@ -920,6 +953,7 @@ fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: I
                 EndReason::Silence => "silence",
                 EndReason::MaxUtterance => "length",
             },
+            "sttAtPause": t.early,
             "stages": {
                 "endOfTurnMs": ms(t.speech_end, t.decided),
                 "sttMs": ms(t.decided, t.transcribed),

@@ -11,7 +11,8 @@
 //!
 //! The model is loaded once and shared: [`WhisperStt::recognizer`] gives each stream a
 //! [`Recognizer`] that buffers its utterance, offers an interim hypothesis every
-//! [`INTERIM_EVERY_SECS`] of new audio, and transcribes the whole utterance at its end.
+//! [`INTERIM_EVERY_SECS`] of new audio, transcribes the utterance so far when the agent asks
+//! at a pause ([`Recognizer::provisional`]), and the whole utterance at its end.
 
 mod ct2;
 mod model;
@@ -24,6 +25,8 @@ use parlor_agent::{HookError, Recognizer, SpeechToText};
 use crate::EngineError;
 use crate::mel::{HOP, LogMel, SAMPLE_RATE};
 use crate::models::{Model, ModelCache};
+
+pub use model::DecoderWeights;
 
 /// Silence appended after an utterance before encoding it (Whisper saw its training audio
 /// padded with silence; a short tail keeps the last word).
@@ -66,8 +69,18 @@ fn runtime(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl WhisperModel {
-    /// Load `which` ([`Model::WhisperTinyEn`] or [`Model::WhisperBase`]) from `cache`.
+    /// Load `which` ([`Model::WhisperTinyEn`] or [`Model::WhisperBase`]) from `cache`, the
+    /// decoder in 8 bits ([`DecoderWeights::Q8`]).
     pub fn load(cache: &ModelCache, which: Model) -> Result<WhisperModel, EngineError> {
+        WhisperModel::load_with(cache, which, DecoderWeights::Q8)
+    }
+
+    /// Load `which` with the decoder's weights held as `weights`.
+    pub fn load_with(
+        cache: &ModelCache,
+        which: Model,
+        weights: DecoderWeights,
+    ) -> Result<WhisperModel, EngineError> {
         if !matches!(which, Model::WhisperTinyEn | Model::WhisperBase) {
             return Err(runtime(format!("{which} is not a Whisper model")));
         }
@@ -92,7 +105,7 @@ impl WhisperModel {
         if spec != "WhisperSpec" {
             return Err(runtime(format!("{} holds a {spec}", bin.display())));
         }
-        let model = model::Whisper::load(vars).map_err(runtime)?;
+        let model = model::Whisper::load(vars, weights).map_err(runtime)?;
         let config: ModelConfig =
             serde_json::from_slice(&read(&config)?).map_err(|e| runtime(format!("config: {e}")))?;
         let text = String::from_utf8(read(&vocab)?).map_err(runtime)?;
@@ -301,6 +314,12 @@ impl Recognizer for WhisperRecognizer {
         self.pcm.clear();
         self.interim_at = 0;
         Ok(text)
+    }
+
+    fn provisional(&mut self) -> Result<Option<String>, HookError> {
+        // It stands in for the next interim hypothesis too.
+        self.interim_at = self.pcm.len();
+        Ok(Some(self.model.transcribe(&self.pcm)?))
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear};
 
@@ -57,14 +58,18 @@ impl Weights {
         ))
     }
 
+    fn dense(&self, prefix: &str, weights: DecoderWeights) -> Result<Dense> {
+        Dense::with(self.linear(prefix)?, weights).map_err(err)
+    }
+
     /// A fused projection (`[n·d, d]`) split into `n` linears of `d` outputs each.
-    fn split(&self, prefix: &str, n: usize) -> Result<Vec<Linear>> {
+    fn split(&self, prefix: &str, n: usize, weights: DecoderWeights) -> Result<Vec<Dense>> {
         let w = self.get(&format!("{prefix}/weight"))?;
         let b = self.get(&format!("{prefix}/bias"))?;
         let d = w.dim(0).map_err(err)? / n;
         (0..n)
             .map(|i| {
-                Ok(Linear::new(
+                let linear = Linear::new(
                     w.narrow(0, i * d, d)
                         .map_err(err)?
                         .contiguous()
@@ -75,17 +80,67 @@ impl Weights {
                             .contiguous()
                             .map_err(err)?,
                     ),
-                ))
+                );
+                Dense::with(linear, weights).map_err(err)
             })
             .collect()
     }
 }
 
+/// How the decoder's weights are held. The decoder reads every weight once per token (a
+/// matrix-vector product, bound by memory bandwidth, not arithmetic), so 8-bit weights make
+/// each token cheaper; the encoder multiplies whole matrices and stays in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderWeights {
+    /// As stored, widened to f32.
+    F32,
+    /// GGML's Q8_0 (blocks of 32 weights with one scale): a quarter of the bytes.
+    Q8,
+}
+
+/// A linear layer in f32, or quantized with an f32 bias.
+enum Dense {
+    F32(Linear),
+    Q8(QMatMul, Tensor),
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Dense::F32(l) => l.forward(x),
+            Dense::Q8(w, b) => w.forward(x)?.broadcast_add(b),
+        }
+    }
+
+    fn with(linear: Linear, weights: DecoderWeights) -> candle_core::Result<Dense> {
+        Ok(match weights {
+            DecoderWeights::F32 => Dense::F32(linear),
+            DecoderWeights::Q8 => {
+                let bias = match linear.bias() {
+                    Some(b) => b.clone(),
+                    None => Tensor::zeros(
+                        linear.weight().dim(0)?,
+                        candle_core::DType::F32,
+                        &Device::Cpu,
+                    )?,
+                };
+                // `quantize` reads the tensor's whole backing storage, so a narrowed view
+                // (a third of a fused projection) is copied out first.
+                let w = linear.weight();
+                let owned =
+                    Tensor::from_vec(w.flatten_all()?.to_vec1::<f32>()?, w.shape(), &Device::Cpu)?;
+                let q = QTensor::quantize(&owned, GgmlDType::Q8_0)?;
+                Dense::Q8(QMatMul::from_qtensor(q)?, bias)
+            }
+        })
+    }
+}
+
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
     heads: usize,
 }
 
@@ -128,16 +183,16 @@ impl Attention {
 
 struct Mlp {
     ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 impl Mlp {
-    fn load(w: &Weights, prefix: &str) -> Result<Mlp> {
+    fn load(w: &Weights, prefix: &str, weights: DecoderWeights) -> Result<Mlp> {
         Ok(Mlp {
             ln: w.layer_norm(&format!("{prefix}/ffn/layer_norm"))?,
-            fc1: w.linear(&format!("{prefix}/ffn/linear_0"))?,
-            fc2: w.linear(&format!("{prefix}/ffn/linear_1"))?,
+            fc1: w.dense(&format!("{prefix}/ffn/linear_0"), weights)?,
+            fc2: w.dense(&format!("{prefix}/ffn/linear_1"), weights)?,
         })
     }
 
@@ -147,8 +202,13 @@ impl Mlp {
     }
 }
 
-fn self_attention(w: &Weights, prefix: &str, heads: usize) -> Result<(LayerNorm, Attention)> {
-    let mut qkv = w.split(&format!("{prefix}/self_attention/linear_0"), 3)?;
+fn self_attention(
+    w: &Weights,
+    prefix: &str,
+    heads: usize,
+    weights: DecoderWeights,
+) -> Result<(LayerNorm, Attention)> {
+    let mut qkv = w.split(&format!("{prefix}/self_attention/linear_0"), 3, weights)?;
     let (v, k, q) = (
         qkv.pop().ok_or("qkv")?,
         qkv.pop().ok_or("qkv")?,
@@ -160,7 +220,7 @@ fn self_attention(w: &Weights, prefix: &str, heads: usize) -> Result<(LayerNorm,
             q,
             k,
             v,
-            out: w.linear(&format!("{prefix}/self_attention/linear_1"))?,
+            out: w.dense(&format!("{prefix}/self_attention/linear_1"), weights)?,
             heads,
         },
     ))
@@ -188,6 +248,8 @@ pub(crate) struct Whisper {
     encoder: Vec<EncoderLayer>,
     encoder_ln: LayerNorm,
     embeddings: Tensor,
+    /// The (tied) output projection: the embeddings, as the decoder's weights are held.
+    logits: Dense,
     decoder_positions: Tensor,
     decoder: Vec<DecoderLayer>,
     decoder_ln: LayerNorm,
@@ -206,7 +268,10 @@ pub(crate) struct Decoding {
 }
 
 impl Whisper {
-    pub(crate) fn load(vars: HashMap<String, Variable>) -> Result<Whisper> {
+    pub(crate) fn load(
+        vars: HashMap<String, Variable>,
+        weights: DecoderWeights,
+    ) -> Result<Whisper> {
         let w = Weights { vars };
         let count = |side: &str| {
             (0..)
@@ -232,35 +297,39 @@ impl Whisper {
         let encoder = (0..enc_layers)
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
-                let (ln, attn) = self_attention(&w, &p, enc_heads)?;
+                let (ln, attn) = self_attention(&w, &p, enc_heads, DecoderWeights::F32)?;
                 Ok(EncoderLayer {
                     ln,
                     attn,
-                    mlp: Mlp::load(&w, &p)?,
+                    mlp: Mlp::load(&w, &p, DecoderWeights::F32)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let decoder = (0..dec_layers)
             .map(|i| {
                 let p = format!("decoder/layer_{i}");
-                let (ln, attn) = self_attention(&w, &p, dec_heads)?;
-                let mut kv = w.split(&format!("{p}/attention/linear_1"), 2)?;
+                let (ln, attn) = self_attention(&w, &p, dec_heads, weights)?;
+                // The cross-attention keys and values are computed once per utterance over
+                // the whole encoder output: a matrix product, kept in f32.
+                let mut kv = w.split(&format!("{p}/attention/linear_1"), 2, DecoderWeights::F32)?;
                 let (v, k) = (kv.pop().ok_or("kv")?, kv.pop().ok_or("kv")?);
                 Ok(DecoderLayer {
                     ln,
                     attn,
                     cross_ln: w.layer_norm(&format!("{p}/attention/layer_norm"))?,
                     cross: Attention {
-                        q: w.linear(&format!("{p}/attention/linear_0"))?,
+                        q: w.dense(&format!("{p}/attention/linear_0"), weights)?,
                         k,
                         v,
-                        out: w.linear(&format!("{p}/attention/linear_2"))?,
+                        out: w.dense(&format!("{p}/attention/linear_2"), weights)?,
                         heads: dec_heads,
                     },
-                    mlp: Mlp::load(&w, &p)?,
+                    mlp: Mlp::load(&w, &p, weights)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let embeddings = w.get("decoder/embeddings/weight")?;
+        let logits = Dense::with(Linear::new(embeddings.clone(), None), weights).map_err(err)?;
         let encoder_positions = w.get("encoder/position_encodings/encodings")?;
         let decoder_positions = w.get("decoder/position_encodings/encodings")?;
         Ok(Whisper {
@@ -279,7 +348,8 @@ impl Whisper {
             encoder_positions,
             encoder,
             encoder_ln: w.layer_norm("encoder/layer_norm")?,
-            embeddings: w.get("decoder/embeddings/weight")?,
+            embeddings,
+            logits,
             decoder_positions,
             decoder,
             decoder_ln: w.layer_norm("decoder/layer_norm")?,
@@ -369,9 +439,11 @@ impl Whisper {
                 x = layer.mlp.forward(&x)?;
             }
             let last = self.decoder_ln.forward(&x.narrow(1, t - 1, 1)?)?;
-            // [vocab, d] × [d, 1]: the (tied) embeddings as they are stored, no transpose.
-            let d_model = last.dim(2)?;
-            let logits = self.embeddings.matmul(&last.reshape((d_model, 1))?)?;
+            let logits = match &self.logits {
+                // [vocab, d] × [d, 1]: the embeddings as they are stored, no transpose.
+                Dense::F32(l) => l.weight().matmul(&last.reshape((last.dim(2)?, 1))?)?,
+                q => q.forward(&last)?,
+            };
             logits.flatten_all()?.to_vec1::<f32>()
         };
         let logits = run().map_err(err)?;
