@@ -27,10 +27,12 @@ const demo = {
   joined: false,
   peerId: null,
   agentPeerId: null,
-  transcripts: [], // {role, peerId, text, final} (+ interrupted: true for a reply cut short)
+  transcripts: [], // {role, peerId, text, final, t, tFinal} (+ interrupted: true for a reply cut short)
+  micAt: null, // when the microphone opened (performance.now(), like every t here)
   states: [], // {state, peerId, t}
   metrics: [], // {peerId, eouToFirstAudioMs, t}
   bargeIns: [], // {peerId, t}
+  resumes: [], // {peerId, heard, t}: a hold that was not an interruption
   ended: false,
   controlOpen: false,
   bye: false,
@@ -46,6 +48,7 @@ let controlPc = null; // the RTCPeerConnection it belongs to
 const remotes = new Map(); // peer id -> RemotePeer
 const audioTracks = new Map(); // peer id -> its latest audio track (the agent's is played)
 const lines = new Map(); // "role|peerId" -> {entry, li} of the line still being said (final:false)
+const held = new Map(); // "role|peerId" -> the line last closed by a barge-in (reopened if resumed)
 
 // ------------------------------------------------------------------ small helpers
 const now = () => performance.now();
@@ -74,11 +77,13 @@ function addLine({ role, peerId, text, final }) {
     // The agent's reply grows sentence by sentence: update its line in place.
     open.entry.text = text;
     open.entry.final = final;
+    if (final) open.entry.tFinal = now();
     open.text.textContent = text;
     open.li.classList.toggle("partial", !final);
     if (final) lines.delete(key);
   } else {
-    const entry = { role, peerId, text, final };
+    const entry = { role, peerId, text, final, t: now() };
+    if (final) entry.tFinal = entry.t;
     demo.transcripts.push(entry);
     const li = document.createElement("li");
     const mine = peerId === demo.peerId;
@@ -104,8 +109,20 @@ function closeLine(role, peerId) {
   const open = lines.get(key);
   if (!open) return;
   lines.delete(key);
+  held.set(key, open);
   open.entry.interrupted = true;
   open.li.classList.replace("partial", "interrupted");
+}
+
+/** The agent resumed after a hold that was no interruption: its line goes on. */
+function reopenLine(role, peerId) {
+  const key = role + "|" + peerId;
+  const line = held.get(key);
+  held.delete(key);
+  if (!line || lines.has(key)) return;
+  delete line.entry.interrupted;
+  line.li.classList.replace("interrupted", "partial");
+  lines.set(key, line);
 }
 
 function addEvent(text) {
@@ -143,6 +160,8 @@ function onAgentMessage(sender, msg) {
       if (msg.peerId === demo.peerId) ui.latency.textContent = describeMetrics(msg);
       break;
     case "resumed":
+      demo.resumes.push({ peerId: msg.peerId, heard: msg.heard, t: now() });
+      reopenLine("agent", msg.peerId);
       if (msg.peerId === demo.peerId) addEvent("not an interruption: the agent goes on");
       break;
     case "barge-in":
@@ -258,6 +277,7 @@ async function join() {
   remotes.clear();
   audioTracks.clear();
   lines.clear();
+  held.clear();
   control = controlPc = null;
   Object.assign(demo, { joined: false, peerId: null, agentPeerId: null, ended: false, controlOpen: false, bye: false });
   try {
@@ -265,6 +285,7 @@ async function join() {
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
       video: false,
     });
+    demo.micAt = now();
     meters.mic = analyser(micStream);
     // The server is where the page came from (ws, or wss when the demo serves TLS).
     const url = config.url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;

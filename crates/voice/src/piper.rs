@@ -21,6 +21,8 @@ use crate::models::{Model, ModelCache};
 
 /// Silence between two sentences of one `speak` call.
 const SENTENCE_GAP_SECS: f32 = 0.2;
+/// The shortest first piece (in phoneme characters) cut at a clause boundary.
+pub const FIRST_PIECE_MIN_PHONEMES: usize = 12;
 /// Peak level of each sentence (of full scale), leaving the codec some headroom.
 const PEAK: f32 = 0.9;
 
@@ -126,25 +128,41 @@ impl PiperTts {
         })
     }
 
-    /// `text` as sentences of phoneme ids.
-    fn sentences(&self, text: &str) -> Result<Vec<Vec<i64>>, HookError> {
+    /// Speak `speed` times as fast (Piper's length scale is its inverse); 0.5..=2.
+    pub fn with_speed(mut self, speed: f32) -> PiperTts {
+        let speed = if speed.is_finite() { speed.clamp(0.5, 2.0) } else { 1.0 };
+        self.scales[1] /= speed;
+        self
+    }
+
+    /// `text` as pieces of phoneme ids to synthesize one at a time: sentences, except that
+    /// the first sentence is cut at its first clause boundary (a comma, a colon) once it
+    /// has [`FIRST_PIECE_MIN_PHONEMES`]: the listener hears the reply begin after the first
+    /// clause is synthesized, not the whole first sentence.
+    /// Each piece comes with whether a sentence ended before it (and so a pause goes first).
+    fn sentences(&self, text: &str) -> Result<Vec<(bool, Vec<i64>)>, HookError> {
         let mut out = Vec::new();
         let mut phonemes = String::new();
+        let mut sentence_ended = false;
         for clause in self.espeak.phonemes(text)? {
             phonemes.push_str(&strip_language_flags(&clause.ipa));
+            let mut first_clause = false;
             if let Some(t) = clause.terminator {
                 phonemes.push(t);
                 if matches!(t, ',' | ':' | ';') {
                     phonemes.push(' ');
+                    first_clause =
+                        out.is_empty() && phonemes.chars().count() >= FIRST_PIECE_MIN_PHONEMES;
                 }
             }
-            if clause.ends_sentence && !phonemes.trim().is_empty() {
-                out.push(self.ids_of(&phonemes));
+            if (clause.ends_sentence || first_clause) && !phonemes.trim().is_empty() {
+                out.push((sentence_ended, self.ids_of(&phonemes)));
+                sentence_ended = clause.ends_sentence;
                 phonemes.clear();
             }
         }
         if !phonemes.trim().is_empty() {
-            out.push(self.ids_of(&phonemes));
+            out.push((sentence_ended, self.ids_of(&phonemes)));
         }
         Ok(out)
     }
@@ -203,8 +221,8 @@ impl TextToSpeech for PiperTts {
     fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError> {
         let piece = self.rate as usize / 10;
         let gap = vec![0i16; (self.rate as f32 * SENTENCE_GAP_SECS) as usize];
-        for (i, ids) in self.sentences(text)?.into_iter().enumerate() {
-            if i > 0 {
+        for (after_sentence, ids) in self.sentences(text)? {
+            if after_sentence {
                 for chunk in gap.chunks(piece) {
                     if sink(chunk) == Flow::Stop {
                         return Ok(());

@@ -131,6 +131,25 @@ fn piper_speaks_sentences_and_stops_when_asked() {
         )
         .expect("speak");
     assert_eq!(pieces, 1);
+
+    // A long first sentence starts after its first clause is synthesized (a figure, not
+    // a timed assertion).
+    let t0 = std::time::Instant::now();
+    let mut first = None;
+    piper
+        .speak(
+            "Here it is sunny and twenty one degrees, with a light wind from the west.",
+            &mut |_| {
+                first.get_or_insert_with(|| t0.elapsed());
+                Flow::Continue
+            },
+        )
+        .expect("speak");
+    eprintln!(
+        "piper: first audio of a two-clause sentence after {:.0} ms, all of it in {:.0} ms",
+        first.unwrap_or_default().as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 /// Words of `s`, lowercased, without punctuation.

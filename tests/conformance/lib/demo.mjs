@@ -13,12 +13,10 @@ export const WEB_DIR = path.join(REPO_ROOT, "web");
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
 
 // ------------------------------------------------------------------ speech WAVs
-/** PCM (s16le mono) and rate of `text` spoken by eSpeak NG. */
-export function espeak(text, dir) {
-  const file = path.join(dir, "say.wav");
-  execFileSync("espeak-ng", ["-v", "en-us", "-s", "150", "-w", file, text], { timeout: WAIT_MS });
+/** The PCM (s16le mono Buffer) and rate of a 16-bit mono WAV file. */
+export function readWav(file) {
   const wav = readFileSync(file);
-  assert.equal(wav.toString("ascii", 0, 4), "RIFF", "espeak-ng wrote a RIFF file");
+  assert.equal(wav.toString("ascii", 0, 4), "RIFF", `${file} is a RIFF file`);
   let rate = 0, channels = 0, bits = 0, pcm = null;
   for (let off = 12; off + 8 <= wav.length;) {
     const id = wav.toString("ascii", off, off + 4);
@@ -32,8 +30,36 @@ export function espeak(text, dir) {
     }
     off += 8 + size + (size & 1);
   }
-  assert.ok(pcm && channels === 1 && bits === 16 && rate > 0, `espeak-ng WAV is 16-bit mono (${channels} ch, ${bits} bit, ${rate} Hz)`);
+  assert.ok(pcm && channels === 1 && bits === 16 && rate > 0, `${file} is 16-bit mono (${channels} ch, ${bits} bit, ${rate} Hz)`);
   return { rate, pcm };
+}
+
+/** Write `pcm` (s16le mono Buffer) at `rate` as a WAV file. */
+export function writeWav(file, rate, pcm) {
+  const hdr = Buffer.alloc(44);
+  hdr.write("RIFF", 0, "ascii");
+  hdr.writeUInt32LE(36 + pcm.length, 4);
+  hdr.write("WAVEfmt ", 8, "ascii");
+  hdr.writeUInt32LE(16, 16);
+  hdr.writeUInt16LE(1, 20); // PCM
+  hdr.writeUInt16LE(1, 22); // mono
+  hdr.writeUInt32LE(rate, 24);
+  hdr.writeUInt32LE(rate * 2, 28);
+  hdr.writeUInt16LE(2, 32);
+  hdr.writeUInt16LE(16, 34);
+  hdr.write("data", 36, "ascii");
+  hdr.writeUInt32LE(pcm.length, 40);
+  writeFileSync(file, Buffer.concat([hdr, pcm]));
+}
+
+/**
+ * PCM (s16le mono) and rate of `text` spoken by eSpeak NG (22 050 Hz). `ssml`: the text is
+ * SSML (`<break time="700ms"/>` makes a pause mid-sentence).
+ */
+export function espeak(text, dir, { voice = "en-us", wpm = 150, ssml = false } = {}) {
+  const file = path.join(dir, "say.wav");
+  execFileSync("espeak-ng", ["-v", voice, "-s", String(wpm), ...(ssml ? ["-m"] : []), "-w", file, text], { timeout: WAIT_MS });
+  return readWav(file);
 }
 
 /**
@@ -52,21 +78,7 @@ export function speechWav(file, parts, dir) {
     bufs.push(buf);
     at += buf.length / 2;
   }
-  const data = Buffer.concat(bufs);
-  const hdr = Buffer.alloc(44);
-  hdr.write("RIFF", 0, "ascii");
-  hdr.writeUInt32LE(36 + data.length, 4);
-  hdr.write("WAVEfmt ", 8, "ascii");
-  hdr.writeUInt32LE(16, 16);
-  hdr.writeUInt16LE(1, 20); // PCM
-  hdr.writeUInt16LE(1, 22); // mono
-  hdr.writeUInt32LE(rate, 24);
-  hdr.writeUInt32LE(rate * 2, 28);
-  hdr.writeUInt16LE(2, 32);
-  hdr.writeUInt16LE(16, 34);
-  hdr.write("data", 36, "ascii");
-  hdr.writeUInt32LE(data.length, 40);
-  writeFileSync(file, Buffer.concat([hdr, data]));
+  writeWav(file, rate, Buffer.concat(bufs));
   return { file, rate, seconds: at / rate, spans };
 }
 

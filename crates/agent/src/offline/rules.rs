@@ -36,7 +36,7 @@ impl RuleReply {
         } else if has(&["name", "who"]) {
             s(&[
                 "I am the Parlor demo agent.",
-                "I hear you with PocketSphinx and speak with eSpeak, all on this machine.",
+                "Everything I hear and say is worked out on this machine.",
             ])
         } else if has(&["hello", "hi", "hey"]) {
             s(&[

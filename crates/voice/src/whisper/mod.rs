@@ -113,14 +113,18 @@ impl WhisperModel {
         if model.vocab_size() < vocab.no_timestamps as usize {
             return Err(runtime("the vocabulary does not match the model"));
         }
-        Ok(WhisperModel {
+        let whisper = WhisperModel {
             model,
             vocab,
             suppress: config.suppress_ids,
             suppress_begin: config.suppress_ids_begin,
             mel: Mutex::new(LogMel::new()),
             name: which,
-        })
+        };
+        // The first pass lays out the 8-bit weights for the CPU's kernels and sizes the
+        // buffers (~0.5 s): pay it here, not on the first human's first turn.
+        whisper.transcribe(&vec![0; SAMPLE_RATE / 2])?;
+        Ok(whisper)
     }
 
     /// Which model this is.

@@ -1,0 +1,305 @@
+// The voice agent measured as a person meets it: `parlor demo` in Chromium, its microphone fed
+// an evaluation set spoken by several voices (Chromium's fake capture → Opus → the agent).
+// For each item it reads what the page shows: the human's final transcripts, the agent's
+// replies and its per-turn metrics. It prints, per voice and in total:
+//   - recognition: word error rate (the finals of an item against what was said) and intent
+//     accuracy (the rule reply's topic — weather, time, name, hello, goodbye, other — against
+//     the one the question asks for);
+//   - voice-to-voice: the agent's end of speech → first reply audio, p50/p95, and its stages;
+//   - turn-taking: questions with a 600–900 ms pause mid-sentence answered into the pause;
+//   - false interruptions: a backchannel or a cough during a reply, and whether the reply was
+//     still said to its end.
+// Writes tests/conformance/out/voice-eval-<label>.json.
+//
+//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base]
+//       [--voices espeak,espeak-f3,festival,piper,piper-fast,piper-noise] [--gap 7] [--label x]
+//       [--limit N: the first N questions, paused questions and backchannels only]
+//   (PARLOR_BIN=target/release/parlor for a release build; default target/debug/parlor)
+//
+// Voices: eSpeak NG (en-us, 150 wpm; en-us+f3 at 190 wpm), Festival's HTS voice cmu_us_slt
+// (Debian festival + festvox-us-slt-hts, skipped with a note when absent), Piper joe (the
+// agent's own voice model, at 1× and 1.25×, and at 1× with white noise at 10 dB SNR).
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { launchChromium, poll } from "../tests/conformance/lib/browser.mjs";
+import { parlorBin } from "../tests/conformance/lib/parlor.mjs";
+import { OUT_DIR, espeak, openPage, readWav, startDemo, writeWav } from "../tests/conformance/lib/demo.mjs";
+
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : dflt;
+};
+const ENGINES = arg("engines", "neural");
+const STT = arg("stt", "whisper-tiny.en");
+const GAP = Number(arg("gap", 7));
+const VOICES = arg("voices", "espeak,espeak-f3,festival,piper,piper-fast,piper-noise").split(",");
+const LABEL = arg("label", ENGINES === "basic" ? "basic" : STT);
+const LIMIT = Number(arg("limit", Infinity)); // the first N of each list (a quick look)
+const RATE = 22_050;
+
+// The questions and the topic of the rule reply each asks for.
+const QUESTIONS = [
+  ["What is the weather like today?", "weather"],
+  ["Will it rain tomorrow?", "weather"],
+  ["What's the forecast for the weekend?", "weather"],
+  ["Is it going to be sunny this afternoon?", "weather"],
+  ["What time is it?", "time"],
+  ["Could you tell me the time please?", "time"],
+  ["Do you know what time it is right now?", "time"],
+  ["How late is it?", "time"],
+  ["What is your name?", "name"],
+  ["Who are you?", "name"],
+  ["Who am I talking to?", "name"],
+  ["Hello there.", "hello"],
+  ["Hi, how are you doing today?", "hello"],
+  ["Goodbye, and thanks for your help.", "bye"],
+  ["Thank you very much.", "other"],
+  ["I would like a cup of coffee.", "other"],
+];
+// Questions with a pause mid-sentence (600–900 ms): one turn, not two.
+const PAUSED = [
+  ["Could you tell me", "what time it is?", "time"],
+  ["What is the weather", "like in Paris tomorrow?", "weather"],
+  ["I would like to know", "the time in London.", "time"],
+  ["Tell me about", "the weather today.", "weather"],
+  ["Do you know", "what time it is?", "time"],
+  ["Can you tell me", "your name please?", "name"],
+  ["I was wondering", "if it will rain today.", "weather"],
+  ["So, what is", "your name?", "name"],
+];
+const PAUSES_MS = [600, 700, 800, 900];
+// Said ~1.5 s into the agent's (three-sentence, ~10 s) weather reply.
+const BACKCHANNELS = ["Uh-huh.", "Okay.", "(cough)", "Yeah."];
+
+/** The rule reply's topic, from what the agent said first. */
+function topic(reply) {
+  if (!reply) return null;
+  if (/sunny/i.test(reply)) return "weather";
+  if (/^It is \d/.test(reply)) return "time";
+  if (/^Goodbye/.test(reply)) return "bye";
+  if (/^Hello!/.test(reply)) return "hello";
+  if (/^I am the Parlor/.test(reply)) return "name";
+  if (/^I heard you say/.test(reply)) return "other";
+  return "?";
+}
+
+const norm = (s) => s.toLowerCase().replace(/[^a-z0-9' ]/g, " ").replace(/'/g, "").split(/\s+/).filter(Boolean);
+/** Word-level edit distance. */
+function edits(ref, hyp) {
+  const d = Array.from({ length: ref.length + 1 }, (_, i) => [i, ...Array(hyp.length).fill(0)]);
+  for (let j = 1; j <= hyp.length; j++) d[0][j] = j;
+  for (let i = 1; i <= ref.length; i++) for (let j = 1; j <= hyp.length; j++)
+    d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ref[i - 1] === hyp[j - 1] ? 0 : 1));
+  return d[ref.length][hyp.length];
+}
+const pct = (xs, p) => {
+  const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * (s.length - 1) + 0.5))] : NaN;
+};
+
+// ------------------------------------------------------------------ the voices (22 050 Hz PCM)
+const dir = mkdtempSync(path.join(tmpdir(), "parlor-eval-"));
+const asInt16 = (buf) => new Int16Array(buf.buffer, buf.byteOffset, buf.length / 2);
+function resample(pcm, from) {
+  if (from === RATE) return pcm;
+  const x = asInt16(pcm), n = Math.floor(x.length * RATE / from), out = Buffer.alloc(n * 2);
+  for (let i = 0; i < n; i++) {
+    const t = i * from / RATE, j = Math.floor(t), f = t - j;
+    out.writeInt16LE(Math.round(x[j] + ((x[j + 1] ?? x[j]) - x[j]) * f), i * 2);
+  }
+  return out;
+}
+let seed = 12345;
+const random = () => { // mulberry32: the same noise every run
+  seed |= 0; seed = (seed + 0x6d2b79f5) | 0;
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+};
+function withNoise(pcm, snrDb) {
+  const x = asInt16(pcm);
+  const rms = Math.sqrt(x.reduce((a, v) => a + v * v, 0) / x.length);
+  const sigma = rms / 10 ** (snrDb / 20);
+  const out = Buffer.alloc(pcm.length);
+  for (let i = 0; i < x.length; i++) {
+    const g = Math.sqrt(-2 * Math.log(random() + 1e-12)) * Math.cos(2 * Math.PI * random());
+    out.writeInt16LE(Math.max(-32767, Math.min(32767, Math.round(x[i] + g * sigma))), i * 2);
+  }
+  return out;
+}
+function cough() {
+  const n = Math.round(0.3 * RATE), out = Buffer.alloc(n * 2);
+  let lp = 0;
+  for (let i = 0; i < n; i++) {
+    const env = Math.min(1, i / (0.01 * RATE)) * Math.exp(-i / (0.08 * RATE));
+    lp += 0.35 * ((random() * 2 - 1) - lp);
+    out.writeInt16LE(Math.round(lp * env * 30000), i * 2);
+  }
+  return out;
+}
+const haveFestival = (() => { try { execFileSync("which", ["text2wave"]); return true; } catch { return false; } })();
+function festival(text) {
+  const txt = path.join(dir, "f.txt"), wav = path.join(dir, "f.wav");
+  writeFileSync(txt, text);
+  execFileSync("text2wave", ["-F", String(RATE), "-eval", "(voice_cmu_us_slt_arctic_hts)", "-o", wav, txt], { timeout: 60_000 });
+  const w = readWav(wav);
+  return resample(w.pcm, w.rate);
+}
+function piper(text, speed = 1) {
+  const wav = path.join(dir, "p.wav");
+  execFileSync(parlorBin(), ["say", "--voice", "piper", "--speed", String(speed), "-o", wav, text], { timeout: 120_000, stdio: ["ignore", "ignore", "pipe"] });
+  const w = readWav(wav);
+  return resample(w.pcm, w.rate);
+}
+/** Piper saying `a b` in one breath, with `secs` of silence put in between `a` and `b`. */
+function pausedPiper(a, b, secs) {
+  const whole = asInt16(piper(`${a} ${b}`));
+  const first = asInt16(piper(a));
+  let end = first.length; // the first half alone, without its trailing quiet
+  while (end > 0 && Math.abs(first[end - 1]) < 300) end--;
+  const hop = Math.round(0.01 * RATE);
+  let best = end, bestE = Infinity;
+  for (let c = Math.max(hop, end - Math.round(0.25 * RATE)); c < Math.min(whole.length - hop, end + Math.round(0.1 * RATE)); c += hop / 2) {
+    let e = 0;
+    for (let k = c - hop / 2; k < c + hop / 2; k++) e += whole[k] * whole[k];
+    if (e < bestE) { bestE = e; best = c; }
+  }
+  const buf = Buffer.from(whole.buffer, whole.byteOffset, whole.length * 2);
+  return Buffer.concat([buf.subarray(0, best * 2), silence(secs), buf.subarray(best * 2)]);
+}
+const es = (text, opts) => { const w = espeak(text, dir, opts); return resample(w.pcm, w.rate); };
+const SPEAK = {
+  "espeak": (t) => es(t),
+  "espeak-f3": (t) => es(t, { voice: "en-us+f3", wpm: 190 }),
+  "festival": (t) => festival(t),
+  "piper": (t) => piper(t),
+  "piper-fast": (t) => piper(t, 1.25),
+  "piper-noise": (t) => withNoise(piper(t), 10),
+};
+const silence = (secs) => Buffer.alloc(Math.round(secs * RATE) * 2);
+
+// ------------------------------------------------------------------ the evaluation WAV
+const items = []; // {kind, voice, text, intent, start, end, pauseMs?}
+const bufs = [silence(3)];
+let at = 3;
+const add = (item, pcm, gap) => {
+  const secs = pcm.length / 2 / RATE;
+  items.push({ ...item, start: +at.toFixed(2), end: +(at + secs).toFixed(2) });
+  bufs.push(pcm, silence(gap));
+  at += secs + gap;
+};
+const voices = VOICES.filter((v) => {
+  if (!SPEAK[v]) throw new Error(`no voice ${v}; the voices are ${Object.keys(SPEAK).join(", ")}`);
+  if (v === "festival" && !haveFestival) { console.error("voice-eval: festival skipped (apt install festival festvox-us-slt-hts)"); return false; }
+  return true;
+});
+console.error(`voice-eval: synthesizing ${voices.length} voices × ${QUESTIONS.length} questions, ${PAUSED.length * 2} paused, ${BACKCHANNELS.length} backchannels…`);
+for (const v of voices) for (const [text, intent] of QUESTIONS.slice(0, LIMIT)) add({ kind: "question", voice: v, text, intent }, SPEAK[v](text), GAP);
+for (const [i, [a, b, intent]] of PAUSED.slice(0, LIMIT).entries()) {
+  const ms = PAUSES_MS[i % PAUSES_MS.length];
+  // eSpeak says it as one sentence with a break; Piper says the whole sentence, cut at the
+  // word boundary (the quietest 10 ms near where the first half alone ends) and the silence
+  // put in: in both the intonation runs on through the pause, as a person's does.
+  add({ kind: "paused", voice: "espeak", text: `${a} ${b}`, intent, pauseMs: ms },
+    es(`<speak>${a} <break time="${ms}ms"/> ${b}</speak>`, { ssml: true }), GAP);
+  add({ kind: "paused", voice: "piper", text: `${a} ${b}`, intent, pauseMs: ms },
+    pausedPiper(a, b, ms / 1000), GAP);
+}
+for (const bc of BACKCHANNELS.slice(0, LIMIT)) {
+  const q = "What is the weather like today?";
+  const qp = piper(q);
+  const extra = bc === "(cough)" ? cough() : es(bc);
+  // The reply starts ~1 s after the question; the backchannel comes 2.5 s after it ends.
+  const pcm = Buffer.concat([qp, silence(2.5), extra]);
+  add({ kind: "backchannel", voice: "piper", text: q, intent: "weather", backchannel: bc, backchannelAt: +(qp.length / 2 / RATE + 2.5).toFixed(2) }, pcm, 14);
+}
+const wavFile = path.join(dir, "eval.wav");
+writeWav(wavFile, RATE, Buffer.concat(bufs));
+
+// ------------------------------------------------------------------ the run
+mkdirSync(OUT_DIR, { recursive: true });
+const extra = ENGINES === "basic" ? ["--engines", "basic"] : ["--engines", ENGINES, "--stt", STT];
+const demo = await startDemo(`voice-eval-${LABEL}`, extra);
+const browser = await launchChromium([`--use-file-for-fake-audio-capture=${wavFile}%noloop`]);
+let human;
+try {
+  human = await openPage(browser, demo.url, `eval-${LABEL}`);
+  await poll(human.state, (s) => s && s.joined && s.micAt !== null, "the page to join", 30_000);
+  console.error(`voice-eval: ${items.length} items over ${(at / 60).toFixed(1)} min (${LABEL})…`);
+  const started = Date.now();
+  while (Date.now() - started < (at + 6) * 1000) {
+    await new Promise((r) => setTimeout(r, 30_000));
+    const st = await human.state();
+    const finals = st.transcripts.filter((x) => x.role === "human" && x.final).length;
+    console.error(`voice-eval: ${((Date.now() - started) / 1000).toFixed(0)} s of ${at.toFixed(0)}, ${finals} human turns so far`);
+  }
+  const st = await human.state();
+  const me = st.peerId;
+  const t0 = st.micAt;
+  const win = (i) => [t0 + items[i].start * 1000, i + 1 < items.length ? t0 + items[i + 1].start * 1000 : Infinity];
+  const inWin = (i, t) => { const [a, b] = win(i); return t >= a && t < b; };
+  for (const [i, it] of items.entries()) {
+    const finals = st.transcripts.filter((x) => x.role === "human" && x.peerId === me && x.final && inWin(i, x.tFinal ?? x.t));
+    const replies = st.transcripts.filter((x) => x.role === "agent" && x.peerId === me && inWin(i, x.t));
+    const metrics = st.metrics.filter((x) => x.peerId === me && typeof x.eouToFirstAudioMs === "number" && inWin(i, x.t));
+    it.heard = finals.map((x) => x.text).join(" | ");
+    it.turns = finals.length;
+    const ref = norm(it.text), hyp = norm(finals.map((x) => x.text).join(" "));
+    it.edits = edits(ref, hyp);
+    it.words = ref.length;
+    it.reply = replies[0]?.text ?? null;
+    it.topic = topic(it.reply);
+    it.metrics = metrics[0] ?? null;
+    if (it.kind === "paused") it.answeredIntoPause = metrics.length > 1 || finals.length > 1;
+    if (it.kind === "backchannel") {
+      it.resumed = st.resumes.filter((x) => x.peerId === me && inWin(i, x.t)).length;
+      it.bargeIns = st.bargeIns.filter((x) => x.peerId === me && inWin(i, x.t)).length;
+      it.replyCompleted = replies.some((x) => /long walk/.test(x.text));
+    }
+  }
+} finally {
+  await human?.close(`voice-eval-${LABEL}`);
+  await browser.close().catch(() => {});
+  await demo.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
+
+// ------------------------------------------------------------------ the report
+const rows = [];
+const summarize = (name, its) => {
+  const words = its.reduce((a, x) => a + x.words, 0), errs = its.reduce((a, x) => a + x.edits, 0);
+  const lat = its.map((x) => x.metrics?.eouToFirstAudioMs);
+  const row = {
+    name, n: its.length, wer: words ? errs / words : NaN,
+    intent: its.filter((x) => x.topic === x.intent).length / its.length,
+    answered: its.filter((x) => x.metrics).length,
+    p50: pct(lat, 0.5), p95: pct(lat, 0.95),
+    stages: Object.fromEntries(["endOfTurnMs", "sttMs", "replyMs", "ttsMs"].map((k) => [k, pct(its.map((x) => x.metrics?.stages?.[k]), 0.5)])),
+    byModel: its.filter((x) => x.metrics?.endedBy === "end-of-turn model").length,
+  };
+  rows.push(row);
+  return row;
+};
+const questions = items.filter((x) => x.kind === "question");
+const paused = items.filter((x) => x.kind === "paused");
+const bcs = items.filter((x) => x.kind === "backchannel");
+for (const v of voices) summarize(v, questions.filter((x) => x.voice === v));
+summarize("all questions", questions);
+summarize("paused (as one question)", paused);
+console.log(`\n### ${LABEL} (${ENGINES} engines)\n`);
+console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model |`);
+console.log(`|---|---|---|---|---|---|---|---|---|---|---|`);
+const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
+for (const r of rows) {
+  console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} |`);
+}
+const intoPause = paused.filter((x) => x.answeredIntoPause);
+console.log(`\nanswered into a 600–900 ms pause: ${intoPause.length} of ${paused.length} (${f(100 * intoPause.length / paused.length)} %)` +
+  (intoPause.length ? `: ${intoPause.map((x) => `${x.voice} "${x.heard}"`).join("; ")}` : ""));
+console.log(`false interruptions (during the weather reply): ` + bcs.map((x) =>
+  `${x.backchannel} → ${x.replyCompleted ? "reply said to its end" : "reply lost"} (holds ${x.bargeIns}, resumed ${x.resumed})`).join("; "));
+console.log(`\nper item:`);
+for (const x of items) console.log(`  ${x.kind.padEnd(11)} ${x.voice.padEnd(11)} ${JSON.stringify(x.text)} → ${JSON.stringify(x.heard)} [${x.topic ?? "no reply"}${x.topic === x.intent ? "" : " ≠ " + x.intent}] ${x.metrics ? x.metrics.eouToFirstAudioMs + " ms " + x.metrics.endedBy : ""}`);
+writeFileSync(path.join(OUT_DIR, `voice-eval-${LABEL}.json`), JSON.stringify({ label: LABEL, engines: ENGINES, stt: STT, rows, items }, null, 1));
