@@ -33,7 +33,7 @@ use crate::hooks::{
     EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn, VoiceActivity,
 };
 use crate::text::words;
-use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns};
+use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns, reads_unfinished};
 use crate::vad::EnergyActivity;
 
 /// Tuning of an [`Agent`].
@@ -434,7 +434,9 @@ enum Heard {
 enum Listened {
     SpeechStart,
     Interim(String),
-    Final(String, TurnTiming),
+    /// The final text, its timing, and whether this microphone is known to carry no echo of
+    /// the agent's voice (then the text is never taken for its own words).
+    Final(String, TurnTiming, bool),
 }
 
 /// One human's listening loop: decoded frames → 16 kHz → their listening thread (VAD, end of
@@ -522,8 +524,11 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                         .send(json!({"type": "transcript", "role": "human", "peerId": peer_id, "text": text, "final": false}))
                         .await;
                 }
-                Listened::Final(text, timing) => {
-                    if inner.is_own_echo(&text) {
+                Listened::Final(text, timing, no_echo) => {
+                    // A human may well reuse the agent's words ("Ask me about the weather" →
+                    // "Tell me about the weather"): only where this microphone may carry the
+                    // agent's voice is a transcript of its own words taken for an echo.
+                    if !no_echo && inner.is_own_echo(&text) {
                         // The agent's own voice through the human's microphone: never a turn.
                         tracing::info!(peer = %peer_id, text, "own voice heard back: ignored");
                         if inner.held_by(&peer_id) {
@@ -654,8 +659,13 @@ impl Listening {
                 if let (TurnEvent::Pause { silence }, Some(model)) = (&event, &self.end_of_turn) {
                     match model.complete(&utterance) {
                         Ok(p) => {
-                            tracing::debug!(peer = %self.who, p, silence_ms = silence.as_millis() as u64, "end of turn?");
+                            // What Whisper made of it so far may say "not yet" where the
+                            // audio model says "done" ("I was wondering", "What is your...").
+                            let veto = self.turns.options().transcript_veto
+                                && provisional.as_deref().is_some_and(reads_unfinished);
+                            tracing::debug!(peer = %self.who, p, veto, silence_ms = silence.as_millis() as u64, "end of turn?");
                             if p >= 0.5
+                                && !veto
                                 && let Some(end) = self.turns.end_turn()
                             {
                                 event = end;
@@ -663,23 +673,29 @@ impl Listening {
                         }
                         Err(e) => tracing::warn!(peer = %self.who, error = %e, "end-of-turn model"),
                     }
-                    if !matches!(event, TurnEvent::End { .. }) {
-                        // Not over yet, perhaps: transcribe what there is while waiting, so
-                        // that if the silence ends the turn the answer can start at once.
-                        match self.recognizer.provisional() {
-                            Ok(Some(text)) => {
-                                if !text.is_empty()
-                                    && heard
-                                        .blocking_send(Listened::Interim(text.clone()))
-                                        .is_err()
-                                {
-                                    return;
-                                }
-                                provisional = Some(text);
+                }
+                // Transcribe what there is ahead of the decision (at the quiet mark, or at a
+                // pause not judged final if not done in this silence yet): if the turn ends
+                // with nothing more said, the answer starts at once.
+                let ahead = match event {
+                    TurnEvent::Quiet { .. } => true,
+                    TurnEvent::Pause { .. } => provisional.is_none(),
+                    _ => false,
+                };
+                if ahead {
+                    match self.recognizer.provisional() {
+                        Ok(Some(text)) => {
+                            if !text.is_empty()
+                                && heard
+                                    .blocking_send(Listened::Interim(text.clone()))
+                                    .is_err()
+                            {
+                                return;
                             }
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
+                            provisional = Some(text);
                         }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
                     }
                 }
                 if let TurnEvent::End { reason, .. } = event {
@@ -700,7 +716,14 @@ impl Listening {
                         reason,
                     };
                     utterance.clear();
-                    if heard.blocking_send(Listened::Final(text, timing)).is_err() {
+                    let no_echo = self
+                        .echo
+                        .as_ref()
+                        .is_some_and(|(_, gate)| gate.knows_no_echo());
+                    if heard
+                        .blocking_send(Listened::Final(text, timing, no_echo))
+                        .is_err()
+                    {
                         return;
                     }
                 }

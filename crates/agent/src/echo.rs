@@ -87,6 +87,12 @@ impl EchoGate {
         self.path
     }
 
+    /// Whether the gate has heard enough of the voice to know that this microphone does not
+    /// carry it back (as opposed to not knowing yet).
+    pub fn knows_no_echo(&self) -> bool {
+        self.learned && self.path.is_none()
+    }
+
     fn slot(&mut self, at: Instant) -> u64 {
         let epoch = *self.epoch.get_or_insert(at);
         (at.saturating_duration_since(epoch).as_millis() / SLOT.as_millis()) as u64

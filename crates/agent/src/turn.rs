@@ -9,7 +9,10 @@
 //! question scored 0.31 after 256 ms and 0.90 after 512 ms), so asking again later would answer
 //! into the pauses it is there to protect. Without a model, or when it said "not yet", the turn
 //! ends after [`TurnOptions::max_pause`] of quiet; an utterance never runs past
-//! [`TurnOptions::max_utterance`]. Probabilities between
+//! [`TurnOptions::max_utterance`]. A little before the pause, at
+//! [`TurnOptions::transcribe_after`] of quiet, the agent is told to transcribe what there is
+//! ([`TurnEvent::Quiet`]): if the turn then ends with nothing more said, that text is final.
+//! Probabilities between
 //! [`TurnOptions::release`] and [`TurnOptions::threshold`] neither start nor end silence (as
 //! Silero's own iterator does).
 
@@ -25,8 +28,15 @@ pub struct TurnOptions {
     pub release: f32,
     /// Speech needed to start an utterance.
     pub onset: Duration,
+    /// Silence after which the utterance so far is transcribed (once per silence;
+    /// [`TurnEvent::Quiet`]), ahead of the end-of-turn decision, so that the answer need not
+    /// wait for speech-to-text once the turn is judged over. At or past `pause`: at the pause.
+    pub transcribe_after: Duration,
     /// Silence after which the end-of-turn model is asked (once per silence).
     pub pause: Duration,
+    /// Overrule the model's "complete" when the text transcribed at
+    /// [`transcribe_after`](Self::transcribe_after) reads unfinished ([`reads_unfinished`]).
+    pub transcript_veto: bool,
     /// Silence after which the turn ends whatever the model says (the cap).
     pub max_pause: Duration,
     /// Audio kept from before the onset and handed over with it.
@@ -36,28 +46,33 @@ pub struct TurnOptions {
 }
 
 impl TurnOptions {
-    /// For a detector without an end-of-turn model: an utterance ends after 500 ms of quiet.
+    /// For a detector without an end-of-turn model: an utterance ends after 500 ms of quiet
+    /// (transcribed after 250).
     pub fn hangover() -> TurnOptions {
         TurnOptions {
             threshold: 0.5,
             release: 0.5,
             onset: Duration::from_millis(60),
+            transcribe_after: Duration::from_millis(250),
             pause: Duration::from_millis(500),
+            transcript_veto: false,
             max_pause: Duration::from_millis(500),
             pre_roll: Duration::from_millis(300),
             max_utterance: Duration::from_secs(15),
         }
     }
 
-    /// With an end-of-turn model (and Silero's 32 ms windows): asked after 250 ms of quiet;
-    /// the turn ends after 1.2 s of quiet in any case (past the 600–900 ms pauses people make
-    /// mid-sentence).
+    /// With an end-of-turn model (and Silero's 32 ms windows): transcribed after 150 ms of
+    /// quiet, the model asked after 250 ms; the turn ends after 1.2 s of quiet in any case
+    /// (past the 600–900 ms pauses people make mid-sentence).
     pub fn with_end_of_turn_model() -> TurnOptions {
         TurnOptions {
             threshold: 0.5,
             release: 0.35,
             onset: Duration::from_millis(90),
+            transcribe_after: Duration::from_millis(150),
             pause: Duration::from_millis(250),
+            transcript_veto: true,
             max_pause: Duration::from_millis(1_200),
             pre_roll: Duration::from_millis(400),
             max_utterance: Duration::from_secs(20),
@@ -94,6 +109,12 @@ pub enum TurnEvent {
     },
     /// Inside an utterance (speech, or a pause within it): the window belongs to it.
     Speech,
+    /// The window belongs to the utterance, and the human has now been quiet for `silence`
+    /// ([`TurnOptions::transcribe_after`]): transcribe what there is.
+    Quiet {
+        /// Quiet so far.
+        silence: Duration,
+    },
     /// The window belongs to the utterance, and the human has now been quiet for `silence`:
     /// ask the end-of-turn model.
     Pause {
@@ -117,7 +138,10 @@ enum State {
     Speaking {
         len: usize,
         quiet: usize,
+        /// The model was asked in this silence.
         asked: bool,
+        /// The utterance was transcribed in this silence.
+        noted: bool,
     },
 }
 
@@ -149,6 +173,11 @@ impl Turns {
         Duration::from_secs_f64(samples as f64 / f64::from(self.rate))
     }
 
+    /// The options.
+    pub fn options(&self) -> &TurnOptions {
+        &self.opts
+    }
+
     /// Whether an utterance is in progress.
     pub fn in_speech(&self) -> bool {
         matches!(self.state, State::Speaking { .. })
@@ -172,6 +201,7 @@ impl Turns {
                         len: self.history.len(),
                         quiet: 0,
                         asked: false,
+                        noted: false,
                     };
                     return TurnEvent::SpeechStart {
                         pre_roll: self.history.drain(..).collect(),
@@ -184,11 +214,13 @@ impl Turns {
                 mut len,
                 mut quiet,
                 mut asked,
+                mut noted,
             } => {
                 len += n;
                 if speech {
                     quiet = 0;
                     asked = false;
+                    noted = false;
                 } else if silence {
                     quiet += n;
                 }
@@ -207,10 +239,27 @@ impl Turns {
                     };
                 }
                 let ask = !asked && quiet > 0 && quiet >= self.samples(self.opts.pause);
+                // At the pause itself the listener transcribes anyway (if the model says
+                // "not yet"): no separate event.
+                let note = !noted
+                    && !ask
+                    && quiet > 0
+                    && quiet >= self.samples(self.opts.transcribe_after)
+                    && self.opts.transcribe_after < self.opts.pause;
                 asked |= ask;
-                self.state = State::Speaking { len, quiet, asked };
+                noted |= note || ask;
+                self.state = State::Speaking {
+                    len,
+                    quiet,
+                    asked,
+                    noted,
+                };
                 if ask {
                     TurnEvent::Pause {
+                        silence: self.duration(quiet),
+                    }
+                } else if note {
+                    TurnEvent::Quiet {
                         silence: self.duration(quiet),
                     }
                 } else {
@@ -235,9 +284,58 @@ impl Turns {
     }
 }
 
+/// Words a sentence does not end on: articles, conjunctions, possessives, fillers, and "what"
+/// / "which" (a question cut off before its object).
+const DANGLING: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "so", "because", "if", "my", "your", "his", "her",
+    "their", "our", "its", "um", "uh", "er", "what", "which",
+];
+
+/// Whether a transcript of the utterance so far reads unfinished: it does not end a sentence
+/// (no final `.`, `?` or `!`; a trailing `...`, `,` or `-`) or its last word is one a sentence
+/// goes on from ([`DANGLING`]). Whisper punctuates what it hears as finished, so a human cut
+/// off mid-thought mostly reads unfinished; an empty text says nothing (false).
+pub fn reads_unfinished(text: &str) -> bool {
+    let t = text.trim();
+    if t.is_empty() {
+        return false;
+    }
+    if t.ends_with("...") || t.ends_with('…') || !t.ends_with(['.', '?', '!']) {
+        return true;
+    }
+    crate::text::words(t)
+        .last()
+        .is_some_and(|w| DANGLING.contains(&w.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transcripts_that_read_unfinished() {
+        for t in [
+            "I was wondering",
+            "so",
+            "What is your...",
+            "Could you tell me what?",
+            "Tell me about the",
+            "What is the weather like in,",
+            "I want the …",
+        ] {
+            assert!(reads_unfinished(t), "{t:?}");
+        }
+        for t in [
+            "",
+            "What is the weather like today?",
+            "Who am I talking to?",
+            "Thank you very much.",
+            "Hello!",
+            "Do you know?",
+        ] {
+            assert!(!reads_unfinished(t), "{t:?}");
+        }
+    }
 
     const W: usize = 320; // 20 ms windows
 
@@ -250,6 +348,7 @@ mod tests {
                 TurnEvent::None | TurnEvent::Speech => None,
                 TurnEvent::SpeechStart { pre_roll } => Some(format!("start {}", pre_roll.len())),
                 TurnEvent::Pause { silence } => Some(format!("pause {}", silence.as_millis())),
+                TurnEvent::Quiet { silence } => Some(format!("quiet {}", silence.as_millis())),
                 TurnEvent::End { reason, silence } => {
                     Some(format!("end {reason:?} {}", silence.as_millis()))
                 }
@@ -269,11 +368,15 @@ mod tests {
         let mut ev = feed(&mut t, &mut at, 1_000, 0.0);
         ev.extend(feed(&mut t, &mut at, 1_200, 1.0));
         ev.extend(feed(&mut t, &mut at, 1_000, 0.0));
-        // Starts 60 ms into the speech (window 50 + 2) with 300 ms of pre-roll; ends 500 ms
-        // after it (window 110 + 24).
+        // Starts 60 ms into the speech (window 50 + 2) with 300 ms of pre-roll; transcribed
+        // after 260 ms of quiet; ends 500 ms after it (window 110 + 24).
         assert_eq!(
             ev,
-            vec![(52, "start 4800".into()), (134, "end Silence 500".into())]
+            vec![
+                (52, "start 4800".into()),
+                (122, "quiet 260".into()),
+                (134, "end Silence 500".into())
+            ]
         );
     }
 
@@ -301,7 +404,14 @@ mod tests {
         let names: Vec<&str> = ev.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(
             names,
-            vec!["start 1600", "pause 260", "pause 260", "end Silence 1200"]
+            vec![
+                "start 1600",
+                "quiet 160",
+                "pause 260",
+                "quiet 160",
+                "pause 260",
+                "end Silence 1200"
+            ]
         );
     }
 

@@ -130,7 +130,11 @@ impl PiperTts {
 
     /// Speak `speed` times as fast (Piper's length scale is its inverse); 0.5..=2.
     pub fn with_speed(mut self, speed: f32) -> PiperTts {
-        let speed = if speed.is_finite() { speed.clamp(0.5, 2.0) } else { 1.0 };
+        let speed = if speed.is_finite() {
+            speed.clamp(0.5, 2.0)
+        } else {
+            1.0
+        };
         self.scales[1] /= speed;
         self
     }

@@ -358,3 +358,58 @@ describe("parlor demo: the agent's own voice echoed into the page's microphone",
     assert.ok(done.transcripts.some((x) => x.role === "agent" && x.final && /long walk/.test(x.text)), "the whole reply was said");
   }));
 });
+
+// Turn-taking as a person meets it: a question with an 800 ms pause mid-sentence ("What is
+// the weather like in … Paris today?", said in one breath by eSpeak's SSML break) is one turn,
+// not two; then, 2.5 s into the agent's three-sentence reply, the human says "Okay." (a
+// backchannel): the agent may hold its voice for a moment, but it resumes and says the whole
+// reply (a false interruption costs nothing).
+describe("parlor demo: a pause mid-sentence, and a backchannel during the reply", () => {
+  let dir, wav, demo, browser, human;
+  const check = async (fn) => {
+    try { await fn(); } catch (e) {
+      if (human) e.message += "\n" + await human.dump();
+      e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
+      throw e;
+    }
+  };
+
+  before(async () => {
+    mkdirSync(OUT_DIR, { recursive: true });
+    dir = mkdtempSync(path.join(tmpdir(), "parlor-demo-turns-"));
+    wav = speechWav(path.join(dir, "turns.wav"), [
+      3, { ssml: '<speak>What is the weather like in <break time="800ms"/> Paris today?</speak>' }, 3.5, "Okay.", 16,
+    ], dir);
+    demo = await startDemo("demo-turns");
+    browser = await launchChromium([`--use-file-for-fake-audio-capture=${wav.file}%noloop`]);
+  });
+
+  after(async () => {
+    await human?.close("demo-turns");
+    await browser?.close().catch(() => {});
+    await demo?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("one turn across the pause; the reply resumes after the backchannel", { timeout: 90_000 }, (t) => check(async () => {
+    human = await openPage(browser, demo.url, "turns");
+    const st = await poll(human.state, (s) => s && s.joined && s.peerId, "the page to join", 30_000);
+    const me = st.peerId;
+    t.diagnostic(`human WAV: ${JSON.stringify(wav.spans)}`);
+    const done = await poll(human.state, (s) => s.transcripts.some((x) => x.role === "agent" && x.peerId === me && x.final && /long walk/.test(x.text)),
+      "the whole weather reply", (wav.seconds + 10) * 1000);
+    const finals = done.transcripts.filter((x) => x.role === "human" && x.peerId === me && x.final).map((x) => x.text);
+    const replies = done.transcripts.filter((x) => x.role === "agent" && x.peerId === me).map((x) => x.text);
+    const holds = done.bargeIns.filter((x) => x.peerId === me).length;
+    const resumes = done.resumes.filter((x) => x.peerId === me);
+    const metrics = done.metrics.filter((x) => x.peerId === me);
+    t.diagnostic(`human turns ${JSON.stringify(finals)}; agent ${JSON.stringify(replies)}; holds ${holds}, resumed ${JSON.stringify(resumes)}; metrics ${JSON.stringify(metrics)}`);
+    const questionTurns = finals.filter((x) => !/^\W*okay\W*$/i.test(x));
+    assert.equal(questionTurns.length, 1, `the paused question is one turn: ${JSON.stringify(finals)}`);
+    assert.match(questionTurns[0], /weather/i);
+    assert.match(questionTurns[0], /today/i, "the turn runs past the pause");
+    assert.equal(metrics.length, 1, "one answer");
+    assert.equal(holds, resumes.length, "every hold was resumed");
+    assert.ok(replies.some((x) => /long walk/.test(x)), "the whole reply was said");
+  }));
+});

@@ -63,18 +63,19 @@ export function espeak(text, dir, { voice = "en-us", wpm = 150, ssml = false } =
 }
 
 /**
- * Write a 16-bit mono WAV: `parts` are numbers (seconds of silence) or strings (speech).
+ * Write a 16-bit mono WAV: `parts` are numbers (seconds of silence), strings (speech) or
+ * `{ ssml }` (speech from SSML, e.g. with a `<break time="800ms"/>`).
  * Returns { file, rate, seconds, spans: [{text, start, end}] }.
  */
 export function speechWav(file, parts, dir) {
-  const speech = parts.map((p) => (typeof p === "string" ? espeak(p, dir) : null));
+  const speech = parts.map((p) => (typeof p === "string" ? espeak(p, dir) : p && p.ssml ? espeak(p.ssml, dir, { ssml: true }) : null));
   const rate = speech.find(Boolean).rate;
   assert.ok(speech.every((s) => !s || s.rate === rate), "one sample rate");
   const bufs = [], spans = [];
   let at = 0; // samples
   for (const [i, p] of parts.entries()) {
     const buf = speech[i] ? speech[i].pcm : Buffer.alloc(Math.round(p * rate) * 2);
-    if (speech[i]) spans.push({ text: p, start: +(at / rate).toFixed(2), end: +((at + buf.length / 2) / rate).toFixed(2) });
+    if (speech[i]) spans.push({ text: p.ssml ?? p, start: +(at / rate).toFixed(2), end: +((at + buf.length / 2) / rate).toFixed(2) });
     bufs.push(buf);
     at += buf.length / 2;
   }
