@@ -585,9 +585,8 @@ impl Listening {
         let mut chunk = Vec::with_capacity(window);
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
-        // The text of the utterance up to the current pause, taken while waiting to learn
-        // whether the turn is over; cleared when speech resumes.
-        let mut provisional: Option<String> = None;
+        // The utterance so far being transcribed in a pause (dropped when speech resumes).
+        let mut ahead: Option<Ahead> = None;
         while let Ok((pcm, arrived)) = audio.recv() {
             buffered.extend(pcm.iter().copied());
             probabilities.clear();
@@ -622,12 +621,23 @@ impl Listening {
                 chunk.extend(buffered.drain(..window));
                 if p >= self.threshold {
                     speech_end = arrived;
-                    provisional = None;
+                    if let Some(a) = ahead.take() {
+                        // The human went on: the pause's audio goes to the recognizer after all.
+                        match self.recognizer.feed(&a.held) {
+                            Ok(Some(text)) => {
+                                if heard.blocking_send(Listened::Interim(text)).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
+                        }
+                    }
                 }
                 let mut event = self.turns.push(&chunk, p);
                 if let TurnEvent::SpeechStart { pre_roll } = &event {
                     utterance.clear();
-                    provisional = None;
+                    ahead = None;
                     utterance.extend_from_slice(pre_roll);
                     let started = self
                         .recognizer
@@ -647,22 +657,36 @@ impl Listening {
                 if utterance.len() < self.max_utterance {
                     utterance.extend_from_slice(&chunk);
                 }
-                match self.recognizer.feed(&chunk) {
-                    Ok(Some(text)) => {
-                        if heard.blocking_send(Listened::Interim(text)).is_err() {
-                            return;
+                match &mut ahead {
+                    // While the utterance so far is being transcribed, the pause is held back.
+                    Some(a) => a.held.extend_from_slice(&chunk),
+                    None => match self.recognizer.feed(&chunk) {
+                        Ok(Some(text)) => {
+                            if heard.blocking_send(Listened::Interim(text)).is_err() {
+                                return;
+                            }
                         }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
+                    },
+                }
+                if let Some(text) = ahead.as_mut().and_then(Ahead::arrived)
+                    && !text.is_empty()
+                    && heard.blocking_send(Listened::Interim(text)).is_err()
+                {
+                    return;
                 }
                 if let (TurnEvent::Pause { silence }, Some(model)) = (&event, &self.end_of_turn) {
                     match model.complete(&utterance) {
                         Ok(p) => {
                             // What Whisper made of it so far may say "not yet" where the
                             // audio model says "done" ("I was wondering", "What is your...").
-                            let veto = self.turns.options().transcript_veto
-                                && provisional.as_deref().is_some_and(reads_unfinished);
+                            let veto = p >= 0.5
+                                && self.turns.options().transcript_veto
+                                && ahead
+                                    .as_mut()
+                                    .and_then(Ahead::wait)
+                                    .is_some_and(|t| reads_unfinished(&t));
                             tracing::debug!(peer = %self.who, p, veto, silence_ms = silence.as_millis() as u64, "end of turn?");
                             if p >= 0.5
                                 && !veto
@@ -674,39 +698,30 @@ impl Listening {
                         Err(e) => tracing::warn!(peer = %self.who, error = %e, "end-of-turn model"),
                     }
                 }
-                // Transcribe what there is ahead of the decision (at the quiet mark, or at a
-                // pause not judged final if not done in this silence yet): if the turn ends
-                // with nothing more said, the answer starts at once.
-                let ahead = match event {
+                // Transcribe what there is ahead of the decision, on another thread (at the
+                // quiet mark, or at a pause not judged final if not started in this silence):
+                // if the turn ends with nothing more said, the answer starts at once.
+                let start_ahead = match event {
                     TurnEvent::Quiet { .. } => true,
-                    TurnEvent::Pause { .. } => provisional.is_none(),
+                    TurnEvent::Pause { .. } => ahead.is_none(),
                     _ => false,
                 };
-                if ahead {
-                    match self.recognizer.provisional() {
-                        Ok(Some(text)) => {
-                            if !text.is_empty()
-                                && heard
-                                    .blocking_send(Listened::Interim(text.clone()))
-                                    .is_err()
-                            {
-                                return;
-                            }
-                            provisional = Some(text);
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
-                    }
+                if start_ahead && let Some(job) = self.recognizer.provisional() {
+                    ahead = Some(Ahead::start(job, &self.who));
                 }
                 if let TurnEvent::End { reason, .. } = event {
                     let decided = Instant::now();
-                    let early = provisional.is_some();
-                    let text = match provisional.take() {
-                        Some(text) => text,
-                        None => self.recognizer.finish().unwrap_or_else(|e| {
+                    let early = ahead.as_mut().and_then(Ahead::wait);
+                    let held = ahead.take().map(|a| a.held).unwrap_or_default();
+                    let finish = |r: &mut Box<dyn crate::hooks::Recognizer>| {
+                        r.feed(&held).and_then(|_| r.finish()).unwrap_or_else(|e| {
                             tracing::warn!(peer = %self.who, error = %e, "recognizer");
                             String::new()
-                        }),
+                        })
+                    };
+                    let (text, early) = match early {
+                        Some(text) => (text, true),
+                        None => (finish(&mut self.recognizer), false),
                     };
                     let timing = TurnTiming {
                         speech_end,
@@ -729,6 +744,72 @@ impl Listening {
                 }
             }
         }
+    }
+}
+
+/// A transcription of the utterance so far running on its own thread while the listener
+/// waits to learn whether the turn is over ([`Recognizer::provisional`]). The pause's audio is
+/// held back from the recognizer meanwhile, and fed to it if the human goes on.
+///
+/// [`Recognizer::provisional`]: crate::hooks::Recognizer::provisional
+struct Ahead {
+    result: std::sync::mpsc::Receiver<Result<String, HookError>>,
+    /// `Some` once the result is in (`None` inside: the transcription failed).
+    done: Option<Option<String>>,
+    held: Vec<i16>,
+}
+
+impl Ahead {
+    fn start(job: crate::hooks::Transcription, who: &str) -> Ahead {
+        let (tx, result) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("parlor-stt-ahead".into())
+            .spawn(move || {
+                // The listener may have moved on (the human spoke again): nobody to tell.
+                let _ = tx.send(job());
+            });
+        if let Err(e) = spawned {
+            // The channel is closed: `wait` says "failed" and `finish` runs as before.
+            tracing::warn!(peer = %who, error = %e, "no thread for speech-to-text ahead");
+        }
+        Ahead {
+            result,
+            done: None,
+            held: Vec::new(),
+        }
+    }
+
+    fn settle(&mut self, r: Result<Result<String, HookError>, ()>) {
+        self.done = Some(match r {
+            Ok(Ok(text)) => Some(text),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "recognizer (ahead of the turn's end)");
+                None
+            }
+            Err(()) => None,
+        });
+    }
+
+    /// The text, the first time it is found to have arrived (without waiting).
+    fn arrived(&mut self) -> Option<String> {
+        if self.done.is_some() {
+            return None;
+        }
+        match self.result.try_recv() {
+            Ok(r) => self.settle(Ok(r)),
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => self.settle(Err(())),
+        }
+        self.done.clone().flatten()
+    }
+
+    /// The text, waiting for it if need be (`None`: the transcription failed).
+    fn wait(&mut self) -> Option<String> {
+        if self.done.is_none() {
+            let r = self.result.recv().map_err(|_| ());
+            self.settle(r);
+        }
+        self.done.clone().flatten()
     }
 }
 

@@ -72,15 +72,18 @@ pub trait Recognizer: Send + 'static {
     fn feed(&mut self, pcm: &[i16]) -> Result<Option<String>, HookError>;
     /// The utterance ended: the final text (empty when nothing was recognized).
     fn finish(&mut self) -> Result<String, HookError>;
-    /// The text of the utterance so far, as [`finish`](Self::finish) would give it now,
-    /// without ending the utterance. The agent asks at a pause the end-of-turn model did not
-    /// call final: if the human says nothing more before the turn ends, this is the final
-    /// text, so the answer does not wait for a second pass. `None` (the default): not
-    /// supported; `finish` runs at the end as before.
-    fn provisional(&mut self) -> Result<Option<String>, HookError> {
-        Ok(None)
+    /// A transcription of the utterance so far, as [`finish`](Self::finish) would give it
+    /// now, to run on another thread while this recognizer goes on (the agent asks early in a
+    /// pause: if the human says nothing more before the turn ends, its text is the final one,
+    /// and the answer does not wait for a second pass). `None` (the default): not supported;
+    /// `finish` runs at the end as before.
+    fn provisional(&mut self) -> Option<Transcription> {
+        None
     }
 }
+
+/// A transcription to run off the listening thread ([`Recognizer::provisional`]).
+pub type Transcription = Box<dyn FnOnce() -> Result<String, HookError> + Send>;
 
 /// Voice activity: one [`SpeechDetector`] per human audio stream (the model, if any, shared).
 pub trait VoiceActivity: Send + Sync + 'static {

@@ -56,5 +56,5 @@ pub mod vad;
 pub use agent::{Agent, AgentError, AgentOptions};
 pub use hooks::{
     EndOfTurn, Flow, HookError, Llm, Recognizer, Role, SpeechDetector, SpeechToText, TextToSpeech,
-    Turn, VoiceActivity,
+    Transcription, Turn, VoiceActivity,
 };

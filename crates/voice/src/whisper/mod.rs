@@ -20,7 +20,7 @@ mod tokens;
 
 use std::sync::{Arc, Mutex};
 
-use parlor_agent::{HookError, Recognizer, SpeechToText};
+use parlor_agent::{HookError, Recognizer, SpeechToText, Transcription};
 
 use crate::EngineError;
 use crate::mel::{HOP, LogMel, SAMPLE_RATE};
@@ -320,10 +320,11 @@ impl Recognizer for WhisperRecognizer {
         Ok(text)
     }
 
-    fn provisional(&mut self) -> Result<Option<String>, HookError> {
+    fn provisional(&mut self) -> Option<Transcription> {
         // It stands in for the next interim hypothesis too.
         self.interim_at = self.pcm.len();
-        Ok(Some(self.model.transcribe(&self.pcm)?))
+        let (model, pcm) = (self.model.clone(), self.pcm.clone());
+        Some(Box::new(move || Ok(model.transcribe(&pcm)?)))
     }
 }
 
