@@ -17,7 +17,10 @@
 // must come back with at most two words wrong (Whisper tiny.en; the basic engines' PocketSphinx
 // misheard most of it).
 // Two humans (two browsers, two WAVs: "weather" and "What time is it?"): each one's transcript
-// is tagged with its own peer id, on both pages.
+// is tagged with its own peer id, on both pages. Beyond loopback: https/wss with a generated
+// CA. The agent's own voice mixed into the page's microphone: no turn of it. Turn-taking: a
+// question with an 800 ms pause mid-sentence is one turn; a backchannel ("Okay.") during the
+// reply does not cost the rest of it.
 //
 // Run: node --test browser/demo.test.mjs   (PARLOR_BIN=... ; PARLOR_LOG=... for the demo)
 import { describe, it, before, after } from "node:test";
