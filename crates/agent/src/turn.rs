@@ -291,16 +291,23 @@ const DANGLING: &[&str] = &[
     "their", "our", "its", "um", "uh", "er", "what", "which",
 ];
 
-/// Whether a transcript of the utterance so far reads unfinished: it does not end a sentence
-/// (no final `.`, `?` or `!`; a trailing `...`, `,` or `-`) or its last word is one a sentence
-/// goes on from ([`DANGLING`]). Whisper punctuates what it hears as finished, so a human cut
-/// off mid-thought mostly reads unfinished; an empty text says nothing (false).
+/// Whether a transcript of the utterance so far reads unfinished: it trails off (`...`, `,`,
+/// `-`), its last word is one a sentence goes on from ([`DANGLING`]), or it is written in
+/// sentences (a capital first letter, or punctuation) and does not end one (`.`, `?`, `!`).
+/// Whisper punctuates what it hears as finished, so a human cut off mid-thought mostly reads
+/// unfinished; but it sometimes writes a whole turn in lower case without punctuation ("will
+/// it rain tomorrow"), where a missing mark says nothing. An empty text says nothing (false).
 pub fn reads_unfinished(text: &str) -> bool {
     let t = text.trim();
     if t.is_empty() {
         return false;
     }
-    if t.ends_with("...") || t.ends_with('…') || !t.ends_with(['.', '?', '!']) {
+    if t.ends_with("...") || t.ends_with(['…', ',', '-', ';', ':']) {
+        return true;
+    }
+    let in_sentences =
+        t.chars().next().is_some_and(char::is_uppercase) || t.contains(['.', '?', '!', ',']);
+    if in_sentences && !t.ends_with(['.', '?', '!']) {
         return true;
     }
     crate::text::words(t)
@@ -327,6 +334,8 @@ mod tests {
         }
         for t in [
             "",
+            "will it rain tomorrow",
+            "who am i talking to",
             "What is the weather like today?",
             "Who am I talking to?",
             "Thank you very much.",

@@ -614,3 +614,37 @@ fn models_list_verify_and_bad_names() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn say_writes_a_wav_and_refuses_bad_speeds() {
+    let dir = std::env::temp_dir().join(format!("parlor-cli-say-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let wav = dir.join("hello.wav");
+    let out = Command::new(BIN)
+        .args(["say", "--voice", "espeak", "Hello there.", "-o"])
+        .arg(&wav)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&wav).expect("wav written");
+    assert_eq!(&bytes[..4], b"RIFF");
+    let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let secs = (bytes.len() - 44) as f64 / 2.0 / f64::from(rate);
+    assert!((0.3..5.0).contains(&secs), "{secs} s at {rate} Hz");
+    let out = Command::new(BIN)
+        .args(["say", "--voice", "espeak", "--speed", "3", "x", "-o"])
+        .arg(&wav)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--speed must be between 0.5 and 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
