@@ -54,7 +54,8 @@ try {
           const row = {
             gate, db, delayMs: delay,
             holds: s.bargeIns.filter((x) => x.peerId === me).length,
-            ownTurns: spoken.filter((x) => !/time/i.test(x)).length,
+            // Turns without the question's words: its own voice, or the question drowned in it.
+            otherTurns: spoken.filter((x) => !/time/i.test(x)).length,
             spoken,
             answered: Boolean(done),
             replyInterrupted: s.transcripts.some((x) => x.role === "agent" && x.peerId === me && x.interrupted && /sunny/.test(x.text)),
@@ -73,9 +74,9 @@ try {
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
-console.log(`\n| echo gate | echo level | delay | holds | turns of its own voice | the human's "What time is it?" over the reply | heard as |`);
-console.log(`|---|---|---|---|---|---|---|`);
+console.log(`\n| echo gate | echo level | delay | holds | the human's "What time is it?" over the reply | heard as (every human turn) |`);
+console.log(`|---|---|---|---|---|---|`);
 for (const r of rows) {
-  console.log(`| ${r.gate ? "on" : "off"} | ${r.db} dB | ${r.delayMs} ms | ${r.holds} | ${r.ownTurns} | ${r.answered ? (r.replyInterrupted ? "interrupted the reply, answered" : "answered") : "not answered"} | ${JSON.stringify(r.spoken.join(" | "))} |`);
+  console.log(`| ${r.gate ? "on" : "off"} | ${r.db} dB | ${r.delayMs} ms | ${r.holds} | ${r.answered ? (r.replyInterrupted ? "interrupted the reply, answered" : "answered") : "not answered"} | ${JSON.stringify(r.spoken.join(" | "))} |`);
 }
 writeFileSync(path.join(OUT_DIR, "voice-echo.json"), JSON.stringify(rows, null, 1));
