@@ -286,7 +286,7 @@ impl Turns {
 
 /// Words a sentence does not end on: articles, conjunctions, possessives, fillers, and "what"
 /// / "which" (a question cut off before its object).
-const DANGLING: &[&str] = &[
+pub const DANGLING: &[&str] = &[
     "a", "an", "the", "and", "or", "but", "so", "because", "if", "my", "your", "his", "her",
     "their", "our", "its", "um", "uh", "er", "what", "which",
 ];
