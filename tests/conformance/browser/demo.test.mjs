@@ -410,7 +410,10 @@ describe("parlor demo: a pause mid-sentence, and a backchannel during the reply"
     const questionTurns = finals.filter((x) => !/^\W*okay\W*$/i.test(x));
     assert.equal(questionTurns.length, 1, `the paused question is one turn: ${JSON.stringify(finals)}`);
     assert.match(questionTurns[0], /weather/i);
-    assert.match(questionTurns[0], /today/i, "the turn runs past the pause");
+    // "what is the weather like in" is six words: the turn runs past the pause (Whisper tiny.en
+    // hears eSpeak's "Paris today" as "Paris today", "paryston nay", …).
+    const words = questionTurns[0].split(/\s+/).filter((w) => /\w/.test(w));
+    assert.ok(words.length >= 7, `the turn runs past the pause: ${JSON.stringify(questionTurns[0])}`);
     assert.equal(metrics.length, 1, "one answer");
     assert.equal(holds, resumes.length, "every hold was resumed");
     assert.ok(replies.some((x) => /long walk/.test(x)), "the whole reply was said");
