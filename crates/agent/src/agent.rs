@@ -585,8 +585,10 @@ impl Listening {
         let mut chunk = Vec::with_capacity(window);
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
-        // The utterance so far being transcribed in a pause (dropped when speech resumes).
+        // The utterance so far being transcribed in a pause (dropped when speech resumes),
+        // and whether such a transcription (perhaps a dropped one) is still running.
         let mut ahead: Option<Ahead> = None;
+        let ahead_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
         while let Ok((pcm, arrived)) = audio.recv() {
             buffered.extend(pcm.iter().copied());
             probabilities.clear();
@@ -706,8 +708,11 @@ impl Listening {
                     TurnEvent::Pause { .. } => ahead.is_none(),
                     _ => false,
                 };
-                if start_ahead && let Some(job) = self.recognizer.provisional() {
-                    ahead = Some(Ahead::start(job, &self.who));
+                if start_ahead
+                    && !ahead_busy.load(std::sync::atomic::Ordering::Acquire)
+                    && let Some(job) = self.recognizer.provisional()
+                {
+                    ahead = Some(Ahead::start(job, &self.who, &ahead_busy));
                 }
                 if let TurnEvent::End { reason, .. } = event {
                     let decided = Instant::now();
@@ -760,16 +765,27 @@ struct Ahead {
 }
 
 impl Ahead {
-    fn start(job: crate::hooks::Transcription, who: &str) -> Ahead {
+    /// Run `job` on its own thread; `busy` is set until it returns (one at a time per
+    /// listener: a job left behind by speech that resumed blocks the next one until done).
+    fn start(
+        job: crate::hooks::Transcription,
+        who: &str,
+        busy: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Ahead {
+        use std::sync::atomic::Ordering;
         let (tx, result) = std::sync::mpsc::sync_channel(1);
+        busy.store(true, Ordering::Release);
+        let flag = busy.clone();
         let spawned = std::thread::Builder::new()
             .name("parlor-stt-ahead".into())
             .spawn(move || {
                 // The listener may have moved on (the human spoke again): nobody to tell.
                 let _ = tx.send(job());
+                flag.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
             // The channel is closed: `wait` says "failed" and `finish` runs as before.
+            busy.store(false, Ordering::Release);
             tracing::warn!(peer = %who, error = %e, "no thread for speech-to-text ahead");
         }
         Ahead {
