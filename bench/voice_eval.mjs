@@ -25,7 +25,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { launchChromium, poll } from "../tests/conformance/lib/browser.mjs";
 import { parlorBin } from "../tests/conformance/lib/parlor.mjs";
-import { OUT_DIR, espeak, openPage, readWav, startDemo, writeWav } from "../tests/conformance/lib/demo.mjs";
+import { OUT_DIR, espeak, openPage, readWav, startDemo, wordEdits, writeWav } from "../tests/conformance/lib/demo.mjs";
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -86,14 +86,6 @@ function topic(reply) {
 }
 
 const norm = (s) => s.toLowerCase().replace(/[^a-z0-9' ]/g, " ").replace(/'/g, "").split(/\s+/).filter(Boolean);
-/** Word-level edit distance. */
-function edits(ref, hyp) {
-  const d = Array.from({ length: ref.length + 1 }, (_, i) => [i, ...Array(hyp.length).fill(0)]);
-  for (let j = 1; j <= hyp.length; j++) d[0][j] = j;
-  for (let i = 1; i <= ref.length; i++) for (let j = 1; j <= hyp.length; j++)
-    d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ref[i - 1] === hyp[j - 1] ? 0 : 1));
-  return d[ref.length][hyp.length];
-}
 const pct = (xs, p) => {
   const s = xs.filter((x) => typeof x === "number").sort((a, b) => a - b);
   return s.length ? s[Math.min(s.length - 1, Math.floor(p * (s.length - 1) + 0.5))] : NaN;
@@ -247,7 +239,7 @@ try {
     it.heard = finals.map((x) => x.text).join(" | ");
     it.turns = finals.length;
     const ref = norm(it.text), hyp = norm(finals.map((x) => x.text).join(" "));
-    it.edits = edits(ref, hyp);
+    it.edits = wordEdits(ref, hyp);
     it.words = ref.length;
     it.reply = replies[0]?.text ?? null;
     it.topic = topic(it.reply);

@@ -274,6 +274,7 @@ mod tests {
         let mut gate = EchoGate::new();
         let verdicts = run(&mut gate, t0, 0..300, 0.5, 8, |_| 0.0);
         let path = gate.path().expect("an echo path");
+        assert!(!gate.knows_no_echo());
         assert_eq!(path.delay, Duration::from_millis(160), "{path:?}");
         assert!((path.gain - 0.5).abs() < 0.1, "{path:?}");
         // Once found (within ~1 s), the echo alone never passes.
@@ -304,8 +305,10 @@ mod tests {
         let mut gate = EchoGate::new();
         // The voice speaks, the microphone hears a human unrelated to it.
         let human = |k: u64| 1_500.0 * ((k as f32) * 0.71).cos().abs();
+        assert!(!gate.knows_no_echo(), "nothing heard yet: not known");
         let verdicts = run(&mut gate, t0, 0..300, 0.0, 0, human);
         assert_eq!(gate.path(), None);
+        assert!(gate.knows_no_echo());
         // Only while it learns (the voice's first second of speech) is a quieter human held
         // back; from then on everything passes.
         assert!(verdicts[90..].iter().all(|v| *v), "{verdicts:?}");

@@ -29,7 +29,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { launchChromium, poll } from "../lib/browser.mjs";
-import { OUT_DIR, speechWav, startDemo, openPage } from "../lib/demo.mjs";
+import { OUT_DIR, speechWav, startDemo, openPage, wordEdits } from "../lib/demo.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // Everything one describe block waits for shares its budget (from the start of its `before`),
@@ -39,6 +39,24 @@ const BUDGET_MS = 75_000;
 const BUDGET_TWO_MS = 50_000;
 const BARGE_IN_STOP_BOUND_MS = 1500; // barge-in message -> the agent's voice energy goes flat
 const SAMPLE_MS = 50;
+
+/** Run `fn`; a failure's message gets the page's state and the demo's logs. */
+async function withContext(fn, parts) {
+  try { await fn(); } catch (e) {
+    const { human, demo } = parts();
+    if (human) e.message += "\n" + await human.dump();
+    e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
+    throw e;
+  }
+}
+
+/** Close what a describe block opened (a screenshot of the page as `shot` first). */
+async function teardown(shot, { human, browser, demo, dir }) {
+  await human?.close(shot);
+  await browser?.close().catch(() => {});
+  await demo?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+}
 
 const humanLines = (st, re) => st.transcripts.filter((x) => x.role === "human" && re.test(x.text));
 
@@ -100,11 +118,7 @@ describe("parlor demo: the page in Chromium talks to the voice agent", () => {
     const said = humanLines(finalLine, /weather/i).find((x) => x.final).text;
     // Word error rate against what the WAV says (PocketSphinx's was ~80 % on this sentence).
     const ref = "what is the weather like today".split(" "), hyp = words(said).split(" ").filter(Boolean);
-    const d = Array.from({ length: ref.length + 1 }, (_, i) => [i, ...Array(hyp.length).fill(0)]);
-    for (let j = 1; j <= hyp.length; j++) d[0][j] = j;
-    for (let i = 1; i <= ref.length; i++) for (let j = 1; j <= hyp.length; j++)
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ref[i - 1] === hyp[j - 1] ? 0 : 1));
-    const wer = d[ref.length][hyp.length] / ref.length;
+    const wer = wordEdits(ref, hyp) / ref.length;
     t.diagnostic(`weather question heard as ${JSON.stringify(said)}: WER ${(100 * wer).toFixed(0)} %`);
     // Whisper tiny.en through Opus hears eSpeak's "today" as "today", "to me" or "to nay":
     // the recognition benchmark, not this test, holds the engine to its WER target.
@@ -268,13 +282,7 @@ describe("parlor demo: two humans in the room, each with their own transcript", 
 // a CA it generates, says so on start-up, and the page and the agent talk over TLS.
 describe("parlor demo beyond loopback: TLS for a browser on another machine", () => {
   let demo, browser, human;
-  const check = async (fn) => {
-    try { await fn(); } catch (e) {
-      if (human) e.message += "\n" + await human.dump();
-      e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
-      throw e;
-    }
-  };
+  const check = (fn) => withContext(fn, () => ({ human, demo }));
 
   before(async () => {
     mkdirSync(OUT_DIR, { recursive: true });
@@ -282,11 +290,7 @@ describe("parlor demo beyond loopback: TLS for a browser on another machine", ()
     browser = await launchChromium();
   });
 
-  after(async () => {
-    await human?.close("demo-tls");
-    await browser?.close().catch(() => {});
-    await demo?.stop();
-  });
+  after(() => teardown("demo-tls", { human, browser, demo }));
 
   it("https page, wss signalling, the agent answers a typed turn", { timeout: 90_000 }, () => check(async () => {
     assert.match(demo.url, /^https:\/\/\S+:\d+\/$/, "the start-up line names an https URL");
@@ -319,13 +323,7 @@ describe("parlor demo beyond loopback: TLS for a browser on another machine", ()
 // the demo with --no-echo-gate: the agent then answers its own voice, as the issue reported.)
 describe("parlor demo: the agent's own voice echoed into the page's microphone", () => {
   let dir, demo, browser, human;
-  const check = async (fn) => {
-    try { await fn(); } catch (e) {
-      if (human) e.message += "\n" + await human.dump();
-      e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
-      throw e;
-    }
-  };
+  const check = (fn) => withContext(fn, () => ({ human, demo }));
 
   before(async () => {
     mkdirSync(OUT_DIR, { recursive: true });
@@ -336,12 +334,7 @@ describe("parlor demo: the agent's own voice echoed into the page's microphone",
     browser = await launchChromium([`--use-file-for-fake-audio-capture=${silent.file}%noloop`]);
   });
 
-  after(async () => {
-    await human?.close("demo-echo");
-    await browser?.close().catch(() => {});
-    await demo?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => teardown("demo-echo", { human, browser, demo, dir }));
 
   it("no turn of its own voice; the reply is said to its end", { timeout: 90_000 }, (t) => check(async () => {
     human = await openPage(browser, `${demo.url}?echoDb=-6&echoDelayMs=150`, "echo");
@@ -369,13 +362,7 @@ describe("parlor demo: the agent's own voice echoed into the page's microphone",
 // reply (a false interruption costs nothing).
 describe("parlor demo: a pause mid-sentence, and a backchannel during the reply", () => {
   let dir, wav, demo, browser, human;
-  const check = async (fn) => {
-    try { await fn(); } catch (e) {
-      if (human) e.message += "\n" + await human.dump();
-      e.message += `\n${demo ? demo.logs() : "(no demo)"}`;
-      throw e;
-    }
-  };
+  const check = (fn) => withContext(fn, () => ({ human, demo }));
 
   before(async () => {
     mkdirSync(OUT_DIR, { recursive: true });
@@ -387,12 +374,7 @@ describe("parlor demo: a pause mid-sentence, and a backchannel during the reply"
     browser = await launchChromium([`--use-file-for-fake-audio-capture=${wav.file}%noloop`]);
   });
 
-  after(async () => {
-    await human?.close("demo-turns");
-    await browser?.close().catch(() => {});
-    await demo?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => teardown("demo-turns", { human, browser, demo, dir }));
 
   it("one turn across the pause; the reply resumes after the backchannel", { timeout: 90_000 }, (t) => check(async () => {
     human = await openPage(browser, demo.url, "turns");

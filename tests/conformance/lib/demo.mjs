@@ -83,6 +83,15 @@ export function speechWav(file, parts, dir) {
   return { file, rate, seconds: at / rate, spans };
 }
 
+/** Word-level edit distance between two word arrays (the numerator of a word error rate). */
+export function wordEdits(ref, hyp) {
+  const d = Array.from({ length: ref.length + 1 }, (_, i) => [i, ...Array(hyp.length).fill(0)]);
+  for (let j = 1; j <= hyp.length; j++) d[0][j] = j;
+  for (let i = 1; i <= ref.length; i++) for (let j = 1; j <= hyp.length; j++)
+    d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (ref[i - 1] === hyp[j - 1] ? 0 : 1));
+  return d[ref.length][hyp.length];
+}
+
 // ------------------------------------------------------------------ the demo process
 /** `parlor demo --listen 127.0.0.1:0 --web <repo>/web`; resolves once it printed its URL. */
 export async function startDemo(name, extraArgs = []) {
