@@ -7,7 +7,7 @@
 //     end-of-turn model, the reply, the voice, Opus), over a silent session's.
 // Prints a table; writes tests/conformance/out/voice-cost-<engines>.json.
 //
-//   node bench/voice_cost.mjs [--engines neural|basic] [--seconds 20]
+//   node bench/voice_cost.mjs [--engines neural|basic] [--seconds 20] [--echo-cancel]
 //   (PARLOR_BIN=target/release/parlor for a release build; default target/debug/parlor)
 import { readFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -21,6 +21,9 @@ const arg = (name, dflt) => {
 };
 const ENGINES = arg("engines", "neural");
 const SECONDS = Number(arg("seconds", 20));
+// With the agent's echo canceller, to see what it costs.
+const AEC = process.argv.includes("--echo-cancel");
+const LABEL = `${ENGINES}${AEC ? "-aec" : ""}`;
 const TICK = 100; // USER_HZ on Linux
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -42,9 +45,9 @@ mkdirSync(OUT_DIR, { recursive: true });
 const dir = mkdtempSync(path.join(tmpdir(), "parlor-cost-"));
 const quiet = path.join(dir, "quiet.wav");
 writeWav(quiet, 16_000, Buffer.alloc(16_000 * 2 * 600));
-const demo = await startDemo(`voice-cost-${ENGINES}`, ["--engines", ENGINES]);
+const demo = await startDemo(`voice-cost-${LABEL}`, ["--engines", ENGINES, ...(AEC ? ["--echo-cancel"] : [])]);
 const pid = demo.proc.pid;
-const out = { engines: ENGINES, seconds: SECONDS };
+const out = { engines: ENGINES, echoCancel: AEC, seconds: SECONDS };
 let browser, talk;
 const pages = [];
 try {
@@ -66,7 +69,7 @@ try {
   out.four = await load(pid, SECONDS);
   out.rssMbFour = rssMb(pid);
   out.perSession = (out.four - out.one) / 3;
-  for (const p of pages.splice(0)) await p.close(`voice-cost-${ENGINES}-quiet`);
+  for (const p of pages.splice(0)) await p.close(`voice-cost-${LABEL}-quiet`);
   await browser.close();
 
   // One page asks one question; its CPU beyond a silent session's is the turn's.
@@ -84,13 +87,13 @@ try {
   out.rssMbAfter = rssMb(pid);
 } finally {
   for (const p of pages) await p.close("voice-cost-quiet").catch(() => {});
-  await talk?.close(`voice-cost-${ENGINES}-talk`).catch(() => {});
+  await talk?.close(`voice-cost-${LABEL}-talk`).catch(() => {});
   await browser?.close().catch(() => {});
   await demo.stop();
   rmSync(dir, { recursive: true, force: true });
 }
 const pc = (x) => `${(100 * x).toFixed(1)} %`;
-console.log(`\n### ${ENGINES} engines (one \`parlor demo\` process: server, agent, engines)\n`);
+console.log(`\n### ${ENGINES} engines, echo canceller ${AEC ? "on" : "off"} (one \`parlor demo\` process: server, agent, engines)\n`);
 console.log(`| what | figure |`);
 console.log(`|---|---|`);
 console.log(`| RSS with the engines loaded, no call | ${out.rssMb.toFixed(0)} MB |`);
@@ -99,4 +102,4 @@ console.log(`| CPU, 1 silent session | ${pc(out.one)} |`);
 console.log(`| CPU, 4 silent sessions | ${pc(out.four)} (RSS ${out.rssMbFour.toFixed(0)} MB) |`);
 console.log(`| CPU per listening session (4 − 1, ÷ 3) | ${pc(out.perSession)} |`);
 console.log(`| one spoken turn ("What time is it?" and its ~4 s answer) | ${out.turn.cpuSeconds.toFixed(2)} CPU-s over ${out.turn.seconds.toFixed(1)} s; ${out.turn.beyondListening.toFixed(2)} CPU-s beyond a listening session (heard ${JSON.stringify(out.turn.heard)}) |`);
-writeFileSync(path.join(OUT_DIR, `voice-cost-${ENGINES}.json`), JSON.stringify(out, null, 1));
+writeFileSync(path.join(OUT_DIR, `voice-cost-${LABEL}.json`), JSON.stringify(out, null, 1));

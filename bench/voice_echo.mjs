@@ -5,10 +5,12 @@
 // For each level and delay it reports: how often the agent held its voice, turns it took of
 // its own voice, whether the human's spoken question still interrupted the reply (barge-in
 // during echo) and was answered, and whether it was heard right.
-// `--gate both` also runs the demo with --no-echo-gate for comparison.
+// `--gate both` also runs the demo with --no-echo-gate, `--aec both` with and without --echo-cancel,
+// for comparison.
 // Writes tests/conformance/out/voice-echo.json.
 //
 //   node bench/voice_echo.mjs [--db -12,-6,0] [--delay 0,100,200,300] [--gate on|off|both]
+//       [--aec on|off|both]
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -22,6 +24,8 @@ const arg = (name, dflt) => {
 const DBS = arg("db", "-12,-6,0").split(",").map(Number);
 const DELAYS = arg("delay", "0,100,200,300").split(",").map(Number);
 const GATES = { on: [true], off: [false], both: [true, false] }[arg("gate", "on")];
+const AECS = { on: [true], off: [false], both: [true, false] }[arg("aec", "off")];
+const CONFIGS = GATES.flatMap((gate) => AECS.map((aec) => ({ gate, aec })));
 const LEAD = 8; // s of silence in the microphone before the spoken question
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -30,8 +34,9 @@ const dir = mkdtempSync(path.join(tmpdir(), "parlor-echo-"));
 const wav = speechWav(path.join(dir, "talk.wav"), [LEAD, "What time is it?", 20], dir);
 const rows = [];
 try {
-  for (const gate of GATES) {
-    const demo = await startDemo(`voice-echo-${gate ? "gate" : "nogate"}`, gate ? [] : ["--no-echo-gate"]);
+  for (const { gate, aec } of CONFIGS) {
+    const label = `${gate ? "gate" : "nogate"}-${aec ? "aec" : "noaec"}`;
+    const demo = await startDemo(`voice-echo-${label}`, [...(gate ? [] : ["--no-echo-gate"]), ...(aec ? ["--echo-cancel"] : [])]);
     const browser = await launchChromium([`--use-file-for-fake-audio-capture=${wav.file}%noloop`]);
     try {
       for (const db of DBS) for (const delay of DELAYS) {
@@ -52,7 +57,7 @@ try {
           const typed = "What is the weather like today?";
           const spoken = finals.filter((x) => x !== typed);
           const row = {
-            gate, db, delayMs: delay,
+            gate, aec, db, delayMs: delay,
             holds: s.bargeIns.filter((x) => x.peerId === me).length,
             // Turns without the question's words: its own voice, or the question drowned in it.
             otherTurns: spoken.filter((x) => !/time/i.test(x)).length,
@@ -63,7 +68,7 @@ try {
           rows.push(row);
           console.error(`voice-echo: ${JSON.stringify(row)}`);
         } finally {
-          await page.close(`voice-echo-${gate ? "gate" : "nogate"}${db}-${delay}`);
+          await page.close(`voice-echo-${label}${db}-${delay}`);
         }
       }
     } finally {
@@ -74,9 +79,9 @@ try {
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
-console.log(`\n| echo gate | echo level | delay | holds | the human's "What time is it?" over the reply | heard as (every human turn) |`);
-console.log(`|---|---|---|---|---|---|`);
+console.log(`\n| echo gate | echo canceller | echo level | delay | holds | the human's "What time is it?" over the reply | heard as (every human turn) |`);
+console.log(`|---|---|---|---|---|---|---|`);
 for (const r of rows) {
-  console.log(`| ${r.gate ? "on" : "off"} | ${r.db} dB | ${r.delayMs} ms | ${r.holds} | ${r.answered ? (r.replyInterrupted ? "interrupted the reply, answered" : "answered") : "not answered"} | ${JSON.stringify(r.spoken.join(" | "))} |`);
+  console.log(`| ${r.gate ? "on" : "off"} | ${r.aec ? "on" : "off"} | ${r.db} dB | ${r.delayMs} ms | ${r.holds} | ${r.answered ? (r.replyInterrupted ? "interrupted the reply, answered" : "answered") : "not answered"} | ${JSON.stringify(r.spoken.join(" | "))} |`);
 }
 writeFileSync(path.join(OUT_DIR, "voice-echo.json"), JSON.stringify(rows, null, 1));

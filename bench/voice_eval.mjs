@@ -270,6 +270,7 @@ const summarize = (name, its) => {
     p50: pct(lat, 0.5), p95: pct(lat, 0.95),
     stages: Object.fromEntries(["endOfTurnMs", "sttMs", "replyMs", "ttsMs"].map((k) => [k, pct(its.map((x) => x.metrics?.stages?.[k]), 0.5)])),
     byModel: its.filter((x) => x.metrics?.endedBy === "end-of-turn model").length,
+    byWords: its.filter((x) => x.metrics?.endedBy === "words read finished").length,
   };
   rows.push(row);
   return row;
@@ -281,11 +282,11 @@ for (const v of voices) summarize(v, questions.filter((x) => x.voice === v));
 summarize("all questions", questions);
 summarize("paused (as one question)", paused);
 console.log(`\n### ${LABEL} (${ENGINES} engines)\n`);
-console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model |`);
+console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model / by words read finished |`);
 console.log(`|---|---|---|---|---|---|---|---|---|---|---|`);
 const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 for (const r of rows) {
-  console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} |`);
+  console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} / ${r.byWords} |`);
 }
 const intoPause = paused.filter((x) => x.answeredIntoPause);
 console.log(`\nanswered into a 600–900 ms pause: ${intoPause.length} of ${paused.length} (${f(100 * intoPause.length / paused.length)} %)` +

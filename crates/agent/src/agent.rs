@@ -28,12 +28,13 @@ use parlor_peer::{
 };
 use serde_json::{Value, json};
 
+use crate::aec::{AecOutput, EchoCanceller};
 use crate::echo::EchoGate;
 use crate::hooks::{
     EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn, VoiceActivity,
 };
 use crate::text::words;
-use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns, reads_unfinished};
+use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns, reads_finished, reads_unfinished};
 use crate::vad::EnergyActivity;
 
 /// Tuning of an [`Agent`].
@@ -46,6 +47,13 @@ pub struct AgentOptions {
     /// ([`crate::echo`]): windows no louder than the echo predicted for them are not speech.
     /// With no echo it changes nothing.
     pub echo_gate: bool,
+    /// Cancel the agent's own voice in each human's microphone before speech detection and
+    /// speech-to-text ([`crate::aec`]: WebRTC's AEC3 with what the voice sent as the
+    /// reference, its suppressor's output). Off by default: measured in Chromium it removes
+    /// the echo between the human's turns, but takes the first syllables of a human talking
+    /// over the voice with it, and such turns were recognized about as often as without it
+    /// (docs/performance.md). For echo paths a linear filter can follow.
+    pub echo_cancel: bool,
     /// 20 ms frames of one human's audio queued for their listening thread (VAD, end of
     /// turn, speech-to-text). When it is full (the thread is this far behind), new frames are
     /// dropped and counted, never queued without bound; 250 is 5 s.
@@ -65,6 +73,7 @@ impl Default for AgentOptions {
         AgentOptions {
             turn: TurnOptions::default(),
             echo_gate: true,
+            echo_cancel: false,
             listen_queue: 250,
             control_label: "control".to_owned(),
             greeting: None,
@@ -474,10 +483,12 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
         threshold: inner.opts.turn.threshold,
         max_utterance: (inner.opts.turn.max_utterance.as_secs_f64() * 16_000.0) as usize,
         who: peer_id.clone(),
-        echo: inner
+        voice: inner.voice_levels.clone(),
+        gate: inner.opts.echo_gate.then(EchoGate::new),
+        aec: inner
             .opts
-            .echo_gate
-            .then(|| (inner.voice_levels.clone(), EchoGate::new())),
+            .echo_cancel
+            .then(|| EchoCanceller::new(Instant::now(), AecOutput::Suppressed)),
     };
     let spawned = std::thread::Builder::new()
         .name("parlor-listen".into())
@@ -567,8 +578,12 @@ struct Listening {
     threshold: f32,
     max_utterance: usize,
     who: String,
-    /// The agent's voice levels and this microphone's echo gate.
-    echo: Option<(OutputLevels, EchoGate)>,
+    /// What the agent's voice sent (levels and frames).
+    voice: OutputLevels,
+    /// This microphone's echo gate (on what the microphone heard).
+    gate: Option<EchoGate>,
+    /// This microphone's echo canceller.
+    aec: Option<EchoCanceller>,
 }
 
 impl Listening {
@@ -585,32 +600,55 @@ impl Listening {
         let mut chunk = Vec::with_capacity(window);
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
+        let mut cleaned: Vec<i16> = Vec::with_capacity(640);
+        let mut stats_at = Instant::now();
         // The utterance so far being transcribed in a pause (dropped when speech resumes),
         // and whether such a transcription (perhaps a dropped one) is still running.
         let mut ahead: Option<Ahead> = None;
         let ahead_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        while let Ok((pcm, arrived)) = audio.recv() {
+        while let Ok((raw, arrived)) = audio.recv() {
+            // What the voice sent since the last look: the gate's and the canceller's
+            // reference.
+            if self.gate.is_some() || self.aec.is_some() {
+                for f in self.voice.frames_since(voice_seen) {
+                    voice_seen = f.at;
+                    if let Some(gate) = &mut self.gate {
+                        gate.voice(f.at.into_std(), f.level);
+                    }
+                    if let Some(aec) = &mut self.aec {
+                        aec.voice(f.at.into_std(), f.rate, &f.pcm);
+                    }
+                }
+            }
+            // The agent's own voice taken out of what the human's microphone heard.
+            let pcm: &[i16] = match &mut self.aec {
+                Some(aec) => {
+                    cleaned.clear();
+                    aec.microphone(arrived, &raw, &mut cleaned);
+                    if arrived.duration_since(stats_at) >= Duration::from_secs(5) {
+                        stats_at = arrived;
+                        tracing::debug!(peer = %self.who, stats = ?aec.stats(), "echo canceller");
+                    }
+                    &cleaned
+                }
+                None => &raw,
+            };
             buffered.extend(pcm.iter().copied());
             probabilities.clear();
-            if let Err(e) = self.detector.push(&pcm, &mut probabilities) {
+            if let Err(e) = self.detector.push(pcm, &mut probabilities) {
                 tracing::warn!(peer = %self.who, error = %e, "speech detector");
                 continue;
             }
-            // Louder than the agent's own voice would be here, or not speech.
-            let open = match &mut self.echo {
-                None => true,
-                Some((levels, gate)) => {
-                    for (at, level) in levels.since(voice_seen) {
-                        gate.voice(at.into_std(), level);
-                        voice_seen = at;
-                    }
-                    gate.microphone(arrived, rms(&pcm))
-                }
-            };
+            // Louder than the agent's own voice would be here (in what the microphone heard:
+            // a gate on the canceller's output lets its residue through), or not speech.
+            let open = self
+                .gate
+                .as_mut()
+                .is_none_or(|gate| gate.microphone(arrived, rms(&raw)));
             if !open && probabilities.iter().any(|&p| p >= self.threshold) {
                 gated += 1;
                 if gated.is_multiple_of(50) {
-                    let path = self.echo.as_ref().and_then(|(_, g)| g.path());
+                    let path = self.gate.as_ref().and_then(EchoGate::path);
                     tracing::debug!(peer = %self.who, gated, ?path, "own voice in this microphone: gated");
                 }
             }
@@ -700,6 +738,16 @@ impl Listening {
                         Err(e) => tracing::warn!(peer = %self.who, error = %e, "end-of-turn model"),
                     }
                 }
+                // The model said "not yet" and the human has stayed quiet: if the words read as
+                // a finished sentence, the turn is over (a shorter cap than the silence's).
+                if let TurnEvent::Settled { silence } = event {
+                    let text = ahead.as_mut().and_then(Ahead::wait);
+                    let done = text.as_deref().is_some_and(reads_finished);
+                    tracing::debug!(peer = %self.who, text, done, silence_ms = silence.as_millis() as u64, "settled?");
+                    if done && let Some(end) = self.turns.end_turn_settled() {
+                        event = end;
+                    }
+                }
                 // Transcribe what there is ahead of the decision, on another thread (at the
                 // quiet mark, or at a pause not judged final if not started in this silence):
                 // if the turn ends with nothing more said, the answer starts at once.
@@ -736,10 +784,7 @@ impl Listening {
                         reason,
                     };
                     utterance.clear();
-                    let no_echo = self
-                        .echo
-                        .as_ref()
-                        .is_some_and(|(_, gate)| gate.knows_no_echo());
+                    let no_echo = self.gate.as_ref().is_some_and(EchoGate::knows_no_echo);
                     if heard
                         .blocking_send(Listened::Final(text, timing, no_echo))
                         .is_err()
@@ -1082,6 +1127,7 @@ fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: I
             "eouToFirstAudioMs": ms(t.speech_end, first_audio),
             "endedBy": match t.reason {
                 EndReason::Model => "end-of-turn model",
+                EndReason::Settled => "words read finished",
                 EndReason::Silence => "silence",
                 EndReason::MaxUtterance => "length",
             },

@@ -36,6 +36,10 @@ const VOICE_ACTIVE: f32 = 300.0;
 pub const MIN_PAIRS: usize = 15;
 /// Pairs needed to conclude there is no echo (1 s of the voice speaking).
 const NO_ECHO_PAIRS: usize = 50;
+/// Once an echo was found, estimates in a row that must find none before it is forgotten
+/// (5 s: one every 100 ms). The human talking over the voice (double talk) decorrelates the
+/// envelopes for as long as they talk; the echo is still there.
+const FORGET_ESTIMATES: usize = 50;
 
 /// The current estimate of the echo path.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,6 +64,8 @@ pub struct EchoGate {
     /// An estimate was possible once: `path` is knowledge, not ignorance.
     learned: bool,
     since_estimate: usize,
+    /// Estimates in a row that found no echo while one was known.
+    doubts: usize,
 }
 
 impl Default for EchoGate {
@@ -79,6 +85,7 @@ impl EchoGate {
             path: None,
             learned: false,
             since_estimate: 0,
+            doubts: 0,
         }
     }
 
@@ -185,14 +192,19 @@ impl EchoGate {
             return;
         };
         if correlation < MIN_CORRELATION {
-            // "No echo" takes more evidence than "an echo": 1 s of the voice.
+            // "No echo" takes more evidence than "an echo": 1 s of the voice, and where an
+            // echo was found, 5 s of finding none (not a human talking over it).
             if pairs >= NO_ECHO_PAIRS {
                 self.learned = true;
-                self.path = None;
+                self.doubts += 1;
+                if self.path.is_none() || self.doubts >= FORGET_ESTIMATES {
+                    self.path = None;
+                }
             }
             return;
         }
         self.learned = true;
+        self.doubts = 0;
         let mut ratios: Vec<f32> = self.pairs(start, d).map(|(m, r)| m / r).collect();
         ratios.sort_by(f32::total_cmp);
         let gain = ratios
@@ -312,6 +324,26 @@ mod tests {
         // Only while it learns (the voice's first second of speech) is a quieter human held
         // back; from then on everything passes.
         assert!(verdicts[90..].iter().all(|v| *v), "{verdicts:?}");
+    }
+
+    #[test]
+    fn double_talk_does_not_make_it_forget_the_echo() {
+        let t0 = Instant::now();
+        let mut gate = EchoGate::new();
+        run(&mut gate, t0, 0..300, 0.5, 8, |_| 0.0);
+        assert!(gate.path().is_some());
+        // The human talks over the voice for 2 s: the envelopes no longer correlate.
+        let human = |k: u64| 3_000.0 * ((k as f32) * 0.71).cos().abs();
+        run(&mut gate, t0, 300..400, 0.5, 8, human);
+        assert!(
+            gate.path().is_some(),
+            "the echo was forgotten in double talk"
+        );
+        assert!(!gate.knows_no_echo());
+        // The echo really goes (headphones): after 5 s of the voice without it, forgotten.
+        run(&mut gate, t0, 400..800, 0.0, 8, human);
+        assert_eq!(gate.path(), None);
+        assert!(gate.knows_no_echo());
     }
 
     #[test]

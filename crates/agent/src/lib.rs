@@ -12,6 +12,8 @@
 //! - [`offline`]: PocketSphinx, eSpeak NG and a rule-based reply, so it talks with no cloud.
 //! - [`vad`]: the energy voice-activity detector (pure, unit tested);
 //! - [`echo`]: echo-aware gating, the agent's own voice told from a human's (pure);
+//! - [`aec`]: echo cancellation (WebRTC's AEC3 in pure Rust), the agent's own voice removed
+//!   from a human's microphone with what it sent as the reference (pure, times passed in);
 //! - [`turn`]: turn-taking from speech probabilities, with an end-of-turn model's pauses
 //!   (pure, unit tested on simulated time).
 //!
@@ -44,6 +46,7 @@
 //! # }
 //! ```
 
+pub mod aec;
 pub mod agent;
 pub mod echo;
 pub mod hooks;

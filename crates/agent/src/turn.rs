@@ -37,6 +37,11 @@ pub struct TurnOptions {
     /// Overrule the model's "complete" when the text transcribed at
     /// [`transcribe_after`](Self::transcribe_after) reads unfinished ([`reads_unfinished`]).
     pub transcript_veto: bool,
+    /// Silence after which the turn ends when the text transcribed in this silence may be a
+    /// finished sentence ([`reads_finished`]) though the model said "not yet"
+    /// ([`TurnEvent::Settled`]): a shorter cap for turns the audio model doubts and the
+    /// words do not. At or past `max_pause`: never.
+    pub settled_pause: Duration,
     /// Silence after which the turn ends whatever the model says (the cap).
     pub max_pause: Duration,
     /// Audio kept from before the onset and handed over with it.
@@ -56,6 +61,7 @@ impl TurnOptions {
             transcribe_after: Duration::from_millis(250),
             pause: Duration::from_millis(500),
             transcript_veto: false,
+            settled_pause: Duration::from_millis(500),
             max_pause: Duration::from_millis(500),
             pre_roll: Duration::from_millis(300),
             max_utterance: Duration::from_secs(15),
@@ -63,8 +69,9 @@ impl TurnOptions {
     }
 
     /// With an end-of-turn model (and Silero's 32 ms windows): transcribed after 150 ms of
-    /// quiet, the model asked after 250 ms; the turn ends after 1.2 s of quiet in any case
-    /// (past the 600–900 ms pauses people make mid-sentence).
+    /// quiet, the model asked after 250 ms; the turn ends after 1 s of quiet when its words
+    /// read finished, after 1.2 s in any case (past the 600–900 ms pauses people make
+    /// mid-sentence).
     pub fn with_end_of_turn_model() -> TurnOptions {
         TurnOptions {
             threshold: 0.5,
@@ -73,6 +80,7 @@ impl TurnOptions {
             transcribe_after: Duration::from_millis(150),
             pause: Duration::from_millis(250),
             transcript_veto: true,
+            settled_pause: Duration::from_millis(1_000),
             max_pause: Duration::from_millis(1_200),
             pre_roll: Duration::from_millis(400),
             max_utterance: Duration::from_secs(20),
@@ -91,6 +99,9 @@ impl Default for TurnOptions {
 pub enum EndReason {
     /// The end-of-turn model said the turn is complete.
     Model,
+    /// The model said "not yet", but after [`TurnOptions::settled_pause`] the words read
+    /// finished.
+    Settled,
     /// The silence reached [`TurnOptions::max_pause`].
     Silence,
     /// The utterance reached [`TurnOptions::max_utterance`].
@@ -121,6 +132,13 @@ pub enum TurnEvent {
         /// Quiet so far.
         silence: Duration,
     },
+    /// The window belongs to the utterance, and the human has now been quiet for `silence`
+    /// ([`TurnOptions::settled_pause`]): end the turn ([`Turns::end_turn_settled`]) if its
+    /// words read finished.
+    Settled {
+        /// Quiet so far.
+        silence: Duration,
+    },
     /// The turn ended (the window belonged to it); `silence` is its quiet tail.
     End {
         /// Why.
@@ -142,6 +160,8 @@ enum State {
         asked: bool,
         /// The utterance was transcribed in this silence.
         noted: bool,
+        /// [`TurnEvent::Settled`] was given in this silence.
+        settled: bool,
     },
 }
 
@@ -202,6 +222,7 @@ impl Turns {
                         quiet: 0,
                         asked: false,
                         noted: false,
+                        settled: false,
                     };
                     return TurnEvent::SpeechStart {
                         pre_roll: self.history.drain(..).collect(),
@@ -215,12 +236,14 @@ impl Turns {
                 mut quiet,
                 mut asked,
                 mut noted,
+                mut settled,
             } => {
                 len += n;
                 if speech {
                     quiet = 0;
                     asked = false;
                     noted = false;
+                    settled = false;
                 } else if silence {
                     quiet += n;
                 }
@@ -246,15 +269,27 @@ impl Turns {
                     && quiet > 0
                     && quiet >= self.samples(self.opts.transcribe_after)
                     && self.opts.transcribe_after < self.opts.pause;
+                let settle = !settled
+                    && !ask
+                    && !note
+                    && quiet > 0
+                    && quiet >= self.samples(self.opts.settled_pause)
+                    && self.opts.settled_pause < self.opts.max_pause;
                 asked |= ask;
                 noted |= note || ask;
+                settled |= settle;
                 self.state = State::Speaking {
                     len,
                     quiet,
                     asked,
                     noted,
+                    settled,
                 };
-                if ask {
+                if settle {
+                    TurnEvent::Settled {
+                        silence: self.duration(quiet),
+                    }
+                } else if ask {
                     TurnEvent::Pause {
                         silence: self.duration(quiet),
                     }
@@ -271,11 +306,21 @@ impl Turns {
 
     /// The end-of-turn model says the turn is complete: end it now (if one is in progress).
     pub fn end_turn(&mut self) -> Option<TurnEvent> {
+        self.end_with(EndReason::Model)
+    }
+
+    /// The words read finished at [`TurnEvent::Settled`]: end the turn now (if one is in
+    /// progress).
+    pub fn end_turn_settled(&mut self) -> Option<TurnEvent> {
+        self.end_with(EndReason::Settled)
+    }
+
+    fn end_with(&mut self, reason: EndReason) -> Option<TurnEvent> {
         match self.state {
             State::Speaking { quiet, .. } => {
                 self.state = State::Idle { onset: 0 };
                 Some(TurnEvent::End {
-                    reason: EndReason::Model,
+                    reason,
                     silence: self.duration(quiet),
                 })
             }
@@ -315,9 +360,100 @@ pub fn reads_unfinished(text: &str) -> bool {
         .is_some_and(|w| DANGLING.contains(&w.as_str()))
 }
 
+/// Whether a transcript of the utterance so far may be a finished sentence, read after the
+/// end-of-turn model said "not yet" and 1 s of quiet ([`TurnOptions::settled_pause`]): it has
+/// words, does not trail off (`...`, `,`, `-`, `;`, `:`) and its last word is not one a
+/// sentence goes on from ([`DANGLING`]). Unlike [`reads_unfinished`] it does not ask for a
+/// final mark: on a short clip Whisper often leaves it off a whole question ("Will it rain
+/// tomorrow", "Hello there"), and by this much quiet a missing mark says little.
+pub fn reads_finished(text: &str) -> bool {
+    let t = text.trim();
+    if t.ends_with("...") || t.ends_with(['…', ',', '-', ';', ':']) {
+        return false;
+    }
+    crate::text::words(t)
+        .last()
+        .is_some_and(|w| !DANGLING.contains(&w.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transcripts_that_read_finished() {
+        for t in [
+            "What time is it?",
+            "Tell me about the weather.",
+            "Hello there!",
+            "Will it rain tomorrow",
+            "what time is it",
+        ] {
+            assert!(reads_finished(t), "{t:?}");
+        }
+        for t in [
+            "",
+            "...",
+            "Tell me about the.",
+            "So...",
+            "What is,",
+            "I want the",
+            "and um",
+        ] {
+            assert!(!reads_finished(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn settled_comes_once_per_silence_between_the_pause_and_the_cap() {
+        let opts = TurnOptions::with_end_of_turn_model();
+        let mut t = Turns::new(16_000, opts);
+        let w = vec![0i16; 512];
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            events.push(t.push(&w, 0.9));
+        }
+        for _ in 0..40 {
+            events.push(t.push(&w, 0.0));
+        }
+        let settled: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                TurnEvent::Settled { silence } => Some(*silence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(settled.len(), 1, "{events:?}");
+        assert!(settled[0] >= opts.settled_pause && settled[0] < opts.max_pause);
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                TurnEvent::End {
+                    reason: EndReason::Silence,
+                    ..
+                }
+            )),
+            "the cap still ends a turn whose words did not settle it"
+        );
+        // Settled: the listener ends it.
+        let mut t = Turns::new(16_000, opts);
+        for _ in 0..10 {
+            t.push(&w, 0.9);
+        }
+        loop {
+            if let TurnEvent::Settled { .. } = t.push(&w, 0.0) {
+                break;
+            }
+        }
+        assert!(matches!(
+            t.end_turn_settled(),
+            Some(TurnEvent::End {
+                reason: EndReason::Settled,
+                ..
+            })
+        ));
+        assert!(!t.in_speech());
+    }
 
     #[test]
     fn transcripts_that_read_unfinished() {
@@ -358,6 +494,7 @@ mod tests {
                 TurnEvent::SpeechStart { pre_roll } => Some(format!("start {}", pre_roll.len())),
                 TurnEvent::Pause { silence } => Some(format!("pause {}", silence.as_millis())),
                 TurnEvent::Quiet { silence } => Some(format!("quiet {}", silence.as_millis())),
+                TurnEvent::Settled { silence } => Some(format!("settled {}", silence.as_millis())),
                 TurnEvent::End { reason, silence } => {
                     Some(format!("end {reason:?} {}", silence.as_millis()))
                 }
@@ -400,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn the_model_is_asked_once_per_silence_and_the_cap_ends_the_turn() {
+    fn the_model_is_asked_once_per_silence_the_words_at_1_s_and_the_cap_ends_the_turn() {
         let mut t = Turns::new(16_000, TurnOptions::with_end_of_turn_model());
         let mut at = 0;
         let mut ev = feed(&mut t, &mut at, 1_000, 0.9);
@@ -419,6 +556,7 @@ mod tests {
                 "pause 260",
                 "quiet 160",
                 "pause 260",
+                "settled 1000",
                 "end Silence 1200"
             ]
         );

@@ -59,6 +59,10 @@ pub(crate) struct DemoArgs {
     /// for comparison).
     #[arg(long)]
     no_echo_gate: bool,
+    /// Run the agent's echo canceller (AEC3 on each microphone, with the agent's voice as the
+    /// reference; off by default, see docs/performance.md).
+    #[arg(long)]
+    echo_cancel: bool,
     /// Plain http/ws even when listening beyond loopback (browsers then give the microphone
     /// only to pages opened on this machine).
     #[arg(long, conflicts_with = "tls_cert")]
@@ -318,6 +322,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let options = AgentOptions {
         greeting: args.greeting.clone(),
         echo_gate: !args.no_echo_gate,
+        echo_cancel: args.echo_cancel,
         turn: if neural {
             TurnOptions::with_end_of_turn_model()
         } else {

@@ -46,7 +46,7 @@ pub mod source;
 pub use codec::OpusSettings;
 pub use frames::{AudioFrame, AudioFrames, SpeechDownsampler};
 pub use resample::StreamResampler;
-pub use source::{AudioSource, AudioSourceOptions, Layout, OutputLevels};
+pub use source::{AudioSource, AudioSourceOptions, Layout, OutputLevels, SentFrame};
 
 /// Errors of the media crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -49,13 +49,27 @@ pub const DEFAULT_MAX_BUFFERED: Duration = Duration::from_secs(5);
 /// cap instead of buffering all of it.
 const PUSH_PIECE_MS: u32 = 20;
 
-/// What a source sent lately: when each 20 ms frame left the pacer and its level (RMS, s16
-/// units; 0 for silence). An agent compares it with what its microphones hear to tell its own
-/// voice coming back from a human's (`parlor_agent::echo`). Cheap to clone (one shared ring);
-/// several sources (one per utterance) may share one. Bounded: the last [`OutputLevels::KEEP`]
-/// frames.
+/// What a source sent lately: when each 20 ms frame left the pacer, its level (RMS, s16 units;
+/// 0 for silence) and the frame itself (mono). An agent compares it with what its microphones
+/// hear to tell its own voice coming back from a human's (`parlor_agent::echo`) and cancels it
+/// (`parlor_agent::aec`). Cheap to clone (one shared ring); several sources (one per
+/// utterance) may share one. Bounded: the last [`OutputLevels::KEEP`] frames (~380 KB at
+/// 48 kHz); the oldest is dropped.
 #[derive(Debug, Clone, Default)]
-pub struct OutputLevels(Arc<Mutex<VecDeque<(tokio::time::Instant, f32)>>>);
+pub struct OutputLevels(Arc<Mutex<VecDeque<SentFrame>>>);
+
+/// One frame a source sent: see [`OutputLevels`].
+#[derive(Debug, Clone)]
+pub struct SentFrame {
+    /// When it left the pacer.
+    pub at: tokio::time::Instant,
+    /// Its level: RMS in s16 units.
+    pub level: f32,
+    /// Its sample rate.
+    pub rate: u32,
+    /// Its samples, mixed to mono.
+    pub pcm: Arc<[i16]>,
+}
 
 impl OutputLevels {
     /// Frames kept (4 s).
@@ -66,18 +80,27 @@ impl OutputLevels {
         OutputLevels::default()
     }
 
-    fn record(&self, at: tokio::time::Instant, level: f32) {
+    fn record(&self, frame: SentFrame) {
         let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        ring.push_back((at, level));
+        ring.push_back(frame);
         while ring.len() > Self::KEEP {
             ring.pop_front();
         }
     }
 
-    /// The frames sent after `since`, oldest first.
+    /// The levels of the frames sent after `since`, oldest first.
     pub fn since(&self, since: tokio::time::Instant) -> Vec<(tokio::time::Instant, f32)> {
         let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter().filter(|(at, _)| *at > since).copied().collect()
+        ring.iter()
+            .filter(|f| f.at > since)
+            .map(|f| (f.at, f.level))
+            .collect()
+    }
+
+    /// The frames sent after `since`, oldest first.
+    pub fn frames_since(&self, since: tokio::time::Instant) -> Vec<SentFrame> {
+        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().filter(|f| f.at > since).cloned().collect()
     }
 }
 
@@ -496,10 +519,17 @@ async fn pace(
         shared.space.notify_waiters();
         if let Some(levels) = &levels {
             let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
-            levels.record(
-                tokio::time::Instant::now(),
-                (energy / pcm.len().max(1) as f64).sqrt() as f32,
-            );
+            let ch = shared.out_channels.max(1);
+            let mono: Arc<[i16]> = pcm
+                .chunks_exact(ch)
+                .map(|f| (f.iter().map(|&s| i32::from(s)).sum::<i32>() / ch as i32) as i16)
+                .collect();
+            levels.record(SentFrame {
+                at: tokio::time::Instant::now(),
+                level: (energy / pcm.len().max(1) as f64).sqrt() as f32,
+                rate: encoder.rate(),
+                pcm: mono,
+            });
         }
         match encoder.encode(&pcm) {
             Ok(packet) => match EncodedFrame::opus(packet) {

@@ -149,7 +149,7 @@ describe("parlor demo: the page in Chromium talks to the voice agent", () => {
     for (const k of ["endOfTurnMs", "sttMs", "replyMs", "ttsMs"]) {
       assert.ok(typeof stages[k] === "number" && stages[k] >= 0, `stage ${k} in ${JSON.stringify(first)}`);
     }
-    assert.ok(["end-of-turn model", "silence", "length"].includes(first.endedBy), JSON.stringify(first));
+    assert.ok(["end-of-turn model", "words read finished", "silence", "length"].includes(first.endedBy), JSON.stringify(first));
     t.diagnostic(`first reply: ${JSON.stringify(first)}`);
 
     // (c) barge-in: the second utterance starts while the reply (~3 sentences) still plays
