@@ -259,6 +259,10 @@ impl Agent {
                     return Err(AgentError::Fatal(e));
                 }
                 RoomEvent::Left => break,
+                RoomEvent::Lagged { dropped } => {
+                    // Only room messages are lost this way (membership and tracks are kept).
+                    tracing::warn!(dropped, "agent behind on room events: messages dropped");
+                }
                 _ => {}
             }
         }

@@ -204,6 +204,9 @@ async fn pump(
                 tracing::warn!(peer = %peer_id, %message, "negotiation error");
             }
             RoomEvent::Fatal(err) => anyhow::bail!("room failed: {err}"),
+            RoomEvent::Lagged { dropped } => {
+                tracing::warn!(dropped, "behind on room events: messages dropped");
+            }
             _ => {}
         }
     }

@@ -1,10 +1,16 @@
 //! A bounded, multi-consumer event stream shared by the signalling client and the room peer.
 //!
 //! Like `tokio::sync::broadcast`, every subscriber sees every event sent after it subscribed,
-//! and one that falls more than the capacity behind loses the oldest events. Unlike it, a
-//! subscriber's queue holds only what is waiting: `broadcast` preallocates all its slots,
-//! which at the capacity we want (4096, so bursts of presence or messages are not lost) cost
-//! about 0.9 MB per peer before a single event was sent.
+//! and one that falls more than the capacity behind loses events and is told so (the next
+//! read returns a `Lagged { dropped }` event, as `broadcast` returns `RecvError::Lagged`).
+//! Unlike it:
+//! - what is lost is chosen: the oldest *droppable* event (application data); terminal and
+//!   membership events ([`BusEvent::is_critical`]: `Fatal`, `PeerLeft`, `Track`,
+//!   `ConnectionReset`, presence, …) are kept past the capacity, up to twice it, and only a
+//!   reader that far behind loses one of those (still told);
+//! - a subscriber's queue holds only what is waiting: `broadcast` preallocates all its slots,
+//!   which at the capacity we want (4096, so bursts of presence or messages are not lost) cost
+//!   about 0.9 MB per peer before a single event was sent.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +20,15 @@ use tokio::sync::Notify;
 
 /// Queue capacity kept after a burst drains; a larger queue is shrunk back.
 const IDLE_CAPACITY: usize = 16;
+
+/// What the bus needs to know of its events.
+pub trait BusEvent: Clone {
+    /// Never dropped for a slow reader until its queue holds twice the capacity: terminal
+    /// and membership events, which callers depend on.
+    fn is_critical(&self) -> bool;
+    /// The event that tells a reader `dropped` events were lost before its next one.
+    fn lagged(dropped: u64) -> Self;
+}
 
 struct Queue<T> {
     items: VecDeque<T>,
@@ -57,7 +72,7 @@ impl<T> std::fmt::Debug for EventSender<T> {
     }
 }
 
-impl<T: Clone> EventSender<T> {
+impl<T: BusEvent> EventSender<T> {
     /// A bus whose subscribers each hold at most `capacity` unread events.
     pub(crate) fn new(capacity: usize) -> Self {
         EventSender {
@@ -69,18 +84,38 @@ impl<T: Clone> EventSender<T> {
         }
     }
 
-    /// Deliver to every current subscriber (dropping its oldest event when it is full).
+    /// Deliver to every current subscriber. The overflow policy, per subscriber: at the
+    /// capacity, its oldest droppable event goes (or this one, if droppable and every queued
+    /// one is critical); a critical event is queued past the capacity, up to twice it, where
+    /// the oldest event of any kind goes. Every loss is counted and reported to the reader.
     pub(crate) fn send(&self, event: T) {
+        let critical = event.is_critical();
         let mut subs = self.bus.subscribers();
         subs.retain(|w| w.strong_count() > 0);
         for sub in subs.iter().filter_map(Weak::upgrade) {
             {
                 let mut q = sub.lock();
+                let mut keep = true;
                 if q.items.len() >= self.bus.capacity {
-                    q.items.pop_front();
-                    q.dropped += 1;
+                    match q.items.iter().position(|e| !e.is_critical()) {
+                        Some(i) => {
+                            q.items.remove(i);
+                            q.dropped += 1;
+                        }
+                        None if !critical => {
+                            keep = false;
+                            q.dropped += 1;
+                        }
+                        None if q.items.len() >= 2 * self.bus.capacity => {
+                            q.items.pop_front();
+                            q.dropped += 1;
+                        }
+                        None => {}
+                    }
                 }
-                q.items.push_back(event.clone());
+                if keep {
+                    q.items.push_back(event.clone());
+                }
             }
             sub.ready.notify_one();
         }
@@ -122,8 +157,11 @@ impl<T> Drop for EventSender<T> {
     }
 }
 
-/// A bounded stream of events. A receiver that falls more than the capacity behind loses the
-/// oldest events (a warning is logged), so a slow consumer never grows memory.
+/// A bounded stream of events. A receiver that falls more than the capacity behind loses
+/// events — application data first, terminal and membership events only past twice the
+/// capacity — and its next read returns the `Lagged` event saying how many (a warning is
+/// logged too), so a slow consumer never grows memory without bound and never loses an event
+/// silently.
 pub struct EventStream<T> {
     sub: Arc<Subscriber<T>>,
 }
@@ -136,18 +174,17 @@ impl<T> std::fmt::Debug for EventStream<T> {
     }
 }
 
-impl<T> EventStream<T> {
-    /// The next event; `None` once the source is dropped and every event was read.
+impl<T: BusEvent> EventStream<T> {
+    /// The next event; `None` once the source is dropped and every event was read. After a
+    /// loss, the `Lagged { dropped }` event comes first.
     pub async fn recv(&mut self) -> Option<T> {
         loop {
             {
                 let mut q = self.sub.lock();
                 if q.dropped > 0 {
-                    tracing::warn!(
-                        dropped = q.dropped,
-                        "event receiver lagged; oldest events dropped"
-                    );
-                    q.dropped = 0;
+                    let dropped = std::mem::take(&mut q.dropped);
+                    tracing::warn!(dropped, "event receiver lagged; events dropped");
+                    return Some(T::lagged(dropped));
                 }
                 if let Some(e) = q.items.pop_front() {
                     if q.items.is_empty() && q.items.capacity() > IDLE_CAPACITY {
@@ -168,6 +205,66 @@ impl<T> EventStream<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Test events: odd numbers are critical; a lag report is the negated count.
+    impl BusEvent for i32 {
+        fn is_critical(&self) -> bool {
+            self % 2 != 0
+        }
+        fn lagged(dropped: u64) -> Self {
+            -(dropped as i32)
+        }
+    }
+
+    impl BusEvent for &'static str {
+        fn is_critical(&self) -> bool {
+            false
+        }
+        fn lagged(_: u64) -> Self {
+            "lagged"
+        }
+    }
+
+    async fn drain(rx: &mut EventStream<i32>, n: usize) -> Vec<i32> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.extend(rx.recv().await);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn critical_events_survive_a_flood_and_the_loss_is_reported() {
+        let tx = EventSender::new(4);
+        let mut rx = tx.subscribe();
+        // A critical event, then a flood of droppable ones, then another critical one.
+        tx.send(1);
+        for i in 0..100 {
+            tx.send(2 * i);
+        }
+        tx.send(3);
+        // 100 droppable events sent, 2 kept: 98 lost; both critical ones kept, in order.
+        let got = drain(&mut rx, 5).await;
+        assert_eq!(got, vec![-98, 1, 196, 198, 3]);
+    }
+
+    #[tokio::test]
+    async fn critical_events_past_twice_the_capacity_are_lost_but_reported() {
+        let tx = EventSender::new(4);
+        let mut rx = tx.subscribe();
+        for i in 0..20 {
+            tx.send(2 * i + 1);
+        }
+        // Kept up to 8; the 12 oldest lost.
+        let got = drain(&mut rx, 9).await;
+        assert_eq!(got, vec![-12, 25, 27, 29, 31, 33, 35, 37, 39]);
+        // A droppable event to a queue full of critical ones is itself the one lost.
+        for i in 0..4 {
+            tx.send(2 * i + 1);
+        }
+        tx.send(100);
+        assert_eq!(drain(&mut rx, 5).await, vec![-1, 1, 3, 5, 7]);
+    }
 
     #[tokio::test]
     async fn every_subscriber_sees_every_event_then_the_end() {
@@ -191,19 +288,10 @@ mod tests {
         let tx = EventSender::new(4);
         let mut rx = tx.subscribe();
         for i in 0..1000 {
-            tx.send(i);
+            tx.send(2 * i); // droppable
         }
         assert!(rx.sub.lock().items.capacity() < 64);
-        let got: Vec<i32> = [
-            rx.recv().await,
-            rx.recv().await,
-            rx.recv().await,
-            rx.recv().await,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        assert_eq!(got, vec![996, 997, 998, 999]);
+        assert_eq!(drain(&mut rx, 5).await, vec![-996, 1992, 1994, 1996, 1998]);
     }
 
     #[tokio::test]

@@ -174,6 +174,24 @@ pub enum RoomEvent {
     Left,
     /// The room peer failed for good and is closed.
     Fatal(FatalError),
+    /// This reader fell more than the event capacity behind and `dropped` events were lost
+    /// before the next one: application data first; terminal and membership events only
+    /// past twice the capacity.
+    Lagged {
+        /// Events lost.
+        dropped: u64,
+    },
+}
+
+impl crate::events::BusEvent for RoomEvent {
+    /// Everything but application data (which can come in floods) is kept for a slow reader.
+    fn is_critical(&self) -> bool {
+        !matches!(self, RoomEvent::Data { .. })
+    }
+
+    fn lagged(dropped: u64) -> Self {
+        RoomEvent::Lagged { dropped }
+    }
 }
 
 impl RoomEvent {

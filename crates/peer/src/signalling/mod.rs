@@ -208,6 +208,24 @@ pub enum Event {
         /// What failed.
         error: String,
     },
+    /// This reader fell more than the event capacity behind and `dropped` events were lost
+    /// before the next one: messages first; state, presence and errors only past twice the
+    /// capacity.
+    Lagged {
+        /// Events lost.
+        dropped: u64,
+    },
+}
+
+impl crate::events::BusEvent for Event {
+    /// Everything but messages (which can come in floods) is kept for a slow reader.
+    fn is_critical(&self) -> bool {
+        !matches!(self, Event::Message { .. } | Event::Direct { .. })
+    }
+
+    fn lagged(dropped: u64) -> Self {
+        Event::Lagged { dropped }
+    }
 }
 
 #[derive(Clone)]
