@@ -254,6 +254,10 @@ async fn fec_follows_the_loss_the_listener_reports() {
                 if v.push(&voice_bytes(16_000, k * 320, 320)).await.is_err() {
                     break;
                 }
+                // A yield each time, so that `abort` takes: after `stop`, `push` returns at
+                // once, and a task that never yields cannot be cancelled (the runtime's
+                // shutdown then waits on it forever).
+                tokio::task::yield_now().await;
             }
         })
     };
@@ -345,7 +349,8 @@ async fn fec_follows_the_loss_the_listener_reports() {
     // The next second carries none.
     assert_eq!(with_fec(50).await, 0, "FEC after the loss ended");
 
-    // The pusher first: after `stop`, `push` is a no-op that never suspends.
+    // The pusher first: after `stop`, `push` is a no-op that never suspends (the pusher
+    // yields after each push, so the abort takes even if it is running right now).
     pusher.abort();
     voice.stop();
     reader.abort();
