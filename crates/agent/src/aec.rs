@@ -189,16 +189,16 @@ impl EchoCanceller {
                 b
             }
         };
-        self.render_partial.extend_from_slice(&self.scratch);
+        let mut partial = std::mem::take(&mut self.render_partial);
+        partial.extend_from_slice(&self.scratch);
         let mut n = next;
-        let mut taken = 0;
-        while self.render_partial.len() - taken >= BLOCK {
-            let block: Vec<i16> = self.render_partial[taken..taken + BLOCK].to_vec();
-            self.put_render(n, &block);
-            taken += BLOCK;
+        let whole = partial.len() / BLOCK * BLOCK;
+        for block in partial[..whole].chunks_exact(BLOCK) {
+            self.put_render(n, block);
             n += 1;
         }
-        self.render_partial.drain(..taken);
+        partial.drain(..whole);
+        self.render_partial = partial;
         self.render_next = Some(n);
     }
 

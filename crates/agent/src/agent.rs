@@ -154,6 +154,7 @@ impl Agent {
         tts: impl TextToSpeech,
         opts: AgentOptions,
     ) -> Agent {
+        let opts_echo_cancel = opts.echo_cancel;
         Agent {
             inner: Arc::new(Inner {
                 peer,
@@ -168,7 +169,12 @@ impl Agent {
                 humans: Mutex::new(HashMap::new()),
                 next_utterance: AtomicU64::new(1),
                 said: Mutex::new(VecDeque::new()),
-                voice_levels: OutputLevels::new(),
+                // The samples too only for the echo canceller.
+                voice_levels: if opts_echo_cancel {
+                    OutputLevels::with_pcm()
+                } else {
+                    OutputLevels::new()
+                },
             }),
         }
     }

@@ -52,11 +52,15 @@ const PUSH_PIECE_MS: u32 = 20;
 /// What a source sent lately: when each 20 ms frame left the pacer, its level (RMS, s16 units;
 /// 0 for silence) and the frame itself (mono). An agent compares it with what its microphones
 /// hear to tell its own voice coming back from a human's (`parlor_agent::echo`) and cancels it
-/// (`parlor_agent::aec`). Cheap to clone (one shared ring); several sources (one per
-/// utterance) may share one. Bounded: the last [`OutputLevels::KEEP`] frames (~380 KB at
-/// 48 kHz); the oldest is dropped.
+/// (`parlor_agent::aec`; only a record made [`with_pcm`](OutputLevels::with_pcm) keeps the
+/// samples). Cheap to clone (one shared ring); several sources (one per utterance) may share
+/// one. Bounded: the last [`OutputLevels::KEEP`] frames (~380 KB of samples at 48 kHz); the
+/// oldest is dropped.
 #[derive(Debug, Clone, Default)]
-pub struct OutputLevels(Arc<Mutex<VecDeque<SentFrame>>>);
+pub struct OutputLevels {
+    ring: Arc<Mutex<VecDeque<SentFrame>>>,
+    pcm: bool,
+}
 
 /// One frame a source sent: see [`OutputLevels`].
 #[derive(Debug, Clone)]
@@ -67,7 +71,7 @@ pub struct SentFrame {
     pub level: f32,
     /// Its sample rate.
     pub rate: u32,
-    /// Its samples, mixed to mono.
+    /// Its samples, mixed to mono (empty unless the record keeps them).
     pub pcm: Arc<[i16]>,
 }
 
@@ -75,13 +79,21 @@ impl OutputLevels {
     /// Frames kept (4 s).
     pub const KEEP: usize = 200;
 
-    /// An empty record.
+    /// An empty record of levels.
     pub fn new() -> OutputLevels {
         OutputLevels::default()
     }
 
+    /// An empty record of levels and samples (a mono copy of every frame sent).
+    pub fn with_pcm() -> OutputLevels {
+        OutputLevels {
+            pcm: true,
+            ..OutputLevels::default()
+        }
+    }
+
     fn record(&self, frame: SentFrame) {
-        let mut ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.push_back(frame);
         while ring.len() > Self::KEEP {
             ring.pop_front();
@@ -90,7 +102,7 @@ impl OutputLevels {
 
     /// The levels of the frames sent after `since`, oldest first.
     pub fn since(&self, since: tokio::time::Instant) -> Vec<(tokio::time::Instant, f32)> {
-        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.iter()
             .filter(|f| f.at > since)
             .map(|f| (f.at, f.level))
@@ -99,7 +111,7 @@ impl OutputLevels {
 
     /// The frames sent after `since`, oldest first.
     pub fn frames_since(&self, since: tokio::time::Instant) -> Vec<SentFrame> {
-        let ring = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.iter().filter(|f| f.at > since).cloned().collect()
     }
 }
@@ -520,10 +532,13 @@ async fn pace(
         if let Some(levels) = &levels {
             let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
             let ch = shared.out_channels.max(1);
-            let mono: Arc<[i16]> = pcm
-                .chunks_exact(ch)
-                .map(|f| (f.iter().map(|&s| i32::from(s)).sum::<i32>() / ch as i32) as i16)
-                .collect();
+            let mono: Arc<[i16]> = if levels.pcm {
+                pcm.chunks_exact(ch)
+                    .map(|f| (f.iter().map(|&s| i32::from(s)).sum::<i32>() / ch as i32) as i16)
+                    .collect()
+            } else {
+                Arc::from([])
+            };
             levels.record(SentFrame {
                 at: tokio::time::Instant::now(),
                 level: (energy / pcm.len().max(1) as f64).sqrt() as f32,

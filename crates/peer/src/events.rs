@@ -32,6 +32,8 @@ pub trait BusEvent: Clone {
 
 struct Queue<T> {
     items: VecDeque<T>,
+    /// How many of `items` are not critical (a full queue of critical events is not scanned).
+    droppable: usize,
     dropped: u64,
     closed: bool,
 }
@@ -97,9 +99,15 @@ impl<T: BusEvent> EventSender<T> {
                 let mut q = sub.lock();
                 let mut keep = true;
                 if q.items.len() >= self.bus.capacity {
-                    match q.items.iter().position(|e| !e.is_critical()) {
+                    let oldest_droppable = if q.droppable > 0 {
+                        q.items.iter().position(|e| !e.is_critical())
+                    } else {
+                        None
+                    };
+                    match oldest_droppable {
                         Some(i) => {
                             q.items.remove(i);
+                            q.droppable -= 1;
                             q.dropped += 1;
                         }
                         None if !critical => {
@@ -114,6 +122,7 @@ impl<T: BusEvent> EventSender<T> {
                     }
                 }
                 if keep {
+                    q.droppable += usize::from(!critical);
                     q.items.push_back(event.clone());
                 }
             }
@@ -126,6 +135,7 @@ impl<T: BusEvent> EventSender<T> {
         let sub = Arc::new(Subscriber {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
+                droppable: 0,
                 dropped: 0,
                 closed: false,
             }),
@@ -187,6 +197,7 @@ impl<T: BusEvent> EventStream<T> {
                     return Some(T::lagged(dropped));
                 }
                 if let Some(e) = q.items.pop_front() {
+                    q.droppable -= usize::from(!e.is_critical());
                     if q.items.is_empty() && q.items.capacity() > IDLE_CAPACITY {
                         q.items.shrink_to(IDLE_CAPACITY);
                     }
