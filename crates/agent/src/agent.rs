@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use parlor_media::{
-    AudioFrames, AudioSource, AudioSourceOptions, Layout, OutputLevels, SpeechDownsampler,
+    AudioFrames, AudioSource, AudioSourceOptions, Layout, MediaClock, OutputLevels,
+    SpeechDownsampler,
 };
 use parlor_peer::room::FatalError;
 use parlor_peer::{
@@ -458,6 +459,16 @@ enum Listened {
     Final(String, TurnTiming, bool),
 }
 
+/// 20 ms of a human's microphone at 16 kHz, for their listening thread.
+struct Heard16k {
+    pcm: Vec<i16>,
+    /// When it arrived (turn timing is measured from arrivals).
+    arrived: Instant,
+    /// Where its RTP time puts it ([`MediaClock`]): what the echo gate and canceller compare
+    /// with the voice's send times, unsmeared by bursts of late delivery.
+    sent: Instant,
+}
+
 /// One human's listening loop: decoded frames → 16 kHz → their listening thread (VAD, end of
 /// turn, speech-to-text), through a bounded queue; what the thread hears comes back here.
 async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
@@ -481,7 +492,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
         }
     };
     let (audio_tx, audio_rx) =
-        std::sync::mpsc::sync_channel::<(Vec<i16>, Instant)>(inner.opts.listen_queue.max(1));
+        std::sync::mpsc::sync_channel::<Heard16k>(inner.opts.listen_queue.max(1));
     // What the thread hears is never dropped: it waits for room here (a handful of events
     // per utterance).
     let (heard_tx, mut heard_rx) = tokio::sync::mpsc::channel::<Listened>(16);
@@ -509,6 +520,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
     }
     let mut pcm = Vec::with_capacity(320);
     let mut dropped = 0u64;
+    let mut clock = MediaClock::new(48_000);
     loop {
         tokio::select! {
             f = frames.next() => {
@@ -517,7 +529,9 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                 if down.process(&f, &mut pcm).is_err() {
                     continue;
                 }
-                match audio_tx.try_send((pcm.clone(), Instant::now())) {
+                let arrived = Instant::now();
+                let heard = Heard16k { pcm: pcm.clone(), arrived, sent: clock.place(f.rtp_time, arrived) };
+                match audio_tx.try_send(heard) {
                     Ok(()) => {}
                     Err(std::sync::mpsc::TrySendError::Full(_)) => {
                         // The overflow policy: the newest audio is dropped, counted, and
@@ -599,7 +613,7 @@ struct Listening {
 impl Listening {
     fn run(
         mut self,
-        audio: std::sync::mpsc::Receiver<(Vec<i16>, Instant)>,
+        audio: std::sync::mpsc::Receiver<Heard16k>,
         heard: tokio::sync::mpsc::Sender<Listened>,
     ) {
         let window = self.detector.window().max(1);
@@ -616,7 +630,12 @@ impl Listening {
         // and whether such a transcription (perhaps a dropped one) is still running.
         let mut ahead: Option<Ahead> = None;
         let ahead_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        while let Ok((raw, arrived)) = audio.recv() {
+        while let Ok(Heard16k {
+            pcm: raw,
+            arrived,
+            sent,
+        }) = audio.recv()
+        {
             // What the voice sent since the last look: the gate's and the canceller's
             // reference.
             if self.gate.is_some() || self.aec.is_some() {
@@ -634,7 +653,7 @@ impl Listening {
             let pcm: &[i16] = match &mut self.aec {
                 Some(aec) => {
                     cleaned.clear();
-                    aec.microphone(arrived, &raw, &mut cleaned);
+                    aec.microphone(sent, &raw, &mut cleaned);
                     if arrived.duration_since(stats_at) >= Duration::from_secs(5) {
                         stats_at = arrived;
                         tracing::debug!(peer = %self.who, stats = ?aec.stats(), "echo canceller");
@@ -654,7 +673,7 @@ impl Listening {
             let open = self
                 .gate
                 .as_mut()
-                .is_none_or(|gate| gate.microphone(arrived, rms(&raw)));
+                .is_none_or(|gate| gate.microphone(sent, rms(&raw)));
             if !open && probabilities.iter().any(|&p| p >= self.threshold) {
                 gated += 1;
                 if gated.is_multiple_of(50) {

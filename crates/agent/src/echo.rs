@@ -358,4 +358,47 @@ mod tests {
             assert!((path.gain - gain).abs() < 0.15 * gain.max(0.5), "{path:?}");
         }
     }
+
+    /// The echo's windows that pass when the microphone's frames come in bursts (the
+    /// listener stalled 200 ms of every second, then got them at once), timed by arrival or
+    /// placed by their RTP times.
+    fn bursty_echo_passed(placed: bool) -> usize {
+        let t0 = Instant::now();
+        let mut gate = EchoGate::new();
+        let mut clock = parlor_media::MediaClock::new(48_000);
+        let delay = 8;
+        let mut passed = 0;
+        for k in 0..500u64 {
+            let at = t0 + SLOT * k as u32;
+            gate.voice(at, voice_level(k));
+            let echo = if k >= delay {
+                0.5 * voice_level(k - delay)
+            } else {
+                0.0
+            };
+            let arrived = if k % 50 >= 40 {
+                t0 + SLOT * (50 * (k / 50 + 1)) as u32
+            } else {
+                at + Duration::from_millis(3)
+            };
+            let at = if placed {
+                clock.place(k * 960, arrived)
+            } else {
+                arrived
+            };
+            let open = gate.microphone(at, echo + 20.0);
+            if k >= 100 && echo > 500.0 && open {
+                passed += 1;
+            }
+        }
+        passed
+    }
+
+    #[test]
+    fn bursts_of_late_frames_placed_by_rtp_time_stay_gated() {
+        let by_arrival = bursty_echo_passed(false);
+        let placed = bursty_echo_passed(true);
+        assert!(placed <= 2, "{placed} echo windows passed");
+        assert!(by_arrival > 5 * placed.max(1), "by arrival {by_arrival}, placed {placed}");
+    }
 }

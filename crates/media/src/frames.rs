@@ -158,3 +158,152 @@ impl SpeechDownsampler {
         self.resampler.process(&self.mono, out)
     }
 }
+
+/// Places a remote track's frames on this machine's clock by their RTP times: a frame is put
+/// at the earliest arrival its stream has shown (the smallest arrival − media time seen), so
+/// a burst of frames delivered late (a busy scheduler, network jitter) keeps the spacing they
+/// were sent with. Comparing a microphone's audio with what was played into the room (echo
+/// gating, echo cancellation) needs that spacing: arrival times smear a 20 ms envelope by as
+/// much as the burst.
+///
+/// Sans-IO: arrival times are passed in. The anchor follows a sender whose clock runs slow by
+/// up to 500 ppm (it may move later by that much of the media time passed), and starts over
+/// on a jump (a restarted stream, a gap of over [`MediaClock::RESET`]).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use parlor_media::frames::MediaClock;
+///
+/// let t0 = Instant::now();
+/// let mut clock = MediaClock::new(48_000);
+/// assert_eq!(clock.place(0, t0), t0);
+/// // The next two frames arrive together, 30 ms late: they keep their 20 ms spacing.
+/// let late = t0 + Duration::from_millis(70);
+/// assert_eq!(clock.place(960, late), t0 + Duration::from_millis(20));
+/// assert_eq!(clock.place(1920, late), t0 + Duration::from_millis(40));
+/// ```
+#[derive(Debug, Clone)]
+pub struct MediaClock {
+    rate: u32,
+    /// (RTP time, instant) of the anchor.
+    anchor: Option<(u64, std::time::Instant)>,
+}
+
+impl MediaClock {
+    /// A frame arriving this much later than its place, or an RTP time this far from the
+    /// anchor's, starts the clock over.
+    pub const RESET: std::time::Duration = std::time::Duration::from_secs(2);
+    /// How fast the anchor may move later: a sender's clock this slow is followed (ppm).
+    pub const DRIFT_PPM: u64 = 500;
+
+    /// A clock for RTP times at `rate` Hz.
+    pub fn new(rate: u32) -> MediaClock {
+        MediaClock {
+            rate: rate.max(1),
+            anchor: None,
+        }
+    }
+
+    fn media(&self, ticks: u64) -> std::time::Duration {
+        std::time::Duration::from_micros(ticks.saturating_mul(1_000_000) / u64::from(self.rate))
+    }
+
+    /// Where the frame with `rtp_time` that `arrived` now belongs: never later than its
+    /// arrival.
+    pub fn place(&mut self, rtp_time: u64, arrived: std::time::Instant) -> std::time::Instant {
+        let Some((rtp0, t0)) = self.anchor else {
+            self.anchor = Some((rtp_time, arrived));
+            return arrived;
+        };
+        let placed = if rtp_time >= rtp0 {
+            t0.checked_add(self.media(rtp_time - rtp0))
+        } else {
+            t0.checked_sub(self.media(rtp0 - rtp_time))
+        };
+        let far = self.media(rtp_time.abs_diff(rtp0)) > 3600 * Self::RESET;
+        let Some(placed) = placed.filter(|_| !far) else {
+            self.anchor = Some((rtp_time, arrived));
+            return arrived;
+        };
+        if arrived <= placed {
+            // Earlier than any frame so far: the new anchor.
+            self.anchor = Some((rtp_time, arrived));
+            return arrived;
+        }
+        let late = arrived - placed;
+        if late > Self::RESET {
+            self.anchor = Some((rtp_time, arrived));
+            return arrived;
+        }
+        // A slow sender's clock: the anchor creeps later, by at most DRIFT_PPM of the media
+        // time since it was set, in steps of a millisecond or more (a burst of late frames
+        // moves it by next to nothing).
+        let creep = self.media(rtp_time.saturating_sub(rtp0)) * Self::DRIFT_PPM as u32 / 1_000_000;
+        if creep >= std::time::Duration::from_millis(1) {
+            let step = late.min(creep);
+            self.anchor = Some((rtp_time, placed + step));
+            return placed + step;
+        }
+        placed
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::MediaClock;
+    use std::time::{Duration, Instant};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_late_burst_keeps_its_spacing() {
+        let t0 = Instant::now();
+        let mut c = MediaClock::new(48_000);
+        for k in 0..10u64 {
+            let jitter = ms(k % 3 * 4);
+            assert_eq!(c.place(k * 960, t0 + ms(20 * k) + jitter), t0 + ms(20 * k));
+        }
+        // 200 ms stalled, then ten frames at once.
+        let burst = t0 + ms(400);
+        for k in 10..20u64 {
+            assert_eq!(c.place(k * 960, burst), t0 + ms(20 * k));
+        }
+    }
+
+    #[test]
+    fn an_earlier_arrival_becomes_the_anchor() {
+        let t0 = Instant::now();
+        let mut c = MediaClock::new(48_000);
+        assert_eq!(c.place(0, t0 + ms(30)), t0 + ms(30));
+        assert_eq!(c.place(960, t0 + ms(21)), t0 + ms(21));
+        assert_eq!(c.place(1920, t0 + ms(60)), t0 + ms(41));
+    }
+
+    #[test]
+    fn a_slow_sender_is_followed_and_a_jump_starts_over() {
+        let t0 = Instant::now();
+        let mut c = MediaClock::new(48_000);
+        // The sender's clock runs 200 ppm slow: 60 s of its media arrives over 60.012 s.
+        let mut last = t0;
+        for k in 0..3000u64 {
+            let media = ms(20 * k);
+            let arrived = t0 + media + media / 5000;
+            last = c.place(k * 960, arrived);
+            assert!(
+                arrived - last < ms(2),
+                "{:?} behind at frame {k}",
+                arrived - last
+            );
+        }
+        assert!(last > t0 + ms(59_980));
+        // A restarted stream: far RTP times start over at the arrival.
+        let t = t0 + ms(61_000);
+        assert_eq!(c.place(1 << 40, t), t);
+        assert_eq!(c.place((1 << 40) + 960, t + ms(20)), t + ms(20));
+        // So does a stall longer than RESET (the sender paused its clock).
+        let t = t + ms(5_000);
+        assert_eq!(c.place((1 << 40) + 1920, t), t);
+    }
+}

@@ -44,7 +44,7 @@ pub mod resample;
 pub mod source;
 
 pub use codec::OpusSettings;
-pub use frames::{AudioFrame, AudioFrames, SpeechDownsampler};
+pub use frames::{AudioFrame, AudioFrames, MediaClock, SpeechDownsampler};
 pub use resample::StreamResampler;
 pub use source::{AudioSource, AudioSourceOptions, Layout, OutputLevels, SentFrame};
 
