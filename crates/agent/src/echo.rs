@@ -399,6 +399,9 @@ mod tests {
         let by_arrival = bursty_echo_passed(false);
         let placed = bursty_echo_passed(true);
         assert!(placed <= 2, "{placed} echo windows passed");
-        assert!(by_arrival > 5 * placed.max(1), "by arrival {by_arrival}, placed {placed}");
+        assert!(
+            by_arrival > 5 * placed.max(1),
+            "by arrival {by_arrival}, placed {placed}"
+        );
     }
 }
