@@ -11,7 +11,7 @@
 //     still said to its end.
 // Writes tests/conformance/out/voice-eval-<label>.json.
 //
-//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base]
+//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS]
 //       [--voices espeak,espeak-f3,festival,piper,piper-fast,piper-noise] [--gap 7] [--label x]
 //       [--limit N: the first N questions, paused questions and backchannels only]
 //   (PARLOR_BIN=target/release/parlor for a release build; default target/debug/parlor)
@@ -33,6 +33,7 @@ const arg = (name, dflt) => {
 };
 const ENGINES = arg("engines", "neural");
 const STT = arg("stt", "whisper-tiny.en");
+const STT_WINDOW = Number(arg("stt-window", 0)); // parlor demo --stt-window
 const GAP = Number(arg("gap", 7));
 const VOICES = arg("voices", "espeak,espeak-f3,festival,piper,piper-fast,piper-noise").split(",");
 const LABEL = arg("label", ENGINES === "basic" ? "basic" : STT);
@@ -212,7 +213,7 @@ writeWav(wavFile, RATE, Buffer.concat(bufs));
 
 // ------------------------------------------------------------------ the run
 mkdirSync(OUT_DIR, { recursive: true });
-const extra = ENGINES === "basic" ? ["--engines", "basic"] : ["--engines", ENGINES, "--stt", STT];
+const extra = ENGINES === "basic" ? ["--engines", "basic"] : ["--engines", ENGINES, "--stt", STT, "--stt-window", String(STT_WINDOW)];
 const demo = await startDemo(`voice-eval-${LABEL}`, extra);
 const browser = await launchChromium([`--use-file-for-fake-audio-capture=${wavFile}%noloop`]);
 let human;

@@ -49,6 +49,10 @@ pub(crate) struct DemoArgs {
     /// (145 MB, fetched on first use; slower).
     #[arg(long, default_value = "whisper-tiny.en", value_parser = ["whisper-tiny.en", "whisper-base"])]
     stt: String,
+    /// The fewest seconds of audio Whisper encodes per pass (a short turn is padded with
+    /// silence to this; 0: the turn plus 1 s). Longer costs encoder time per pass.
+    #[arg(long, default_value_t = 0.0)]
+    stt_window: f32,
     /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -175,7 +179,7 @@ struct Loaded {
     names: serde_json::Value,
 }
 
-fn load_engines(engines: Engines, stt: &str) -> anyhow::Result<Loaded> {
+fn load_engines(engines: Engines, stt: &str, stt_window: f32) -> anyhow::Result<Loaded> {
     match engines {
         Engines::Basic => Ok(Loaded {
             stt: Box::new(SphinxStt::new().context("speech-to-text (PocketSphinx)")?),
@@ -200,7 +204,8 @@ fn load_engines(engines: Engines, stt: &str) -> anyhow::Result<Loaded> {
                 Model::WhisperBase => "Whisper base",
                 _ => "Whisper tiny.en",
             };
-            let stt = parlor_voice::whisper::WhisperStt::load(&cache, whisper)
+            let stt = parlor_voice::whisper::WhisperModel::load(&cache, whisper)
+                .map(|m| parlor_voice::whisper::WhisperStt::new(m.with_min_window(stt_window)))
                 .with_context(|| format!("speech-to-text ({stt_name})"))?;
             let tts = parlor_voice::piper::PiperTts::joe(&cache, threads)
                 .context("text-to-speech (Piper)")?;
@@ -254,8 +259,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         web.display()
     );
     // The engines load first, so a missing package or model fails before anything listens.
-    let (engines, stt) = (args.engines, args.stt.clone());
-    let loaded = tokio::task::spawn_blocking(move || load_engines(engines, &stt)).await??;
+    let (engines, stt, window) = (args.engines, args.stt.clone(), args.stt_window);
+    let loaded = tokio::task::spawn_blocking(move || load_engines(engines, &stt, window)).await??;
     // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
     let (llm, reply_name): (Box<dyn Llm>, &str) = match OpenAiLlm::from_env() {
         Some(llm) => {

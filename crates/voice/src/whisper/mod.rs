@@ -54,6 +54,8 @@ pub struct WhisperModel {
     suppress_begin: Vec<u32>,
     mel: Mutex<LogMel>,
     name: Model,
+    /// The fewest mel frames a pass encodes (the window's floor).
+    min_frames: usize,
 }
 
 impl std::fmt::Debug for WhisperModel {
@@ -120,11 +122,20 @@ impl WhisperModel {
             suppress_begin: config.suppress_ids_begin,
             mel: Mutex::new(LogMel::new()),
             name: which,
+            min_frames: 0,
         };
         // The first pass lays out the 8-bit weights for the CPU's kernels and sizes the
         // buffers (~0.5 s): pay it here, not on the first human's first turn.
         whisper.transcribe(&vec![0; SAMPLE_RATE / 2])?;
         Ok(whisper)
+    }
+
+    /// Encode at least `secs` of audio each pass (the utterance padded with silence; 30 is
+    /// Whisper's own window). Longer windows cost encoder time.
+    pub fn with_min_window(mut self, secs: f32) -> WhisperModel {
+        let frames = (secs.clamp(0.0, MAX_SECS as f32) * SAMPLE_RATE as f32) as usize / HOP;
+        self.min_frames = (frames + frames % 2).min(2 * self.model.max_source_positions);
+        self
     }
 
     /// Which model this is.
@@ -141,7 +152,9 @@ impl WhisperModel {
         let audio: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32_768.0).collect();
         let tail = (TAIL_SECS * SAMPLE_RATE as f32) as usize;
         let frames = (audio.len() + tail).div_ceil(HOP);
-        let frames = (frames + frames % 2).min(2 * self.model.max_source_positions);
+        let frames = (frames + frames % 2)
+            .max(self.min_frames)
+            .min(2 * self.model.max_source_positions);
         let mel = self
             .mel
             .lock()
@@ -270,6 +283,13 @@ impl WhisperStt {
         Ok(WhisperStt {
             model: Arc::new(WhisperModel::load(cache, which)?),
         })
+    }
+
+    /// A hook on a model already loaded (e.g. [`WhisperModel::with_min_window`]).
+    pub fn new(model: WhisperModel) -> WhisperStt {
+        WhisperStt {
+            model: Arc::new(model),
+        }
     }
 
     /// The shared model.

@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 
+/// The size of a multilingual model's vocabulary (OpenAI's `is_multilingual`).
+const MULTILINGUAL_VOCAB: usize = 51_865;
+
 /// The vocabulary and its special tokens.
 #[derive(Debug)]
 pub(crate) struct Vocabulary {
@@ -44,8 +47,11 @@ impl Vocabulary {
                 .map(|i| i as u32)
                 .ok_or_else(|| format!("vocabulary has no {t}"))
         };
+        // Only a multilingual model takes a language and a task after the start token (its
+        // vocabulary is one token longer, 51 865); the English-only models' vocabulary lists
+        // the language tokens too, but they were trained on `<|startoftranscript|>` alone.
         let english = match (id("<|en|>"), id("<|transcribe|>")) {
-            (Ok(en), Ok(tr)) if id("<|ja|>").is_ok() => Some((en, tr)),
+            (Ok(en), Ok(tr)) if tokens.len() >= MULTILINGUAL_VOCAB => Some((en, tr)),
             _ => None,
         };
         Ok(Vocabulary {
@@ -103,5 +109,34 @@ mod tests {
         assert_eq!(vocab.prompt(), vec![5, 6]);
         assert_eq!(vocab.decode(&[0, 1, 2, 3, 4]), "Hello world café");
         assert!(Vocabulary::parse("a\nb\n").is_err());
+    }
+
+    /// A vocabulary of `n` tokens with Whisper's special tokens where OpenAI's put them.
+    fn whisper_vocab(n: usize) -> Vocabulary {
+        let multilingual = n >= MULTILINGUAL_VOCAB;
+        let mut lines: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        let (eot, sot) = (50_256, 50_257);
+        lines[eot] = "<|endoftext|>".into();
+        lines[sot] = "<|startoftranscript|>".into();
+        lines[50_258] = "<|en|>".into();
+        lines[50_259] = "<|ja|>".into();
+        let transcribe = if multilingual { 50_359 } else { 50_358 };
+        lines[transcribe] = "<|transcribe|>".into();
+        let nots = if multilingual { 50_363 } else { 50_362 };
+        lines[nots] = "<|notimestamps|>".into();
+        Vocabulary::parse(&lines.join("\n")).expect("vocab")
+    }
+
+    #[test]
+    fn an_english_only_model_is_prompted_with_the_start_token_alone() {
+        // tiny.en's vocabulary lists the language tokens too; given `<|en|><|transcribe|>`
+        // as well, it heard eSpeak's "What is the weather like today?" as "to the world." on
+        // Whisper's 30 s window (and "Will it rain tomorrow?" as "We'll train tomorrow" on
+        // the short one).
+        assert_eq!(whisper_vocab(51_864).prompt(), vec![50_257, 50_362]);
+        assert_eq!(
+            whisper_vocab(51_865).prompt(),
+            vec![50_257, 50_258, 50_359, 50_363]
+        );
     }
 }
