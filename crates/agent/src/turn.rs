@@ -337,8 +337,8 @@ pub const DANGLING: &[&str] = &[
 ];
 
 /// Whether a transcript of the utterance so far reads unfinished: it trails off (`...`, `,`,
-/// `-`), its last word is one a sentence goes on from ([`DANGLING`]), or it is written in
-/// sentences (a capital first letter, or punctuation) and does not end one (`.`, `?`, `!`).
+/// `-`), it ends on a word a sentence goes on from ([`DANGLING`], or a question word and its
+/// verb: "so what is"), or it is written in sentences (a capital first letter, or punctuation) and does not end one (`.`, `?`, `!`).
 /// Whisper punctuates what it hears as finished, so a human cut off mid-thought mostly reads
 /// unfinished; but it sometimes writes a whole turn in lower case without punctuation ("will
 /// it rain tomorrow"), where a missing mark says nothing. An empty text says nothing (false).
@@ -355,9 +355,26 @@ pub fn reads_unfinished(text: &str) -> bool {
     if in_sentences && !t.ends_with(['.', '?', '!']) {
         return true;
     }
-    crate::text::words(t)
-        .last()
-        .is_some_and(|w| DANGLING.contains(&w.as_str()))
+    dangles(&crate::text::words(t))
+}
+
+/// A question word and the verb after it, which a sentence goes on from ("so what is …",
+/// "where are …"): at the end of a turn, a question not yet asked.
+const DANGLING_PAIRS: (&[&str], &[&str]) = (
+    &["what", "who", "where", "when", "which", "how", "why"],
+    &[
+        "is", "are", "was", "were", "do", "does", "did", "can", "will", "would",
+    ],
+);
+
+/// Whether these words end on one a sentence goes on from ([`DANGLING`], or a question word
+/// and its verb: [`DANGLING_PAIRS`]).
+fn dangles(words: &[String]) -> bool {
+    let last = words.last().map(String::as_str);
+    let before = words.len().checked_sub(2).map(|i| words[i].as_str());
+    last.is_some_and(|w| DANGLING.contains(&w))
+        || matches!((before, last), (Some(q), Some(v))
+            if DANGLING_PAIRS.0.contains(&q) && DANGLING_PAIRS.1.contains(&v))
 }
 
 /// Whether a transcript of the utterance so far may be a finished sentence, read after the
@@ -371,9 +388,8 @@ pub fn reads_finished(text: &str) -> bool {
     if t.ends_with("...") || t.ends_with(['…', ',', '-', ';', ':']) {
         return false;
     }
-    crate::text::words(t)
-        .last()
-        .is_some_and(|w| !DANGLING.contains(&w.as_str()))
+    let words = crate::text::words(t);
+    !words.is_empty() && !dangles(&words)
 }
 
 #[cfg(test)]
@@ -399,6 +415,9 @@ mod tests {
             "What is,",
             "I want the",
             "and um",
+            // Heard in the eval set for "So, what is … your name?" (900 ms between).
+            "so what is",
+            "Where are",
         ] {
             assert!(!reads_finished(t), "{t:?}");
         }
@@ -465,6 +484,8 @@ mod tests {
             "Tell me about the",
             "What is the weather like in,",
             "I want the …",
+            "so what is",
+            "how do",
         ] {
             assert!(reads_unfinished(t), "{t:?}");
         }
@@ -477,6 +498,8 @@ mod tests {
             "Thank you very much.",
             "Hello!",
             "Do you know?",
+            "what time it is",
+            "i know where it is",
         ] {
             assert!(!reads_unfinished(t), "{t:?}");
         }
