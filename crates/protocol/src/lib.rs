@@ -2,7 +2,8 @@
 //!
 //! The wire protocol of Parlor, compatible with Metered's Realtime Messaging clients
 //! (`metered-realtime` for Python, `@metered-ca/realtime` for browsers). The contract is
-//! `wire-protocol.md` (shared spec); section numbers in the docs refer to it.
+//! written up in the repository's `docs/protocol.md`; section numbers (`§n`) in the docs
+//! refer to its headings.
 //!
 //! This crate is **pure**: no sockets, no clock, no async. It is the one seam the server and
 //! the peer SDK share:
