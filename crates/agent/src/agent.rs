@@ -1011,38 +1011,49 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
         inner
             .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": false}))
             .await;
-        // The voice hook's PCM: a few chunks ahead of the AudioSource, whose own buffer
-        // (`max_buffered`) is the backpressure; the hook waits for room.
-        let (pcm_tx, mut pcm_rx) = tokio::sync::mpsc::channel::<Vec<i16>>(4);
-        let (tts, c) = (inner.tts.clone(), cancel.clone());
-        let speech = tokio::task::spawn_blocking(move || {
-            tts.speak(&sentence, &mut |pcm| {
-                if c.load(Ordering::SeqCst) || pcm_tx.blocking_send(pcm.to_vec()).is_err() {
-                    Flow::Stop
-                } else {
-                    Flow::Continue
-                }
-            })
-        });
-        while let Some(pcm) = pcm_rx.recv().await {
-            let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-            if source.push(&bytes).await.is_err() || cancel.load(Ordering::SeqCst) {
+        // The reply's first sentence is voiced clause by clause where it splits well: the
+        // first audio waits for the voice to synthesize a clause, not a long sentence.
+        let chunks: Vec<String> = match first_audio.then(|| first_clause(&sentence)).flatten() {
+            Some((a, b)) => vec![a.to_owned(), b.to_owned()],
+            None => vec![sentence],
+        };
+        for chunk in chunks {
+            if cancel.load(Ordering::SeqCst) {
                 break;
             }
-            if first_audio {
-                first_audio = false;
-                inner.state("speaking", &peer_id).await;
-                if let (Some(heard), Some(text_at)) = (heard, first_text) {
-                    let metrics = turn_metrics(&peer_id, heard, text_at, Instant::now());
-                    tracing::info!(peer = %peer_id, %metrics, "replying");
-                    inner.send(metrics).await;
+            // The voice hook's PCM: a few chunks ahead of the AudioSource, whose own buffer
+            // (`max_buffered`) is the backpressure; the hook waits for room.
+            let (pcm_tx, mut pcm_rx) = tokio::sync::mpsc::channel::<Vec<i16>>(4);
+            let (tts, c) = (inner.tts.clone(), cancel.clone());
+            let speech = tokio::task::spawn_blocking(move || {
+                tts.speak(&chunk, &mut |pcm| {
+                    if c.load(Ordering::SeqCst) || pcm_tx.blocking_send(pcm.to_vec()).is_err() {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
+                })
+            });
+            while let Some(pcm) = pcm_rx.recv().await {
+                let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+                if source.push(&bytes).await.is_err() || cancel.load(Ordering::SeqCst) {
+                    break;
+                }
+                if first_audio {
+                    first_audio = false;
+                    inner.state("speaking", &peer_id).await;
+                    if let (Some(heard), Some(text_at)) = (heard, first_text) {
+                        let metrics = turn_metrics(&peer_id, heard, text_at, Instant::now());
+                        tracing::info!(peer = %peer_id, %metrics, "replying");
+                        inner.send(metrics).await;
+                    }
                 }
             }
-        }
-        // Dropped first: a hook blocked on a full channel then stops instead of waiting.
-        drop(pcm_rx);
-        if let Ok(Err(e)) = speech.await {
-            tracing::warn!(error = %e, "speech hook failed");
+            // Dropped first: a hook blocked on a full channel then stops instead of waiting.
+            drop(pcm_rx);
+            if let Ok(Err(e)) = speech.await {
+                tracing::warn!(error = %e, "speech hook failed");
+            }
         }
     }
     drop(sentences);
@@ -1079,6 +1090,18 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
 fn rms(pcm: &[i16]) -> f32 {
     let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
     (energy / pcm.len().max(1) as f64).sqrt() as f32
+}
+
+/// A sentence split after its first clause (at `,`, `;` or `:`), where the clause has four
+/// words or more and at least three follow: what the voice says first, and the rest.
+fn first_clause(sentence: &str) -> Option<(&str, &str)> {
+    let words = |s: &str| s.split_whitespace().count();
+    sentence
+        .char_indices()
+        .filter(|&(_, c)| matches!(c, ',' | ';' | ':'))
+        .map(|(i, c)| sentence.split_at(i + c.len_utf8()))
+        .find(|(a, b)| words(a) >= 4 && words(b) >= 3)
+        .map(|(a, b)| (a.trim(), b.trim()))
 }
 
 /// How long what the agent said counts as a possible echo.
@@ -1209,6 +1232,31 @@ fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_first_sentence_is_voiced_from_its_first_clause() {
+        assert_eq!(
+            first_clause(
+                "Here it is sunny and twenty one degrees, with a light wind from the west."
+            ),
+            Some((
+                "Here it is sunny and twenty one degrees,",
+                "with a light wind from the west."
+            ))
+        );
+        assert_eq!(first_clause("Hello! I am the Parlor demo agent."), None);
+        assert_eq!(
+            first_clause("Yes, I can do that for you."),
+            None,
+            "a short clause"
+        );
+        assert_eq!(
+            first_clause("It is late in London, they say."),
+            None,
+            "a short rest"
+        );
+        assert_eq!(first_clause(""), None);
+    }
 
     #[test]
     fn the_agents_own_words_are_an_echo() {
