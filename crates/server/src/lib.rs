@@ -19,7 +19,7 @@
 //! * this file: the HTTP router and [`serve`].
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! # async fn demo() -> Result<(), parlor_server::ServerError> {
 //! let mut config = parlor_server::config::Config::default();
 //! config.add_dev_key("pk_test_x");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7800").await?;
@@ -96,6 +96,28 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Why the server could not start, or stopped with an error. Each variant keeps the typed
+/// error of the part that failed (none carries a credential: NATS URLs are scrubbed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Cluster mode could not start (NATS unreachable, refused).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// The listening socket failed.
+    #[error("listening socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server's task panicked or was cancelled ([`ServerHandle::shutdown`]).
+    #[error("server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Serve until `shutdown` resolves, then drain gracefully: every connection gets
 /// `going_away` and close 1001, and this returns once they are gone (or after
 /// `limits.shutdown_grace_secs`).
@@ -103,7 +125,7 @@ pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), ServerError> {
     serve_with(listener, config, Router::new(), shutdown).await
 }
 
@@ -114,7 +136,7 @@ pub async fn serve_with(
     config: Config,
     extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), ServerError> {
     serve_with_ready(listener, config, extra, shutdown, || {}).await
 }
 
@@ -127,17 +149,13 @@ pub async fn serve_with_ready(
     extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
-) -> std::io::Result<()> {
-    config
-        .validate()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+) -> Result<(), ServerError> {
+    config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let mut hub = Hub::new(&config, metrics.clone());
     let node = match &config.cluster {
         Some(c) => {
-            let node = cluster::Node::start(c).await.map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string())
-            })?;
+            let node = cluster::Node::start(c).await?;
             hub.enable_cluster(cluster::replica::Replica::new(
                 node.me(),
                 c.node_timeout_ms,
@@ -156,13 +174,10 @@ pub async fn serve_with_ready(
         active: AtomicUsize::new(0),
         idle: Notify::new(),
     });
-    let tls =
-        match &app.config.tls {
-            Some(t) => Some(tls::TlsAcceptor::from_config(t).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-            })?),
-            None => None,
-        };
+    let tls = match &app.config.tls {
+        Some(t) => Some(tls::TlsAcceptor::from_config(t)?),
+        None => None,
+    };
     let stop_cluster = Arc::new(Notify::new());
     let driver = node.map(|n| tokio::spawn(n.run(app.clone(), stop_cluster.clone())));
     let router = router(app.clone()).merge(extra);
@@ -213,7 +228,7 @@ pub struct ServerHandle {
     addr: std::net::SocketAddr,
     tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
 impl ServerHandle {
@@ -236,12 +251,9 @@ impl ServerHandle {
     }
 
     /// Shut down gracefully and wait until the server has stopped.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.begin_shutdown();
-        match (&mut self.task).await {
-            Ok(result) => result,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
+        (&mut self.task).await?
     }
 }
 
@@ -250,7 +262,7 @@ impl ServerHandle {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> std::io::Result<()> {
+/// # async fn main() -> Result<(), parlor_server::ServerError> {
 /// let mut config = parlor_server::config::Config::default();
 /// config.add_dev_key("pk_test_x");
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -259,7 +271,7 @@ impl ServerHandle {
 /// server.shutdown().await
 /// # }
 /// ```
-pub fn spawn(listener: TcpListener, config: Config) -> std::io::Result<ServerHandle> {
+pub fn spawn(listener: TcpListener, config: Config) -> Result<ServerHandle, ServerError> {
     spawn_with(listener, config, Router::new())
 }
 
@@ -268,14 +280,11 @@ pub fn spawn_with(
     listener: TcpListener,
     config: Config,
     extra: Router,
-) -> std::io::Result<ServerHandle> {
-    config
-        .validate()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
     if let Some(t) = &config.tls {
         // Report a bad certificate or key here rather than from the background task.
-        tls::TlsAcceptor::from_config(t)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        tls::TlsAcceptor::from_config(t)?;
     }
     let tls = config.tls.is_some();
     let addr = listener.local_addr()?;
@@ -399,6 +408,26 @@ async fn admin_disconnect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn start_up_errors_are_typed() {
+        let listener = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+        let mut config = Config::default();
+        config.add_dev_key("pk_test_x");
+        config.limits.ping_interval_secs = 0;
+        let e = spawn(listener().await, config).expect_err("a bad limit");
+        assert!(matches!(e, ServerError::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("ping_interval_secs"), "{e}");
+
+        let mut config = Config::default();
+        config.add_dev_key("pk_test_x");
+        config.tls = Some(tls::TlsConfig {
+            cert_file: "/nonexistent/cert.pem".into(),
+            key_file: "/nonexistent/key.pem".into(),
+        });
+        let e = spawn(listener().await, config).expect_err("no certificate");
+        assert!(matches!(e, ServerError::Tls(_)), "{e:?}");
+    }
 
     #[test]
     fn constant_time_eq() {
