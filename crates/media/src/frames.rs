@@ -168,7 +168,7 @@ impl SpeechDownsampler {
 ///
 /// Sans-IO: arrival times are passed in. The anchor follows a sender whose clock runs slow by
 /// up to 500 ppm (it may move later by that much of the media time passed), and starts over
-/// on a jump (a restarted stream, a gap of over [`MediaClock::RESET`]).
+/// on a jump (a restarted stream; a frame more than [`MediaClock::RESET`] late).
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -190,8 +190,9 @@ pub struct MediaClock {
 }
 
 impl MediaClock {
-    /// A frame arriving this much later than its place, or an RTP time this far from the
-    /// anchor's, starts the clock over.
+    /// A frame arriving this much later than its place starts the clock over (a stream
+    /// restarted with earlier RTP times, a sender that paused its clock). One placed later
+    /// than its arrival (a restart with later RTP times) becomes the anchor anyway.
     pub const RESET: std::time::Duration = std::time::Duration::from_secs(2);
     /// How fast the anchor may move later: a sender's clock this slow is followed (ppm).
     pub const DRIFT_PPM: u64 = 500;
@@ -220,6 +221,7 @@ impl MediaClock {
         } else {
             t0.checked_sub(self.media(rtp0 - rtp_time))
         };
+        // Beyond any call's length from the anchor (2 h): a restart, whatever the direction.
         let far = self.media(rtp_time.abs_diff(rtp0)) > 3600 * Self::RESET;
         let Some(placed) = placed.filter(|_| !far) else {
             self.anchor = Some((rtp_time, arrived));

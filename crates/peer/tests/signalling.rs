@@ -194,6 +194,85 @@ async fn pubsub_presence_direct_and_errors() {
     server.stop().await;
 }
 
+/// A reader that falls behind, over real sockets: it loses messages, oldest first, is told
+/// how many (`Lagged`, before the rest), and loses no presence event.
+#[tokio::test]
+async fn a_slow_reader_is_told_what_it_lost_and_keeps_presence() {
+    let server = Server::start("[limits]\nrate_per_sec = 10000.0\nrate_burst = 10000.0\n").await;
+    let a = client(&server.url());
+    let b = SignallingClient::builder()
+        .url(server.url())
+        .api_key(KEY)
+        .event_capacity(16)
+        .build()
+        .expect("b");
+    let mut eb = b.events();
+    // A second reader that keeps up: once it has a's `left`, everything b got is in `eb`.
+    let mut fast = b.events();
+    a.connect().await.expect("connect a");
+    b.connect().await.expect("connect b");
+    b.subscribe("room", SubscribeOptions::default())
+        .await
+        .expect("sub b");
+    a.subscribe("room", SubscribeOptions::default())
+        .await
+        .expect("sub a");
+    // 200 messages while b reads nothing, then a leaves.
+    const N: u64 = 200;
+    for n in 0..N {
+        a.publish("room", &json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    let a_id = a.peer_id().expect("a id");
+    a.close().await;
+    wait_for(&mut fast, |e| match e {
+        Event::Presence { left, .. } if left.iter().any(|p| p.peer_id == a_id) => Some(()),
+        _ => None,
+    })
+    .await;
+    let (mut lagged, mut got, mut first_lag_at) = (0u64, Vec::new(), None);
+    let mut seen = 0usize;
+    let (mut joined, mut left) = (false, false);
+    while !left {
+        let e = tokio::time::timeout(WAIT, eb.recv())
+            .await
+            .expect("an event in time")
+            .expect("the stream open");
+        seen += 1;
+        match e {
+            Event::Lagged { dropped } => {
+                first_lag_at.get_or_insert(seen);
+                lagged += dropped;
+            }
+            Event::Message { data, .. } => {
+                let v: serde_json::Value = serde_json::from_str(data.get()).expect("json");
+                got.push(v["n"].as_u64().expect("n"));
+            }
+            Event::Presence {
+                joined: j, left: l, ..
+            } => {
+                joined |= j.iter().any(|p| p.peer_id == a_id);
+                left |= l.iter().any(|p| p.peer_id == a_id);
+            }
+            _ => {}
+        }
+    }
+    assert!(joined, "a's join was kept");
+    assert!(lagged > 0, "nothing lost, with 16 slots for 200 messages?");
+    assert_eq!(
+        lagged + got.len() as u64,
+        N,
+        "every message kept or counted"
+    );
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    assert_eq!(got.last(), Some(&(N - 1)), "the newest kept: {got:?}");
+    assert!(got.len() <= 16, "{} kept", got.len());
+    assert_eq!(first_lag_at, Some(1), "the loss is the first thing read");
+    b.close().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn first_connect_failures_are_reported_not_retried() {
     let server = Server::start("").await;

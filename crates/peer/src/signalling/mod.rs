@@ -321,6 +321,14 @@ impl SignallingClientBuilder {
         self.ack_timeout = t;
         self
     }
+    /// Events an [`Events`] stream holds before a slow reader loses messages (default 4096;
+    /// at least 16): past it the oldest `Message`/`Direct` go first, and the next read
+    /// returns [`Event::Lagged`] with how many; state, connection and presence events are
+    /// kept up to twice it.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
 
     /// Trust the CA certificates in this PEM text for `wss://`, beside the built-in web
     /// roots (a self-hosted server with a private CA). Repeatable.
