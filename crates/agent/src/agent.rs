@@ -155,7 +155,12 @@ impl Agent {
         tts: impl TextToSpeech,
         opts: AgentOptions,
     ) -> Agent {
-        let opts_echo_cancel = opts.echo_cancel;
+        // The voice's samples too only for the echo canceller.
+        let voice_levels = if opts.echo_cancel {
+            OutputLevels::with_pcm()
+        } else {
+            OutputLevels::new()
+        };
         Agent {
             inner: Arc::new(Inner {
                 peer,
@@ -170,12 +175,7 @@ impl Agent {
                 humans: Mutex::new(HashMap::new()),
                 next_utterance: AtomicU64::new(1),
                 said: Mutex::new(VecDeque::new()),
-                // The samples too only for the echo canceller.
-                voice_levels: if opts_echo_cancel {
-                    OutputLevels::with_pcm()
-                } else {
-                    OutputLevels::new()
-                },
+                voice_levels,
             }),
         }
     }

@@ -62,8 +62,11 @@ pub(crate) fn run(args: SayArgs) -> anyhow::Result<()> {
         pcm.extend_from_slice(chunk);
         Flow::Continue
     })?;
-    std::fs::write(&args.out, wav(tts.sample_rate(), &pcm))
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(
+        &args.out,
+        parlor_media::wav::write_mono(tts.sample_rate(), &pcm),
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "say: {:.2} s at {} Hz → {}",
         pcm.len() as f64 / f64::from(tts.sample_rate()),
@@ -71,38 +74,4 @@ pub(crate) fn run(args: SayArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// A 16-bit mono PCM WAV file.
-fn wav(rate: u32, pcm: &[i16]) -> Vec<u8> {
-    let data = (pcm.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + pcm.len() * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data.to_le_bytes());
-    for s in pcm {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_wav_header_describes_its_samples() {
-        let w = super::wav(22_050, &[1, -2, 3]);
-        assert_eq!(&w[..4], b"RIFF");
-        assert_eq!(u32::from_le_bytes([w[4], w[5], w[6], w[7]]), 36 + 6);
-        assert_eq!(u32::from_le_bytes([w[24], w[25], w[26], w[27]]), 22_050);
-        assert_eq!(&w[44..], &[1, 0, 0xfe, 0xff, 3, 0]);
-    }
 }

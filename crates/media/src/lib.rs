@@ -42,6 +42,7 @@ pub mod codec;
 pub mod frames;
 pub mod resample;
 pub mod source;
+pub mod wav;
 
 pub use codec::OpusSettings;
 pub use frames::{AudioFrame, AudioFrames, MediaClock, SpeechDownsampler};
@@ -70,4 +71,7 @@ pub enum MediaError {
     /// The resampler failed.
     #[error("resampler: {0}")]
     Resampler(String),
+    /// Not a mono 16-bit PCM WAV file ([`wav`]).
+    #[error("WAV: {0}")]
+    Wav(String),
 }

@@ -5,7 +5,7 @@
 //!     [--window SECS] [--f32] FILE.wav...
 //! ```
 //!
-//! Each file (16-bit PCM, mono or the first channel, any rate) is brought to 16 kHz and
+//! Each file (mono 16-bit PCM, any rate) is brought to 16 kHz and
 //! transcribed in one pass; prints the time the pass took and the text. `--window` sets the
 //! fewest seconds the encoder sees (default: the audio plus 1 s; Whisper's own is 30);
 //! `--f32` keeps the decoder's weights in f32 instead of 8 bits.
@@ -16,35 +16,6 @@ use std::time::Instant;
 use parlor_media::StreamResampler;
 use parlor_voice::models::{Model, ModelCache};
 use parlor_voice::whisper::WhisperModel;
-
-fn read_wav(path: &str) -> Result<(u32, Vec<i16>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return Err(format!("{path}: not a WAV file"));
-    }
-    let (mut rate, mut channels, mut at) = (0u32, 1usize, 12usize);
-    while at + 8 <= bytes.len() {
-        let id = &bytes[at..at + 4];
-        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
-            as usize;
-        let body = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
-        if id == b"fmt " && body.len() >= 16 {
-            channels = usize::from(u16::from_le_bytes([body[2], body[3]])).max(1);
-            rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-            if u16::from_le_bytes([body[14], body[15]]) != 16 {
-                return Err(format!("{path}: only 16-bit PCM"));
-            }
-        } else if id == b"data" {
-            let samples = body
-                .chunks_exact(2 * channels)
-                .map(|f| i16::from_le_bytes([f[0], f[1]]))
-                .collect();
-            return Ok((rate, samples));
-        }
-        at += 8 + len + len % 2;
-    }
-    Err(format!("{path}: no data"))
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).peekable();
@@ -70,7 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         whisper = whisper.with_min_window(secs);
     }
     for file in files {
-        let (rate, pcm) = read_wav(&file)?;
+        let bytes = std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?;
+        let (pcm, rate) =
+            parlor_media::wav::read_mono(&bytes).map_err(|e| format!("{file}: {e}"))?;
         let mut pcm16 = Vec::new();
         let mut r = StreamResampler::new(rate, 16_000, 1)?;
         r.process(&pcm, &mut pcm16)?;

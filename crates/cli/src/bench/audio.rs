@@ -106,45 +106,9 @@ fn bench_signal(kind: SignalKind) -> anyhow::Result<(Vec<i16>, u32)> {
                     "cannot run espeak-ng (Debian package espeak-ng), or use --signal synthetic",
                 )?;
             anyhow::ensure!(out.status.success(), "espeak-ng failed: {}", out.status);
-            parse_wav_mono(&out.stdout).context("espeak-ng's WAV output")
+            parlor_media::wav::read_mono(&out.stdout).context("espeak-ng's WAV output")
         }
     }
-}
-
-/// The samples and rate of a mono s16 WAV (also a streamed one whose sizes are unset).
-fn parse_wav_mono(wav: &[u8]) -> anyhow::Result<(Vec<i16>, u32)> {
-    anyhow::ensure!(
-        wav.len() >= 12 && &wav[..4] == b"RIFF" && &wav[8..12] == b"WAVE",
-        "not a WAV file"
-    );
-    let (mut pos, mut rate) = (12usize, None);
-    while pos + 8 <= wav.len() {
-        let id = &wav[pos..pos + 4];
-        let len = u32::from_le_bytes([wav[pos + 4], wav[pos + 5], wav[pos + 6], wav[pos + 7]]);
-        let body = pos + 8;
-        if id == b"fmt " {
-            let f = wav.get(body..body + 16).context("short fmt chunk")?;
-            let (format, channels) = (
-                u16::from_le_bytes([f[0], f[1]]),
-                u16::from_le_bytes([f[2], f[3]]),
-            );
-            let bits = u16::from_le_bytes([f[14], f[15]]);
-            anyhow::ensure!(
-                format == 1 && channels == 1 && bits == 16,
-                "want mono 16-bit PCM, got format {format}, {channels} channels, {bits} bits"
-            );
-            rate = Some(u32::from_le_bytes([f[4], f[5], f[6], f[7]]));
-        } else if id == b"data" {
-            let end = body.saturating_add(len as usize).min(wav.len());
-            let samples = wav[body..end]
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            return Ok((samples, rate.context("data before fmt")?));
-        }
-        pos = body.saturating_add(len as usize + (len as usize & 1));
-    }
-    anyhow::bail!("no data chunk")
 }
 
 /// A deterministic speech-like signal: a 140 Hz voice with formant-weighted harmonics,
@@ -926,36 +890,4 @@ fn print_side_by_side(args: &AudioArgs, rust: &serde_json::Value, py: &serde_jso
         "| paced floor (codec on the 20 ms clock, UDP, no WebRTC) | {paced:.4} | | {:.2}× |",
         f(py, cpu) / paced
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn wav(rate: u32, channels: u16, samples: &[i16], data_len: u32) -> Vec<u8> {
-        let mut w = b"RIFF\xff\xff\xff\xffWAVEfmt ".to_vec();
-        w.extend(16u32.to_le_bytes());
-        w.extend(1u16.to_le_bytes());
-        w.extend(channels.to_le_bytes());
-        w.extend(rate.to_le_bytes());
-        w.extend((rate * 2).to_le_bytes());
-        w.extend(2u16.to_le_bytes());
-        w.extend(16u16.to_le_bytes());
-        w.extend(b"data");
-        w.extend(data_len.to_le_bytes());
-        w.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
-        w
-    }
-
-    #[test]
-    fn wav_parsing_takes_streamed_and_sized_files_and_refuses_others() {
-        // espeak-ng --stdout leaves the sizes unset (0xffffffff): read to the end.
-        let (s, r) = parse_wav_mono(&wav(22_050, 1, &[1, -2, 3], u32::MAX)).expect("streamed");
-        assert_eq!((s, r), (vec![1, -2, 3], 22_050));
-        let (s, _) = parse_wav_mono(&wav(16_000, 1, &[1, -2, 3], 4)).expect("sized");
-        assert_eq!(s, vec![1, -2]);
-        assert!(parse_wav_mono(&wav(16_000, 2, &[1, 2], 4)).is_err());
-        assert!(parse_wav_mono(b"RIFF").is_err());
-        assert!(parse_wav_mono(&[0; 64]).is_err());
-    }
 }
