@@ -245,6 +245,10 @@ fn default_web() -> PathBuf {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.stt_window.is_finite() && (0.0..=30.0).contains(&args.stt_window),
+        "--stt-window must be between 0 and 30 (seconds)"
+    );
     let web = args.web.clone().unwrap_or_else(default_web);
     anyhow::ensure!(
         web.join("index.html").exists(),

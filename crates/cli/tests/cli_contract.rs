@@ -648,3 +648,20 @@ fn say_writes_a_wav_and_refuses_bad_speeds() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_refuses_a_bad_stt_window() {
+    for bad in ["31", "-1", "NaN"] {
+        let out = Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .arg(format!("--stt-window={bad}"))
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "--stt-window {bad} was taken");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--stt-window must be between 0 and 30"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
