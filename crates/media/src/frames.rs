@@ -1,17 +1,16 @@
-//! Inbound audio: a remote track's Opus frames decoded to 48 kHz stereo PCM, with loss
-//! concealment, and a converter to 16 kHz mono for speech-to-text.
+//! Inbound audio: a remote track's Opus frames put in order by a jitter buffer and decoded
+//! to 48 kHz stereo PCM, with FEC and loss concealment; a converter to 16 kHz mono for
+//! speech-to-text; and the clock that places frames by their RTP times.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use parlor_peer::{RemoteTrack, TrackKind};
 
 use crate::MediaError;
 use crate::codec::{Decoder, SAMPLE_RATE};
+use crate::jitter::{JitterBuffer, JitterStats, Playout};
 use crate::resample::StreamResampler;
-
-/// Longest gap (in 48 kHz samples) concealed; a longer gap (a pause in the sender's stream,
-/// a restart) just resumes.
-const MAX_CONCEALED: u64 = 3 * 960;
 
 /// Decoded PCM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,13 +39,16 @@ impl AudioFrame {
     }
 }
 
-/// Decoded frames of one remote audio track (the `iter_frames` equivalent). Ends (`None`)
-/// when the track ends.
+/// Decoded frames of one remote audio track (the `iter_frames` equivalent), in RTP order:
+/// packets pass through a [`JitterBuffer`] (reordered, a late one waited for as long as the
+/// link's jitter says, duplicates dropped), and a lost one comes back from the next packet's
+/// in-band FEC or is concealed (PLC). Ends (`None`) when the track ends.
 #[derive(Debug)]
 pub struct AudioFrames {
     track: RemoteTrack,
     decoder: Decoder,
-    next_rtp: Option<u64>,
+    jitter: JitterBuffer,
+    ended: bool,
     ready: VecDeque<AudioFrame>,
     concealed: u64,
 }
@@ -60,7 +62,8 @@ impl AudioFrames {
         Ok(AudioFrames {
             track,
             decoder: Decoder::new()?,
-            next_rtp: None,
+            jitter: JitterBuffer::new(),
+            ended: false,
             ready: VecDeque::new(),
             concealed: 0,
         })
@@ -76,54 +79,79 @@ impl AudioFrames {
         self.concealed
     }
 
-    /// The next decoded frame; `None` once the track has ended.
-    pub async fn next(&mut self) -> Option<AudioFrame> {
-        loop {
-            if let Some(f) = self.ready.pop_front() {
-                return Some(f);
-            }
-            let packet = self.track.recv().await?;
-            if let Some(expected) = self.next_rtp {
-                let gap = packet.rtp_time.wrapping_sub(expected);
-                if gap > 0 && gap <= MAX_CONCEALED {
-                    // One lost frame comes back from the next packet's FEC; more are PLC.
-                    let mut at = expected;
-                    let mut left = gap;
-                    while left > 0 {
-                        let n = left.min(960);
-                        let fec = (left == n).then_some(&packet.data[..]);
-                        match self.decoder.conceal(n as usize, fec) {
-                            Ok(samples) => {
-                                self.concealed += 1;
-                                self.ready.push_back(AudioFrame {
-                                    samples,
-                                    channels: 2,
-                                    sample_rate: SAMPLE_RATE,
-                                    rtp_time: at,
-                                    concealed: true,
-                                });
-                            }
-                            Err(e) => tracing::debug!(error = %e, "concealment failed"),
-                        }
-                        at += n;
-                        left -= n;
-                    }
-                }
-            }
-            match self.decoder.decode(&packet.data) {
-                Ok(samples) => {
-                    self.next_rtp = Some(packet.rtp_time + (samples.len() / 2) as u64);
-                    self.ready.push_back(AudioFrame {
+    /// What the jitter buffer did so far (late, lost, duplicates…) and how long it waits for
+    /// a missing packet now.
+    pub fn jitter_stats(&self) -> (JitterStats, Duration) {
+        (self.jitter.stats(), self.jitter.target_delay())
+    }
+
+    /// Decode what the jitter buffer hands out at `now` into `ready`.
+    fn play_out(&mut self, now: Instant) {
+        while let Some(p) = self.jitter.pop(now) {
+            match p {
+                Playout::Packet(packet) => match self.decoder.decode(&packet.data) {
+                    Ok(samples) => self.ready.push_back(AudioFrame {
                         samples,
                         channels: 2,
                         sample_rate: SAMPLE_RATE,
                         rtp_time: packet.rtp_time,
                         concealed: false,
-                    });
-                }
-                Err(e) => tracing::debug!(error = %e, "undecodable Opus packet dropped"),
+                    }),
+                    Err(e) => tracing::debug!(error = %e, "undecodable Opus packet dropped"),
+                },
+                Playout::Lost {
+                    rtp_time,
+                    samples,
+                    fec,
+                } => match self.decoder.conceal(samples as usize, fec.as_deref()) {
+                    Ok(samples) => {
+                        self.concealed += 1;
+                        self.ready.push_back(AudioFrame {
+                            samples,
+                            channels: 2,
+                            sample_rate: SAMPLE_RATE,
+                            rtp_time,
+                            concealed: true,
+                        });
+                    }
+                    Err(e) => tracing::debug!(error = %e, "concealment failed"),
+                },
             }
         }
+    }
+
+    /// The next decoded frame; `None` once the track has ended. Cancel-safe: a frame
+    /// decoded and not yet returned stays for the next call.
+    pub async fn next(&mut self) -> Option<AudioFrame> {
+        loop {
+            if let Some(f) = self.ready.pop_front() {
+                return Some(f);
+            }
+            self.play_out(Instant::now());
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if self.ended {
+                return None;
+            }
+            let deadline = self.jitter.poll_timeout();
+            tokio::select! {
+                packet = self.track.recv() => match packet {
+                    Some(packet) => self.jitter.push(Instant::now(), packet),
+                    None => {
+                        self.ended = true;
+                        self.jitter.drain();
+                    }
+                },
+                () = sleep_until(deadline), if deadline.is_some() => {}
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
     }
 }
 
@@ -207,6 +235,17 @@ impl MediaClock {
 
     fn media(&self, ticks: u64) -> std::time::Duration {
         std::time::Duration::from_micros(ticks.saturating_mul(1_000_000) / u64::from(self.rate))
+    }
+
+    /// Where a frame with `rtp_time` belongs on the current anchor, without moving it;
+    /// `None` before the first frame.
+    pub fn at(&self, rtp_time: u64) -> Option<std::time::Instant> {
+        let (rtp0, t0) = self.anchor?;
+        if rtp_time >= rtp0 {
+            t0.checked_add(self.media(rtp_time - rtp0))
+        } else {
+            t0.checked_sub(self.media(rtp0 - rtp_time))
+        }
     }
 
     /// Where the frame with `rtp_time` that `arrived` now belongs: never later than its

@@ -9,8 +9,10 @@
 //!   at a cap, silence on underrun, `end()` (drain) and `stop()` (barge-in). Its in-band FEC
 //!   follows the loss the far ends report in RTCP: nothing is spent on it on a clean link
 //!   ([`codec::fec_loss_percent`], [`AudioSource::expected_loss_percent`]).
-//! * [`AudioFrames`] — a remote audio track decoded to 48 kHz stereo frames, with FEC/PLC
-//!   for lost packets; [`SpeechDownsampler`] turns them into 16 kHz mono for STT.
+//! * [`AudioFrames`] — a remote audio track decoded to 48 kHz stereo frames, in order through
+//!   a [`jitter::JitterBuffer`] (a missing packet waited for only as long as the link's
+//!   jitter says; nothing present held back), with FEC/PLC for lost packets;
+//!   [`SpeechDownsampler`] turns them into 16 kHz mono for STT.
 //! * [`StreamResampler`] — rubato's FFT resampler behind a streaming `i16` interface.
 //!
 //! ```no_run
@@ -40,6 +42,7 @@
 
 pub mod codec;
 pub mod frames;
+pub mod jitter;
 pub mod resample;
 pub mod source;
 pub mod wav;

@@ -283,6 +283,10 @@ struct RemoteShared {
 
 /// A track a remote peer sends us, as a stream of encoded frames. The stream ends when the
 /// track, its connection or the peer goes away. Cheap to clone; clones share one stream.
+///
+/// Audio frames come as the network delivers them: a reordered packet comes out of order and
+/// a duplicate twice (each with its RTP time); `parlor_media::AudioFrames` puts them back in
+/// order through its jitter buffer. Video frames are reassembled and ordered by the stack.
 #[derive(Clone)]
 pub struct RemoteTrack {
     inner: Arc<RemoteShared>,
