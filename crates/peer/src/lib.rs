@@ -108,5 +108,5 @@ pub mod track;
 pub use connection::data_channel::{DataChannel, DataChannelError, DataMessage};
 pub use connection::{ConnectionError, PeerConnectionState};
 pub use room::{RemoteEvents, RemotePeer, RoomError, RoomEvent, RoomEvents, RoomOptions, RoomPeer};
-pub use signalling::{ReconnectOptions, SignallingClient};
+pub use signalling::{PendingAck, ReconnectOptions, SignallingClient};
 pub use track::{EncodedFrame, LocalTrack, RemoteTrack, TrackKind};

@@ -560,3 +560,93 @@ async fn wss_to_a_server_with_a_private_ca() {
     handle.shutdown().await.expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP proxy to `upstream` that delays each direction by `one_way` (order kept).
+async fn delay_proxy(upstream: SocketAddr, one_way: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let outbound = tokio::net::TcpStream::connect(upstream)
+                .await
+                .expect("upstream");
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            for (mut from, mut to) in [(ri, wo), (ro, wi)] {
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(64);
+                tokio::spawn(async move {
+                    while let Some((at, bytes)) = rx.recv().await {
+                        tokio::time::sleep_until(at).await;
+                        if to.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf).await {
+                        let at = tokio::time::Instant::now() + one_way;
+                        if tx.send((at, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    format!("ws://{addr}")
+}
+
+#[tokio::test]
+async fn queued_sends_do_not_wait_for_each_others_acks_and_keep_their_order() {
+    let server = Server::start("").await;
+    // 200 ms of signalling round trip: 20 sends one ack after another would take 4 s.
+    let url = delay_proxy(server.addr, Duration::from_millis(100)).await;
+    let a = client(&url);
+    let b = client(&server.url());
+    let mut eb = b.events();
+    a.connect().await.expect("connect a");
+    b.connect().await.expect("connect b");
+    let to = b.peer_id().expect("b id");
+    let started = tokio::time::Instant::now();
+    let mut acks = Vec::new();
+    for n in 0..20 {
+        acks.push(
+            a.send_queued(&to, &json!({ "n": n }))
+                .await
+                .expect("queued"),
+        );
+    }
+    // All are on their way before the first ack could have come back.
+    assert!(started.elapsed() < Duration::from_millis(200));
+    for ack in acks {
+        ack.wait().await.expect("acked");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "20 acks took {:?}: the sends waited for each other",
+        started.elapsed()
+    );
+    for n in 0..20 {
+        let got = wait_for(&mut eb, |e| match e {
+            Event::Direct { data, .. } => serde_json::from_str::<serde_json::Value>(data.get())
+                .ok()?
+                .get("n")
+                .and_then(serde_json::Value::as_u64),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, n, "out of order");
+    }
+    // A server error still comes back through the ack.
+    let err = a
+        .send_queued("p_nobody_here", &json!({ "n": 0 }))
+        .await
+        .expect("queued")
+        .wait()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    server.stop().await;
+}

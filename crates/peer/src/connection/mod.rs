@@ -104,7 +104,7 @@ pub(crate) struct ConnParams {
     pub(crate) polite: bool,
     pub(crate) bind_ip: IpAddr,
     pub(crate) events: EventSender<RoomEvent>,
-    pub(crate) signals: mpsc::UnboundedSender<Value>,
+    pub(crate) signals: mpsc::Sender<Value>,
     pub(crate) track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
     /// TURN servers to allocate relayed candidates on.
     pub(crate) turn: Vec<TurnTarget>,
@@ -254,6 +254,9 @@ type StreamBytes = (SocketAddr, Vec<u8>);
 
 /// Chunks queued between a TURN stream task and its connection, each way.
 const STREAM_QUEUE: usize = 256;
+/// Signals (descriptions, candidates) a connection may have queued for its sender: far more
+/// than a negotiation makes (the sender does not wait for acks); see `signal` for overflow.
+pub(crate) const SIGNAL_QUEUE: usize = 256;
 
 /// Resolve the TURN servers' names and, for TCP/TLS ones, connect (each in parallel,
 /// [`RESOLVE_TIMEOUT`] and [`CONNECT_TIMEOUT`] at most); every target yields one message.
@@ -402,9 +405,14 @@ fn new_rtc(now: Instant) -> Rtc {
     }
     // Stats events carry the loss the far end reports in its RTCP receiver reports (one every
     // 5 s for audio), which tunes the sender's in-band FEC (`LocalTrack::reported_loss`).
+    // Audio packets are handed on as they arrive, reordered or not: str0m's default holds
+    // every packet behind a lost one until 15 more are in (a 300 ms stall per loss), which
+    // the receiver's jitter buffer (`parlor_media::jitter`) does better, waiting only as long
+    // as the link's jitter says.
     let mut config = Rtc::builder()
         .set_extension_map(exts)
-        .set_stats_interval(Some(STATS_INTERVAL));
+        .set_stats_interval(Some(STATS_INTERVAL))
+        .set_reordering_size_audio(0);
     config.set_max_stun_rto(MAX_STUN_RTO);
     config.set_max_stun_retransmits(MAX_STUN_RETRANSMITS);
     config.build(now)
@@ -661,7 +669,17 @@ impl Conn {
     }
 
     fn signal(&self, v: Value) {
-        let _ = self.p.signals.send(v);
+        match self.p.signals.try_send(v) {
+            Ok(()) => {}
+            // The sender is gone with the room or the remote: nothing to send to.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // Overflow policy: the signal is dropped and reported, never silently (a lost
+            // candidate costs one path; a lost description is recovered by the answer
+            // watchdog's ICE restart).
+            Err(mpsc::error::TrySendError::Full(_)) => self.negotiation_error(format!(
+                "signalling queue full ({SIGNAL_QUEUE} signals waiting): one dropped"
+            )),
+        }
     }
 
     /// Drain str0m's output; returns when it next needs a timeout.

@@ -77,6 +77,10 @@ pub struct RoomOptions {
     /// signalling path ate them; the answer watchdog and glare handling take over.
     #[doc(hidden)]
     pub simulate_lost_offers: u32,
+    /// Descriptions and candidates a connection may have sent and not yet had acked
+    /// (`None`: 32). `Some(1)` sends each only after the last one's ack (stop and wait: a
+    /// signalling round trip per candidate, how the peer sent them before).
+    pub signals_in_flight: Option<usize>,
 }
 
 impl RoomOptions {
@@ -106,10 +110,59 @@ impl RoomOptions {
         self
     }
 
+    /// Signals in flight per connection (see [`RoomOptions::signals_in_flight`]).
+    pub fn signals_in_flight(mut self, n: usize) -> Self {
+        self.signals_in_flight = Some(n.max(1));
+        self
+    }
+
     /// Bind to (and announce) this address.
     pub fn bind_ip(mut self, ip: IpAddr) -> Self {
         self.bind_ip = Some(ip);
         self
+    }
+}
+
+/// Signals (descriptions, candidates) sent and not yet acked, per connection, at most
+/// (default of [`RoomOptions::signals_in_flight`]).
+const SIGNALS_IN_FLIGHT: usize = 32;
+
+/// One connection's signal sender: its descriptions and candidates go out in the order the
+/// connection made them, each without waiting for the last one's ack (up to
+/// `in_flight`; the server keeps a connection's frames in order), so call setup
+/// costs no round trip per candidate. Acks settle afterwards; a refused or lost signal is
+/// logged (the connection's answer watchdog and ICE restarts recover a lost description).
+async fn send_signals(
+    client: SignallingClient,
+    to: String,
+    mut signals: tokio::sync::mpsc::Receiver<Value>,
+    in_flight: usize,
+) {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    let mut acks = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            v = signals.recv(), if acks.len() < in_flight => {
+                let Some(v) = v else { break };
+                let kind = v.get("type").and_then(Value::as_str).unwrap_or("candidate");
+                tracing::debug!(peer = %to, kind, in_flight = acks.len(), "signal sent");
+                match client.send_queued(&to, &v).await {
+                    Ok(ack) => acks.push(ack.wait()),
+                    Err(e) => tracing::debug!(peer = %to, error = %e, "signal not sent"),
+                }
+            }
+            Some(result) = acks.next(), if !acks.is_empty() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %to, error = %e, "signal not delivered");
+                }
+            }
+        }
+    }
+    while let Some(result) = acks.next().await {
+        if let Err(e) = result {
+            tracing::debug!(peer = %to, error = %e, "signal not delivered");
+        }
     }
 }
 
@@ -282,6 +335,7 @@ struct Inner {
     /// TLS client configuration for `turns:` servers.
     turn_tls: Option<Arc<rustls::ClientConfig>>,
     lost_offers: u32,
+    signals_in_flight: usize,
     next_conn: AtomicU64,
     include_sender_metadata: Mutex<bool>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -330,6 +384,10 @@ impl RoomPeer {
                 ice_servers: Mutex::new(options.ice_servers),
                 relay_only: options.relay_only,
                 lost_offers: options.simulate_lost_offers,
+                signals_in_flight: options
+                    .signals_in_flight
+                    .unwrap_or(SIGNALS_IN_FLIGHT)
+                    .max(1),
                 turn_tls: match signalling::tls_config(&options.turn_tls_roots_pem) {
                     Ok(c) => Some(c),
                     Err(e) => {
@@ -621,17 +679,13 @@ impl RoomPeer {
         };
         // Close the old connection first (its socket and tracks go with it).
         lock(&remote.shared.conn).take();
-        let (signals, mut signal_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let client = self.inner.client.clone();
-        let to = remote.id().to_owned();
-        // One ordered sender per connection: signals reach the remote in the order made.
-        tokio::spawn(async move {
-            while let Some(v) = signal_rx.recv().await {
-                if let Err(e) = client.send(&to, &v).await {
-                    tracing::debug!(peer = %to, error = %e, "signal not sent");
-                }
-            }
-        });
+        let (signals, signal_rx) = tokio::sync::mpsc::channel::<Value>(conn::SIGNAL_QUEUE);
+        tokio::spawn(send_signals(
+            self.inner.client.clone(),
+            remote.id().to_owned(),
+            signal_rx,
+            self.inner.signals_in_flight,
+        ));
         let mut tracks = lock(&self.inner.tracks).clone();
         tracks.extend(lock(&remote.shared.tracks).iter().cloned());
         let params = ConnParams {

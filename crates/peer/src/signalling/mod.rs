@@ -622,6 +622,30 @@ impl SignallingClient {
         self.request(|rid| wire::send(peer_id, &raw, rid)).await
     }
 
+    /// Queue a direct message to `peer_id` for the socket without waiting for its ack:
+    /// returns once the frame is in the connection's outgoing queue (frames leave in the
+    /// order queued, and the server keeps that order), with a [`PendingAck`] that settles
+    /// it. Several can be in flight at once (the peer's descriptions and ICE candidates go
+    /// out this way, so call setup does not pay a round trip per candidate). Errors as
+    /// [`send`](SignallingClient::send), the server's ones through the [`PendingAck`].
+    pub async fn send_queued<T: Serialize + ?Sized>(
+        &self,
+        peer_id: &str,
+        data: &T,
+    ) -> Result<PendingAck, SignallingError> {
+        if !validate::is_valid_peer_id(peer_id) {
+            return Err(SignallingError::InvalidArgument(
+                "peer id must be 1-128 characters without control characters".into(),
+            ));
+        }
+        let raw = self.payload(data)?;
+        let tx = lock(&self.shared.conn)
+            .as_ref()
+            .map(|c| c.tx.clone())
+            .ok_or(SignallingError::NotConnected)?;
+        enqueue(&self.shared, &tx, |rid| wire::send(peer_id, &raw, rid)).await
+    }
+
     fn payload<T: Serialize + ?Sized>(&self, data: &T) -> Result<Box<RawValue>, SignallingError> {
         let raw = serde_json::value::to_raw_value(data)
             .map_err(|e| SignallingError::InvalidArgument(format!("payload: {e}")))?;
@@ -645,10 +669,19 @@ impl SignallingClient {
 }
 
 async fn request_on(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     tx: &mpsc::Sender<Outgoing>,
     build: impl FnOnce(&str) -> String,
 ) -> Result<(), SignallingError> {
+    enqueue(shared, tx, build).await?.wait().await
+}
+
+/// Put a request on the connection's outgoing queue; its ack is waited for separately.
+async fn enqueue(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Outgoing>,
+    build: impl FnOnce(&str) -> String,
+) -> Result<PendingAck, SignallingError> {
     let rid = new_request_id();
     let (otx, orx) = oneshot::channel();
     lock(&shared.pending).insert(rid.clone(), otx);
@@ -656,16 +689,57 @@ async fn request_on(
         lock(&shared.pending).remove(&rid);
         return Err(SignallingError::Disconnected);
     }
-    match timeout(shared.ack_timeout, orx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(SignallingError::Disconnected),
-        Err(_) => {
-            lock(&shared.pending).remove(&rid);
-            Err(SignallingError::AckTimeout {
-                request_id: rid,
-                timeout: shared.ack_timeout,
-            })
+    Ok(PendingAck {
+        rid,
+        rx: Some(orx),
+        shared: Arc::clone(shared),
+    })
+}
+
+/// The ack of a request sent with [`SignallingClient::send_queued`], not yet received.
+/// Dropping it forgets the request (its ack, when it comes, is ignored).
+#[must_use = "the ack carries the server's error, if any"]
+pub struct PendingAck {
+    rid: String,
+    rx: Option<oneshot::Receiver<Result<(), SignallingError>>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PendingAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAck")
+            .field("request_id", &self.rid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingAck {
+    /// The request's id (`requestId` on the wire).
+    pub fn request_id(&self) -> &str {
+        &self.rid
+    }
+
+    /// Wait for the ack (at most the client's ack timeout): `Ok` when the server took the
+    /// request, its error otherwise.
+    pub async fn wait(mut self) -> Result<(), SignallingError> {
+        let Some(rx) = self.rx.take() else {
+            return Err(SignallingError::Disconnected);
+        };
+        match timeout(self.shared.ack_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SignallingError::Disconnected),
+            Err(_) => Err(SignallingError::AckTimeout {
+                request_id: self.rid.clone(),
+                timeout: self.shared.ack_timeout,
+            }),
         }
+    }
+}
+
+impl Drop for PendingAck {
+    fn drop(&mut self) {
+        // Waited for or not, the request's slot goes with it (a late ack finds none).
+        lock(&self.shared.pending).remove(&self.rid);
     }
 }
 
