@@ -665,3 +665,25 @@ fn demo_refuses_a_bad_stt_window() {
         );
     }
 }
+
+#[test]
+fn bench_network_refuses_bad_links_before_loading_anything() {
+    for (args, says) in [
+        (&["--models", "gilbert"][..], "is not a loss model"),
+        (
+            &["--loss", "70"][..],
+            "--loss: percentages between 0 and 50",
+        ),
+        (&["--jitter", "5000"][..], "--jitter: at most 1000 ms"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["bench", "network", "--no-stt"])
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?} was taken");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("models:"), "{args:?} loaded models first");
+    }
+}

@@ -3,10 +3,15 @@
 //!
 //! * [`audio`]: the audio pipeline against the libopus floor and the Python SDK;
 //! * [`load`]: the server under many WebSocket clients (`connections`, `fanout`), fan-out
-//!   beside nats-server; `direct`; `churn`; `reconnect-storm`.
+//!   beside nats-server; `direct`; `churn`; `reconnect-storm`;
+//! * [`network`]: what a lossy, jittery link does to what the agent hears (simulated link,
+//!   the receiver now and before, Whisper's word error rate);
+//! * [`setup`]: call setup with a signalling round-trip time, pipelined and stop-and-wait.
 
 mod audio;
 mod load;
+mod network;
+mod setup;
 
 use clap::Subcommand;
 
@@ -14,6 +19,12 @@ use clap::Subcommand;
 pub(crate) enum BenchCommand {
     /// Audio pipeline: CPU per audio-second, push→frame latency, join→first audio, RSS.
     Audio(audio::AudioArgs),
+    /// A simulated lossy, jittery link: what the agent's receiver hands to speech-to-text
+    /// (lost, concealed, delay, word error rate), now and before the jitter buffer.
+    Network(network::NetworkArgs),
+    /// Call setup (join → Connected, join → first audio) with a signalling round-trip time,
+    /// the peer's signals pipelined and stop-and-wait side by side.
+    CallSetup(setup::CallSetupArgs),
     /// Hold N idle connections: server RSS per connection, connect rate, welcome latency.
     Connections(load::ConnectionsArgs),
     /// One client process of `connections` (started by it).
@@ -33,6 +44,8 @@ pub(crate) enum BenchCommand {
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::audio(args).await,
+        BenchCommand::Network(args) => network::network(args).await,
+        BenchCommand::CallSetup(args) => setup::call_setup(args).await,
         BenchCommand::Connections(args) => load::connections(args).await,
         BenchCommand::ConnectionsWorker(args) => load::connections_worker(args).await,
         BenchCommand::Fanout(args) => load::fanout(args).await,
