@@ -684,6 +684,9 @@ fn bench_network_refuses_bad_links_before_loading_anything() {
         assert!(!out.status.success(), "{args:?} was taken");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
-        assert!(!stderr.contains("models:"), "{args:?} loaded models first");
+        assert!(
+            !stderr.contains("bench network:") && !stderr.contains(" present"),
+            "{args:?} loaded models first"
+        );
     }
 }
