@@ -73,9 +73,10 @@ pub struct RoomOptions {
     pub relay_only: bool,
     /// Extra CA certificates (PEM) trusted for `turns:` servers, beside the web PKI roots.
     pub turn_tls_roots_pem: Vec<Vec<u8>>,
-    /// Test hook: every connection loses its first this-many offers (never sent), as if the
-    /// signalling path ate them; the answer watchdog and glare handling take over.
-    #[doc(hidden)]
+    /// Fault injection (feature `fault-injection`, for tests): every connection loses its
+    /// first this-many offers (never sent), as if the signalling path ate them; the answer
+    /// watchdog and glare handling take over.
+    #[cfg(feature = "fault-injection")]
     pub simulate_lost_offers: u32,
     /// Descriptions and candidates a connection may have sent and not yet had acked
     /// (`None`: 32). `Some(1)` sends each only after the last one's ack (stop and wait: a
@@ -103,8 +104,8 @@ impl RoomOptions {
         self
     }
 
-    /// Test hook (see [`RoomOptions::simulate_lost_offers`]).
-    #[doc(hidden)]
+    /// Fault injection (see [`RoomOptions::simulate_lost_offers`]).
+    #[cfg(feature = "fault-injection")]
     pub fn simulate_lost_offers(mut self, n: u32) -> Self {
         self.simulate_lost_offers = n;
         self
@@ -271,18 +272,18 @@ impl RemotePeer {
         self.command(Command::RemoveTrack(track.id().to_owned()));
     }
 
-    /// Test hook: simulate a network outage on the connection to this peer (every datagram
-    /// in and out is dropped for `duration`). Not part of the stable API.
-    #[doc(hidden)]
+    /// Fault injection (feature `fault-injection`, for tests): simulate a network outage on
+    /// the connection to this peer (every datagram in and out is dropped for `duration`).
+    #[cfg(feature = "fault-injection")]
     pub fn simulate_network_outage(&self, duration: std::time::Duration) {
         self.command(Command::Blackhole(Instant::now() + duration));
     }
 
-    /// Test hook: drop `fraction` (0.0–1.0) of the RTP packets sent to this peer, evenly
-    /// spread, until called again with 0.0 (STUN, DTLS and RTCP still pass, so the far end's
-    /// receiver reports count the loss). Lasts for the current connection. Not part of the
-    /// stable API.
-    #[doc(hidden)]
+    /// Fault injection (feature `fault-injection`, for tests): drop `fraction` (0.0–1.0) of
+    /// the RTP packets sent to this peer, evenly spread, until called again with 0.0 (STUN,
+    /// DTLS and RTCP still pass, so the far end's receiver reports count the loss). Lasts for
+    /// the current connection.
+    #[cfg(feature = "fault-injection")]
     pub fn simulate_packet_loss(&self, fraction: f32) {
         self.command(Command::DropRtp(fraction));
     }
@@ -383,7 +384,10 @@ impl RoomPeer {
                 bind_ip: options.bind_ip.unwrap_or_else(default_bind_ip),
                 ice_servers: Mutex::new(options.ice_servers),
                 relay_only: options.relay_only,
+                #[cfg(feature = "fault-injection")]
                 lost_offers: options.simulate_lost_offers,
+                #[cfg(not(feature = "fault-injection"))]
+                lost_offers: 0,
                 signals_in_flight: options
                     .signals_in_flight
                     .unwrap_or(SIGNALS_IN_FLIGHT)
