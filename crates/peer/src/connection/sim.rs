@@ -125,6 +125,13 @@ impl Sim {
         }
     }
 
+    /// Side `i` starts over with a fresh connection (a new DTLS identity), as the Python
+    /// SDK does when it restarts ICE by rebuilding its RTCPeerConnection.
+    fn rebuild(&mut self, i: usize) {
+        let addr = self.sides[i].addr;
+        self.sides[i] = side(i as u64, i == 0, addr, Vec::new(), self.now);
+    }
+
     fn state(&self, i: usize) -> PeerConnectionState {
         self.sides[i].conn.state()
     }
@@ -470,5 +477,35 @@ fn audio_flows_over_a_lossy_link_with_what_was_lost_missing() {
             (440..=500).contains(&got) && got + lost as usize >= 500,
             "seed {seed}: {got} frames of 500, {lost} datagrams lost"
         );
+    }
+}
+
+#[test]
+fn a_remote_that_rebuilds_its_connection_is_followed() {
+    for seed in 1..=3 {
+        let mut sim = Sim::new(
+            seed,
+            Net {
+                media: LinkConfig {
+                    delay: ms(20),
+                    jitter: ms(10),
+                    ..LinkConfig::default()
+                },
+                signalling: signalling(50),
+            },
+        );
+        assert!(
+            sim.run_until(Duration::from_secs(10), Sim::both_connected),
+            "{}",
+            sim.explain()
+        );
+        sim.rebuild(1);
+        // The rebuilt side offers from its fresh connection; ours sees a new fingerprint,
+        // rebuilds too (ConnectionReset) and answers.
+        let back = sim.run_until(Duration::from_secs(20), |s| {
+            s.both_connected() && s.sides[0].resets == 1
+        });
+        assert!(back, "seed {seed}: {}", sim.explain());
+        assert_eq!(sim.sides[0].resets, 1);
     }
 }
