@@ -80,7 +80,8 @@ pub(crate) struct NetworkArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write what each receiver decoded, per link, as WAV files into this folder.
+    /// Write what each receiver decoded, per link, as WAV files into this folder, with the
+    /// speech that was sent as `reference.wav` (bench/pesq_network.py scores them).
     #[arg(long)]
     wav_dir: Option<PathBuf>,
     /// Write, per link, the packets' arrival order and what the aiortc port let out (JSON),
@@ -539,6 +540,10 @@ fn run(args: NetworkArgs) -> anyhow::Result<()> {
         "\n| link | receiver | lost on the link | handed out as lost (with FEC) | never handed out | behind the best arrival p50 / p95 (ms) | WER |"
     );
     println!("|---|---|---|---|---|---|---|");
+    if let Some(dir) = &args.wav_dir {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("reference.wav"), wav::write_mono(48_000, &speech))?;
+    }
     let mut results = Vec::new();
     let mut traces = Vec::new();
     for (name, config, fec_pct) in &links {
