@@ -8,7 +8,8 @@ network` decoded, against the speech that was sent.
 
 PESQ takes 16 kHz audio: both files are taken down from 48 kHz by averaging three samples
 after a 7.5 kHz low-pass (numpy FFT), the same for the reference and the received speech.
-Prints a table: link, then the score per receiver (1.0 bad … 4.64 best).
+Recordings are first lined up with the reference (live receivers start recording before the
+speech). Prints a table: link, then the score per receiver (1.0 bad … 4.64 best).
 """
 import glob
 import os
@@ -34,16 +35,36 @@ def read(path):
     return low[:n].reshape(-1, 3).mean(axis=1) / 32768.0
 
 
+def align(ref, deg):
+    """Shift `deg` so that its speech lines up with `ref` (the lag of the largest
+    cross-correlation of 10 ms energy envelopes), then cut both to their common length: live
+    recordings start at whatever time the receiver was ready."""
+    hop = 160
+    env = lambda x: np.sqrt(np.add.reduceat(x * x, np.arange(0, len(x), hop)))
+    a, b = env(ref), env(deg)
+    n = 1 << (len(a) + len(b)).bit_length()
+    xc = np.fft.irfft(np.fft.rfft(b, n) * np.conj(np.fft.rfft(a, n)), n)
+    lag = int(np.argmax(xc))
+    if lag > n // 2:
+        lag -= n
+    shift = lag * hop
+    if shift > 0:
+        deg = deg[shift:]
+    elif shift < 0:
+        deg = np.concatenate([np.zeros(-shift), deg])
+    m = min(len(ref), len(deg))
+    return ref[:m], deg[:m]
+
+
 def main(folder):
     ref = read(os.path.join(folder, "reference.wav"))
     rows = {}
     receivers = []
     for path in sorted(glob.glob(os.path.join(folder, "*--*.wav"))):
         link, receiver = os.path.basename(path)[:-4].rsplit("--", 1)
-        deg = read(path)
-        n = min(len(ref), len(deg))
+        r, d = align(ref, read(path))
         try:
-            score = pesq(16_000, ref[:n], deg[:n], "wb")
+            score = pesq(16_000, r, d, "wb")
         except Exception as e:  # PESQ refuses audio it finds no speech in
             score = float("nan")
             print(f"{path}: {e}", file=sys.stderr)

@@ -594,8 +594,10 @@ impl Conn {
                 }
             }
             Command::CreateChannel { label, reply } => self.create_channel(label, reply),
-            // A network fault: the IO driver drops the datagrams.
+            // Network faults: the IO driver drops or delays the datagrams.
             Command::Blackhole(_) => {}
+            #[cfg(feature = "fault-injection")]
+            Command::Impair(..) => {}
             Command::DropRtp(fraction) => {
                 self.drop_rtp = if fraction.is_finite() {
                     fraction.clamp(0.0, 1.0)

@@ -122,6 +122,10 @@ pub(crate) enum Command {
     /// Fault injection: drop this fraction of outbound RTP.
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     DropRtp(f32),
+    /// Fault injection: every datagram we send goes through this simulated link (loss,
+    /// jitter, reordering…), seeded.
+    #[cfg(feature = "fault-injection")]
+    Impair(parlor_netsim::LinkConfig, u64),
 }
 
 /// The room's handle on a connection task; dropping it closes the connection.
@@ -170,6 +174,8 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
         sock: Arc::new(sock),
         turn_streams: HashMap::new(),
         blackhole_until: None,
+        #[cfg(feature = "fault-injection")]
+        impair: None,
     };
     let task = tokio::spawn(run(driver, flush, cmd_rx, media_rx, turn_rx, stream_rx));
     Ok(ConnHandle { cmd: cmd_tx, task })
@@ -341,6 +347,9 @@ struct Driver {
     turn_streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     /// Test hook ([`Command::Blackhole`]): every datagram in and out is dropped until then.
     blackhole_until: Option<Instant>,
+    /// Test hook ([`Command::Impair`]): outbound datagrams through a simulated link.
+    #[cfg(feature = "fault-injection")]
+    impair: Option<parlor_netsim::Link<(Route, Vec<u8>)>>,
 }
 
 impl Driver {
@@ -355,16 +364,41 @@ impl Driver {
             if self.blackholed() {
                 continue;
             }
-            match route {
-                Route::Udp(to) => {
-                    if let Err(e) = self.sock.send_to(&data, to).await {
-                        tracing::debug!(error = %e, "udp send");
-                    }
+            #[cfg(feature = "fault-injection")]
+            if let Some(link) = &mut self.impair {
+                let size = data.len();
+                link.send(Instant::now(), (route, data), size);
+                continue;
+            }
+            self.send(route, data).await;
+        }
+        #[cfg(feature = "fault-injection")]
+        while let Some((_, (route, data))) =
+            self.impair.as_mut().and_then(|l| l.poll(Instant::now()))
+        {
+            self.send(route, data).await;
+        }
+    }
+
+    /// When the impairing link next delivers a datagram.
+    fn impair_deadline(&self) -> Option<Instant> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(link) = &self.impair {
+            return link.poll_timeout();
+        }
+        None
+    }
+
+    async fn send(&self, route: Route, data: Vec<u8>) {
+        match route {
+            Route::Udp(to) => {
+                if let Err(e) = self.sock.send_to(&data, to).await {
+                    tracing::debug!(error = %e, "udp send");
                 }
-                Route::Stream(server) => {
-                    if let Some(w) = self.turn_streams.get(&server) {
-                        let _ = w.try_send(data);
-                    }
+            }
+            Route::Stream(server) => {
+                if let Some(w) = self.turn_streams.get(&server) {
+                    let _ = w.try_send(data);
                 }
             }
         }
@@ -406,7 +440,9 @@ async fn run(
     let mut armed: Option<Instant> = None;
     loop {
         d.flush().await;
-        let wake = d.conn.poll_timeout();
+        let wake = d
+            .impair_deadline()
+            .map_or(d.conn.poll_timeout(), |t| t.min(d.conn.poll_timeout()));
         if armed != Some(wake) {
             armed = Some(wake);
             sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
@@ -422,6 +458,10 @@ async fn run(
             },
             cmd = cmd_rx.recv() => match cmd {
                 Some(Command::Blackhole(until)) => d.blackhole_until = Some(until),
+                #[cfg(feature = "fault-injection")]
+                Some(Command::Impair(config, seed)) => {
+                    d.impair = Some(parlor_netsim::Link::new(config, seed, Instant::now()));
+                }
                 Some(cmd) => d.conn.handle_command(Instant::now(), cmd),
                 None => return,
             },

@@ -279,6 +279,16 @@ impl RemotePeer {
         self.command(Command::Blackhole(Instant::now() + duration));
     }
 
+    /// Fault injection (feature `fault-injection`, for tests and benchmarks): every datagram
+    /// sent to this peer goes through a simulated link (`parlor_netsim`: loss, bursts, jitter
+    /// and reordering, duplication, a rate cap), random draws seeded with `seed`, for the
+    /// current connection. The far end receives the impaired stream as it would over a bad
+    /// network (its jitter buffer, FEC and RTCP see it all).
+    #[cfg(feature = "fault-injection")]
+    pub fn simulate_link(&self, config: parlor_netsim::LinkConfig, seed: u64) {
+        self.command(Command::Impair(config, seed));
+    }
+
     /// Fault injection (feature `fault-injection`, for tests): drop `fraction` (0.0–1.0) of
     /// the RTP packets sent to this peer, evenly spread, until called again with 0.0 (STUN,
     /// DTLS and RTCP still pass, so the far end's receiver reports count the loss). Lasts for
