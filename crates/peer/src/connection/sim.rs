@@ -509,3 +509,29 @@ fn a_remote_that_rebuilds_its_connection_is_followed() {
         assert_eq!(sim.sides[0].resets, 1);
     }
 }
+
+#[test]
+fn a_call_connects_through_a_narrow_link() {
+    // 64 kbit/s each way with a 300 ms queue: the DTLS flight (certificates) is serialized
+    // over ~100 ms; the call still comes up, only later.
+    for seed in 1..=3 {
+        let mut sim = Sim::new(
+            seed,
+            Net {
+                media: LinkConfig {
+                    delay: ms(30),
+                    rate_bps: Some(64_000),
+                    queue_limit: ms(300),
+                    ..LinkConfig::default()
+                },
+                signalling: signalling(40),
+            },
+        );
+        assert!(
+            sim.run_until(Duration::from_secs(10), Sim::both_connected),
+            "seed {seed}: {}",
+            sim.explain()
+        );
+        assert!(sim.media[0].stats().sent > 0);
+    }
+}
