@@ -3,13 +3,14 @@
 //! ladder, the TURN clients, pending offers, data channels, tracks) with no socket and no
 //! clock. The driver in [`super`] feeds it what happened and when
 //! (`handle_datagram`, `handle_command`, `handle_timeout`, …, each with `now`), sends what
-//! [`Conn::poll_transmit`] gives, and sleeps until [`Conn::poll_timeout`], as str0m's own
-//! `handle_input`/`poll_output` works. Tests drive two of them over a simulated network
+//! [`Conn::poll_transmit`] gives, hands [`Conn::poll_signal`] to the signalling client and
+//! [`Conn::poll_event`] to the room's event bus, and sleeps until [`Conn::poll_timeout`], as
+//! str0m's own `handle_input`/`poll_output` works. Tests drive two of them over a simulated network
 //! (`super::sim`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -29,7 +30,7 @@ use super::relay::{RelayEvent, Relays, Route, TurnTarget};
 use super::{
     ANSWER_TIMEOUT, Command, ConnParams, ConnectionError, HIDDEN_STREAM_BASE, IMPOLITE_OFFER_DELAY,
     MAX_AUTO_OFFERS, MAX_INLINE_TIMEOUTS, MAX_STUN_RETRANSMITS, MAX_STUN_RTO, POLITE_OFFER_DELAY,
-    PeerConnectionState, SIGNAL_QUEUE,
+    PeerConnectionState,
 };
 use crate::room::RoomEvent;
 use crate::rtc::negotiation::{
@@ -126,6 +127,11 @@ pub(crate) struct Conn {
     now: Instant,
     /// Datagrams (and TURN stream bytes) for the IO driver to send, in order.
     out: VecDeque<(Route, Vec<u8>)>,
+    /// Events for the room, and signals (descriptions, candidates, track metadata) for the
+    /// remote, in the order made ([`Conn::poll_event`], [`Conn::poll_signal`]). Behind locks: the
+    /// policy code that makes them holds `&self` in places (never contended: one owner).
+    events_out: Mutex<VecDeque<RoomEvent>>,
+    signals_out: Mutex<VecDeque<Value>>,
     /// When str0m next needs a timeout, and the TURN clients a poll.
     rtc_deadline: Instant,
     relay_deadline: Option<Instant>,
@@ -192,15 +198,16 @@ impl Drop for Conn {
         for reply in self.restart_waiters.drain(..) {
             let _ = reply.send(Err(ConnectionError::Closed));
         }
-        self.end_all_remote_tracks();
         self.rtc.disconnect();
-        self.set_state(PeerConnectionState::Closed);
     }
 }
 
 impl Conn {
     fn emit(&self, e: RoomEvent) {
-        self.p.events.send(e);
+        self.events_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(e);
     }
 
     fn set_state(&mut self, s: PeerConnectionState) {
@@ -222,17 +229,10 @@ impl Conn {
     }
 
     fn signal(&self, v: Value) {
-        match self.p.signals.try_send(v) {
-            Ok(()) => {}
-            // The sender is gone with the room or the remote: nothing to send to.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            // Overflow policy: the signal is dropped and reported, never silently (a lost
-            // candidate costs one path; a lost description is recovered by the answer
-            // watchdog's ICE restart).
-            Err(mpsc::error::TrySendError::Full(_)) => self.negotiation_error(format!(
-                "signalling queue full ({SIGNAL_QUEUE} signals waiting): one dropped"
-            )),
-        }
+        self.signals_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(v);
     }
 
     /// Drain str0m's output: transmits into the out queue (wrapped for a TURN server when
@@ -1176,6 +1176,8 @@ impl Conn {
             local,
             now,
             out: VecDeque::new(),
+            events_out: Mutex::new(VecDeque::new()),
+            signals_out: Mutex::new(VecDeque::new()),
             rtc_deadline: now,
             relay_deadline: None,
             had_remote: false,
@@ -1323,6 +1325,22 @@ impl Conn {
         self.out.pop_front()
     }
 
+    /// The next event for the room (connection state, tracks, channels, errors…).
+    pub(crate) fn poll_event(&mut self) -> Option<RoomEvent> {
+        self.events_out
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// The next signal to send the remote through the signalling server.
+    pub(crate) fn poll_signal(&mut self) -> Option<Value> {
+        self.signals_out
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
     /// When [`Conn::handle_timeout`] is next needed.
     pub(crate) fn poll_timeout(&self) -> Instant {
         [
@@ -1339,11 +1357,14 @@ impl Conn {
     }
 
     /// Closing: release the TURN allocations (their datagrams come out of
-    /// [`Conn::poll_transmit`]; best effort, not retried).
+    /// [`Conn::poll_transmit`]; best effort, not retried), end the remote tracks and report
+    /// `Closed` ([`Conn::poll_event`]).
     pub(crate) fn close(&mut self, now: Instant) {
         self.advance(now);
         self.relays.close(self.now);
         self.queue_relay_transmits();
+        self.end_all_remote_tracks();
+        self.set_state(PeerConnectionState::Closed);
     }
 
     /// The connection's state as last reported.

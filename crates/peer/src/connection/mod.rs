@@ -92,6 +92,8 @@ pub(crate) struct ConnParams {
     pub(crate) remote_id: String,
     pub(crate) polite: bool,
     pub(crate) bind_ip: IpAddr,
+    /// Where the driver forwards the connection's events ([`Conn::poll_event`]) and signals
+    /// ([`Conn::poll_signal`]); the core itself never touches them.
     pub(crate) events: EventSender<RoomEvent>,
     pub(crate) signals: mpsc::Sender<Value>,
     pub(crate) track_meta: Arc<Mutex<HashMap<String, TrackMetaCache>>>,
@@ -163,6 +165,7 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
     let turn = p.turn.clone();
     let tls = p.turn_tls.clone();
     let flush = Arc::new(Notify::new());
+    let (events, signals, remote_id) = (p.events.clone(), p.signals.clone(), p.remote_id.clone());
     let conn = Conn::new(p, local, media_tx, flush.clone(), tracks, Instant::now());
     let (turn_tx, turn_rx) = mpsc::unbounded_channel();
     let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
@@ -171,6 +174,9 @@ pub(crate) fn spawn(p: ConnParams, tracks: Vec<LocalTrack>) -> std::io::Result<C
     }
     let driver = Driver {
         conn,
+        events,
+        signals,
+        remote_id,
         sock: Arc::new(sock),
         turn_streams: HashMap::new(),
         blackhole_until: None,
@@ -342,6 +348,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// fault hook; everything else is [`Conn`]'s.
 struct Driver {
     conn: Conn,
+    /// The room's event bus, and the queue of this connection's signal sender.
+    events: EventSender<RoomEvent>,
+    signals: mpsc::Sender<Value>,
+    remote_id: String,
     sock: Arc<UdpSocket>,
     /// Writers of the TCP/TLS streams to TURN servers.
     turn_streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
@@ -357,9 +367,38 @@ impl Driver {
         self.blackhole_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Send what the connection queued: datagrams on the socket, bytes to the streams
-    /// (dropped when a stream's queue is full, as a congested link would).
+    /// Hand the connection's events to the room and its signals to the sender.
+    fn forward(&mut self) {
+        while let Some(e) = self.conn.poll_event() {
+            self.events.send(e);
+        }
+        while let Some(v) = self.conn.poll_signal() {
+            match self.signals.try_send(v) {
+                Ok(()) => {}
+                // The sender is gone with the room or the remote: nothing to send to.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                // Overflow policy: the signal is dropped and reported, never silently (a lost
+                // candidate costs one path; a lost description is recovered by the answer
+                // watchdog's ICE restart).
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let message = format!(
+                        "signalling queue full ({SIGNAL_QUEUE} signals waiting): one dropped"
+                    );
+                    tracing::warn!(peer = %self.remote_id, %message, "negotiation error");
+                    self.events.send(RoomEvent::NegotiationError {
+                        peer_id: self.remote_id.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Send what the connection queued: events and signals on their queues, datagrams on
+    /// the socket, bytes to the streams (dropped when a stream's queue is full, as a
+    /// congested link would).
     async fn flush(&mut self) {
+        self.forward();
         while let Some((route, data)) = self.conn.poll_transmit() {
             if self.blackholed() {
                 continue;
@@ -407,8 +446,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Release the TURN allocations (best effort: one datagram each, not retried).
+        // Release the TURN allocations (best effort: one datagram each, not retried); the
+        // remote tracks end and `Closed` is reported.
         self.conn.close(Instant::now());
+        self.forward();
         while let Some((route, data)) = self.conn.poll_transmit() {
             match route {
                 Route::Udp(to) => {

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use super::core::Conn;
 use super::relay::Route;
 use super::{Command, ConnParams, PeerConnectionState};
-use crate::events::{EventSender, EventStream};
+use crate::events::EventSender;
 use crate::room::RoomEvent;
 use crate::rtc::signal;
 use crate::track::{EncodedFrame, LocalTrack, RemoteTrack};
@@ -28,8 +28,6 @@ use crate::track::{EncodedFrame, LocalTrack, RemoteTrack};
 struct Side {
     conn: Conn,
     addr: SocketAddr,
-    signals: mpsc::Receiver<Value>,
-    events: EventStream<RoomEvent>,
     /// Frames of this side's tracks, for its connection to send.
     media: mpsc::Receiver<(Arc<str>, EncodedFrame)>,
     /// Tracks the remote sent us.
@@ -62,9 +60,10 @@ pub(crate) struct Sim {
 }
 
 fn side(id: u64, polite: bool, addr: SocketAddr, tracks: Vec<LocalTrack>, now: Instant) -> Side {
-    let bus = EventSender::new(4096);
-    let events = bus.subscribe();
-    let (signals_tx, signals) = mpsc::channel(super::SIGNAL_QUEUE);
+    // The core hands its events and signals out through `poll_event` / `poll_signal`; these
+    // queues (the driver's) stay empty here.
+    let bus = EventSender::new(16);
+    let (signals_tx, _) = mpsc::channel(1);
     let (media_tx, media_rx) = mpsc::channel(256);
     let p = ConnParams {
         id,
@@ -83,8 +82,6 @@ fn side(id: u64, polite: bool, addr: SocketAddr, tracks: Vec<LocalTrack>, now: I
     Side {
         conn,
         addr,
-        signals,
-        events,
         media: media_rx,
         remote_tracks: Vec::new(),
         connected_at: None,
@@ -163,7 +160,7 @@ impl Sim {
                     moved = true;
                     self.sides[i].conn.handle_frame(self.now, &id, frame);
                 }
-                while let Ok(v) = self.sides[i].signals.try_recv() {
+                while let Some(v) = self.sides[i].conn.poll_signal() {
                     moved = true;
                     if v.get("type").and_then(Value::as_str) == Some("rtc-description") {
                         match v.pointer("/description/type") {
@@ -174,7 +171,7 @@ impl Sim {
                     let size = v.to_string().len();
                     self.signalling[i].send(self.now, v, size);
                 }
-                while let Some(Some(e)) = self.sides[i].events.recv().now_or_never() {
+                while let Some(e) = self.sides[i].conn.poll_event() {
                     match e {
                         RoomEvent::ConnectionState { state, .. } => {
                             if state == PeerConnectionState::Connected {
