@@ -690,3 +690,48 @@ fn bench_network_refuses_bad_links_before_loading_anything() {
         );
     }
 }
+
+#[test]
+fn bench_call_setup_times_calls_through_a_delayed_signalling_path() {
+    let dir = std::env::temp_dir().join(format!("parlor-setup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json = dir.join("setup.json");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "call-setup",
+            "--calls",
+            "1",
+            "--rtt",
+            "0,100",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parse");
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = v["results"].as_array().expect("results");
+    // Two RTTs × (pipelined, stop-and-wait), each a real call that got audio.
+    assert_eq!(rows.len(), 4, "{v}");
+    for r in rows {
+        let first = r["first_audio_p50_ms"].as_f64().expect("first audio");
+        assert!(first > 0.0, "{r}");
+        // Through a 100 ms round trip a call takes at least the offer and the answer.
+        if r["rtt_ms"] == 100 {
+            assert!(first >= 200.0, "{r}");
+        }
+    }
+    let refused = Command::new(BIN)
+        .args(["bench", "call-setup", "--calls", "0"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--calls must be at least 1"));
+}

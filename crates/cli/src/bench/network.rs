@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use parlor_agent::text::words;
 use parlor_agent::{Flow, TextToSpeech};
 use parlor_media::codec::{Decoder, Encoder, OpusSettings, fec_loss_percent};
 use parlor_media::jitter::{JitterBuffer, Playout};
@@ -368,19 +369,6 @@ fn simulate(
         arrivals,
         released,
     })
-}
-
-/// Words, lower case, without punctuation (apostrophes kept).
-fn words(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .collect::<String>()
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
 }
 
 /// Word edits (substitutions, insertions, deletions) from `reference` to `hypothesis`.

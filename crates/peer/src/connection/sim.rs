@@ -228,6 +228,15 @@ impl Sim {
         }
     }
 
+    /// Run until both sides are connected; fails the test (with the seed) after `limit`.
+    fn connect(&mut self, limit: Duration) {
+        assert!(
+            self.run_until(limit, Sim::both_connected),
+            "not connected: {}",
+            self.explain()
+        );
+    }
+
     /// Run until `done` holds or `limit` of simulated time has passed; whether it held.
     fn run_until(&mut self, limit: Duration, done: impl Fn(&Sim) -> bool) -> bool {
         let end = self.now + limit;
@@ -259,8 +268,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A signalling path with this one-way delay.
-fn signalling(one_way: u64) -> LinkConfig {
+/// A path (media or signalling) with this one-way delay and nothing else.
+fn delayed(one_way: u64) -> LinkConfig {
     LinkConfig {
         delay: ms(one_way),
         ..LinkConfig::default()
@@ -273,18 +282,11 @@ fn a_call_connects_in_about_two_signalling_round_trips() {
         let mut sim = Sim::new(
             1,
             Net {
-                media: LinkConfig {
-                    delay: ms(10),
-                    ..LinkConfig::default()
-                },
-                signalling: signalling(rtt / 2),
+                media: delayed(10),
+                signalling: delayed(rtt / 2),
             },
         );
-        assert!(
-            sim.run_until(Duration::from_secs(10), Sim::both_connected),
-            "{}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(10));
         // Offer and answer (one round trip), then ICE and DTLS over the media path: no
         // negotiation beyond what the protocol needs, no glare, nothing offered twice.
         let took = sim.elapsed();
@@ -318,11 +320,7 @@ fn calls_connect_over_lossy_jittery_links_for_every_seed() {
                 },
             },
         );
-        assert!(
-            sim.run_until(Duration::from_secs(20), Sim::both_connected),
-            "{}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(20));
     }
 }
 
@@ -334,18 +332,11 @@ fn glare_both_sides_offering_at_once_settles_on_one_exchange() {
         let mut sim = Sim::new(
             seed,
             Net {
-                media: LinkConfig {
-                    delay: ms(10),
-                    ..LinkConfig::default()
-                },
-                signalling: signalling(600),
+                media: delayed(10),
+                signalling: delayed(600),
             },
         );
-        assert!(
-            sim.run_until(Duration::from_secs(20), Sim::both_connected),
-            "{}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(20));
         // The impolite side offered once and ignored the polite offer; the polite side
         // rolled its own back and answered (and may offer again what its offer carried).
         assert_eq!(sim.sides[1].offers, 1, "{}", sim.explain());
@@ -361,21 +352,14 @@ fn a_lost_first_offer_is_recovered() {
     let mut sim = Sim::new(
         3,
         Net {
-            media: LinkConfig {
-                delay: ms(10),
-                ..LinkConfig::default()
-            },
-            signalling: signalling(20),
+            media: delayed(10),
+            signalling: delayed(20),
         },
     );
-    let mut down = signalling(20);
+    let mut down = delayed(20);
     down.outages = vec![(Duration::ZERO, ms(300))];
     sim.signalling[0] = Link::new(down, 99, sim.now);
-    assert!(
-        sim.run_until(Duration::from_secs(20), Sim::both_connected),
-        "{}",
-        sim.explain()
-    );
+    sim.connect(Duration::from_secs(20));
     assert!(sim.elapsed() < Duration::from_secs(6), "{}", sim.explain());
 }
 
@@ -385,25 +369,15 @@ fn an_outage_restarts_ice_and_the_call_comes_back() {
         let mut sim = Sim::new(
             seed,
             Net {
-                media: LinkConfig {
-                    delay: ms(20),
-                    ..LinkConfig::default()
-                },
-                signalling: signalling(50),
+                media: delayed(20),
+                signalling: delayed(50),
             },
         );
-        assert!(
-            sim.run_until(Duration::from_secs(10), Sim::both_connected),
-            "{}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(10));
         // 25 s with no datagrams either way (the signalling path stays up).
         let from = sim.now - sim.start;
         for i in 0..2 {
-            let mut cut = LinkConfig {
-                delay: ms(20),
-                ..LinkConfig::default()
-            };
+            let mut cut = delayed(20);
             cut.outages = vec![(from, Duration::from_secs(25))];
             sim.media[i] = Link::new(cut, seed * 10 + i as u64, sim.start);
         }
@@ -437,15 +411,11 @@ fn audio_flows_over_a_lossy_link_with_what_was_lost_missing() {
                     loss: Loss::Random(0.05),
                     ..LinkConfig::default()
                 },
-                signalling: signalling(40),
+                signalling: delayed(40),
             },
             vec![track.clone()],
         );
-        assert!(
-            sim.run_until(Duration::from_secs(20), Sim::both_connected),
-            "{}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(20));
         // 10 s of 20 ms Opus frames (a TOC byte for 20 ms CELT and two bytes of payload).
         let sent_before = sim.media[0].stats().sent;
         let mut got = 0;
@@ -488,14 +458,10 @@ fn a_remote_that_rebuilds_its_connection_is_followed() {
                     jitter: ms(10),
                     ..LinkConfig::default()
                 },
-                signalling: signalling(50),
+                signalling: delayed(50),
             },
         );
-        assert!(
-            sim.run_until(Duration::from_secs(10), Sim::both_connected),
-            "{}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(10));
         sim.rebuild(1);
         // The rebuilt side offers from its fresh connection; ours sees a new fingerprint,
         // rebuilds too (ConnectionReset) and answers.
@@ -521,14 +487,10 @@ fn a_call_connects_through_a_narrow_link() {
                     queue_limit: ms(300),
                     ..LinkConfig::default()
                 },
-                signalling: signalling(40),
+                signalling: delayed(40),
             },
         );
-        assert!(
-            sim.run_until(Duration::from_secs(10), Sim::both_connected),
-            "seed {seed}: {}",
-            sim.explain()
-        );
+        sim.connect(Duration::from_secs(10));
         assert!(sim.media[0].stats().sent > 0);
     }
 }
