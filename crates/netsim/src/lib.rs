@@ -16,7 +16,10 @@
 //! * **delay and jitter**: a fixed one-way delay plus a uniformly random extra delay up to
 //!   the jitter, drawn per packet, so packets sent closer together than the jitter arrive
 //!   reordered (as Linux netem does);
-//! * **duplication**: a copy arrives, with a delay of its own.
+//! * **duplication**: a copy arrives, with a delay of its own;
+//! * **in order** ([`LinkConfig::in_order`], a stream such as the WebSocket to the room
+//!   server): a packet never overtakes one sent before it; a late packet holds back those
+//!   behind it (head-of-line blocking), and duplicates are not made.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -93,6 +96,10 @@ pub struct LinkConfig {
     /// Windows `(start, length)`, measured from the link's creation, in which every packet
     /// sent is lost.
     pub outages: Vec<(Duration, Duration)>,
+    /// A stream rather than datagrams: packets arrive in the order sent (a late one delays
+    /// those behind it) and are never duplicated. Loss still applies (an outage models a
+    /// broken connection); leave `loss` at `None` for a healthy TCP path.
+    pub in_order: bool,
 }
 
 impl Default for LinkConfig {
@@ -105,6 +112,7 @@ impl Default for LinkConfig {
             rate_bps: None,
             queue_limit: Duration::from_millis(200),
             outages: Vec::new(),
+            in_order: false,
         }
     }
 }
@@ -141,6 +149,8 @@ pub struct Link<T> {
     order: u64,
     /// The highest send order delivered.
     delivered_order: Option<u64>,
+    /// In order: the arrival of the last packet sent.
+    last_at: Option<Instant>,
     stats: LinkStats,
 }
 
@@ -181,6 +191,7 @@ impl<T: Clone> Link<T> {
             busy_until: None,
             order: 0,
             delivered_order: None,
+            last_at: None,
             stats: LinkStats::default(),
         }
     }
@@ -263,7 +274,10 @@ impl<T: Clone> Link<T> {
             }
             _ => now,
         };
-        if self.config.duplicate > 0.0 && self.rng.f64() < self.config.duplicate {
+        if !self.config.in_order
+            && self.config.duplicate > 0.0
+            && self.rng.f64() < self.config.duplicate
+        {
             let at = self.jittered(depart);
             self.stats.duplicated += 1;
             self.flight.push(Reverse(InFlight {
@@ -272,7 +286,11 @@ impl<T: Clone> Link<T> {
                 packet: packet.clone(),
             }));
         }
-        let at = self.jittered(depart);
+        let mut at = self.jittered(depart);
+        if self.config.in_order {
+            at = self.last_at.map_or(at, |last| at.max(last));
+            self.last_at = Some(at);
+        }
         self.flight.push(Reverse(InFlight { at, order, packet }));
     }
 
@@ -317,6 +335,25 @@ mod tests {
             out.push(p);
         }
         (out, link.stats(), t0)
+    }
+
+    #[test]
+    fn a_stream_keeps_its_order_and_makes_no_copies() {
+        let config = LinkConfig {
+            delay: ms(30),
+            jitter: ms(80),
+            duplicate: 0.5,
+            in_order: true,
+            ..LinkConfig::default()
+        };
+        let (out, stats, t0) = run(config, 4, 200);
+        let order: Vec<u64> = out.iter().map(|(_, k)| *k).collect();
+        assert_eq!(order, (0..200).collect::<Vec<_>>());
+        assert_eq!((stats.duplicated, stats.reordered), (0, 0));
+        // Head-of-line blocking: arrivals never go backwards, and some packet waited for
+        // the one before it (arrived later than its own delay and jitter allow).
+        assert!(out.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(out.iter().all(|(at, k)| *at >= t0 + ms(20 * k + 30)));
     }
 
     #[test]

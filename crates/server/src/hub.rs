@@ -130,6 +130,8 @@ pub struct Hub {
     cluster: Option<Replica>,
     /// Mints TURN credentials into welcomes (`[turn]`).
     turn: Option<TurnMinter>,
+    /// Where peer ids come from: `None` for the OS's random source (always, in `serve`).
+    id_seed: Option<u64>,
 }
 
 impl Hub {
@@ -159,7 +161,16 @@ impl Hub {
             metrics,
             cluster: None,
             turn: config.turn.as_ref().map(TurnMinter::new),
+            id_seed: None,
         }
+    }
+
+    /// Draw peer ids from a sequence seeded with `seed` instead of the OS's random source,
+    /// so that a simulation (where the ids decide who is polite, spec §1.7.1) runs the same
+    /// way every time. **For simulations only**: seeded ids are predictable, and a real
+    /// server's ids must not be (`parlor serve` never calls this).
+    pub fn seed_peer_ids(&mut self, seed: u64) {
+        self.id_seed = Some(seed);
     }
 
     /// Run as one node of a cluster (see [`crate::cluster`]).
@@ -192,7 +203,11 @@ impl Hub {
             });
         }
         let peer_id: Arc<str> = loop {
-            let id = new_peer_id().map_err(|_| AuthError {
+            let id = match &mut self.id_seed {
+                Some(state) => Ok(peer_id_from(seeded_bits(state))),
+                None => new_peer_id(),
+            }
+            .map_err(|_| AuthError {
                 code: CloseCode::INTERNAL,
                 reason: "internal error",
             })?;
@@ -989,17 +1004,33 @@ pub struct ClusterInputError;
 /// `p_` + 22 base62 characters from 128 random bits: ASCII, so JS and Python order ids the
 /// same way for politeness (spec §1.7.1).
 fn new_peer_id() -> Result<String, getrandom::Error> {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
-    let mut n = u128::from_le_bytes(bytes);
+    Ok(peer_id_from(u128::from_le_bytes(bytes)))
+}
+
+/// The next 128 bits of a seeded sequence (two splitmix64 draws).
+fn seeded_bits(state: &mut u64) -> u128 {
+    let mut draw = || {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (u128::from(draw()) << 64) | u128::from(draw())
+}
+
+fn peer_id_from(bits: u128) -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n = bits;
     let mut id = String::with_capacity(24);
     id.push_str("p_");
     for _ in 0..22 {
         id.push(ALPHABET[(n % 62) as usize] as char);
         n /= 62;
     }
-    Ok(id)
+    id
 }
 
 #[cfg(test)]
@@ -1318,5 +1349,23 @@ quota_window_secs = 1
         assert_ne!(a, b);
         assert_eq!(a.len(), 24);
         assert!(a.is_ascii() && a.starts_with("p_"));
+    }
+
+    #[test]
+    fn seeded_peer_ids_repeat_for_the_same_seed() {
+        let ids = |seed| {
+            let mut hub = Hub::new(&config(), Arc::new(Metrics::new()));
+            hub.seed_peer_ids(seed);
+            (0..3)
+                .map(|_| join(&mut hub, "dev", None).c.peer_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(7), ids(7));
+        assert_ne!(ids(7), ids(8));
+        assert!(
+            ids(7)
+                .iter()
+                .all(|id| id.len() == 24 && id.starts_with("p_"))
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! room server's round trip, in order, never lost unless an outage says so). Time jumps
 //! from one deadline to the next, so a call's negotiation, a lost offer, an ICE restart
 //! after a 20 s outage run in milliseconds, the same way for the same seed; a failing
-//! seed is printed.
+//! seed is printed. `room::sim` runs whole rooms the same way, with the real server
+//! between the peers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ pub(crate) struct Net {
     pub(crate) signalling: LinkConfig,
 }
 
+/// (side, time since the start, datagram) → whether the datagram is lost.
+type Filter = fn(usize, Duration, &[u8]) -> bool;
+
 pub(crate) struct Sim {
     pub(crate) now: Instant,
     start: Instant,
@@ -57,6 +61,8 @@ pub(crate) struct Sim {
     sides: Vec<Side>,
     media: Vec<Link<(SocketAddr, Vec<u8>)>>,
     signalling: Vec<Link<Value>>,
+    /// Drops chosen datagrams on the way out.
+    filter: Option<Filter>,
 }
 
 fn side(id: u64, polite: bool, addr: SocketAddr, tracks: Vec<LocalTrack>, now: Instant) -> Side {
@@ -119,6 +125,7 @@ impl Sim {
             signalling: (0..2)
                 .map(|i| Link::new(net.signalling.clone(), seed * 4 + 2 + i, now))
                 .collect(),
+            filter: None,
         }
     }
 
@@ -150,7 +157,10 @@ impl Sim {
                 let other = self.sides[1 - i].addr;
                 while let Some((route, data)) = self.sides[i].conn.poll_transmit() {
                     moved = true;
-                    if matches!(route, Route::Udp(to) if to == other) {
+                    let dropped = self
+                        .filter
+                        .is_some_and(|f| f(i, self.now - self.start, &data));
+                    if matches!(route, Route::Udp(to) if to == other) && !dropped {
                         let from = self.sides[i].addr;
                         let size = data.len();
                         self.media[i].send(self.now, (from, data), size);
@@ -493,4 +503,38 @@ fn a_call_connects_through_a_narrow_link() {
         sim.connect(Duration::from_secs(10));
         assert!(sim.media[0].stats().sent > 0);
     }
+}
+
+#[test]
+fn a_dtls_handshake_that_stalls_after_ice_is_started_over() {
+    // The answerer is the DTLS server. For the first 25 s every datagram it sends that
+    // starts with a ChangeCipherSpec record (its last flight, and each resend of it) is
+    // lost: it counts itself connected, the client never does. ICE restarts cannot help
+    // (they keep the DTLS session); without a watchdog the client gives up after its
+    // fourth resend (~31 s) and the call was still `Connecting` at 40 s.
+    let mut sim = Sim::new(
+        5,
+        Net {
+            media: delayed(10),
+            signalling: delayed(30),
+        },
+    );
+    sim.filter = Some(|side, since, datagram| {
+        side == 1 && since < Duration::from_secs(25) && datagram.first() == Some(&20)
+    });
+    let stalled = sim.run_until(Duration::from_secs(5), |s| {
+        s.state(1) == PeerConnectionState::Connected
+    });
+    assert!(stalled, "{}", sim.explain());
+    assert_ne!(sim.state(0), PeerConnectionState::Connected);
+    // The polite side (here the client) starts over after 10 s, and again while the
+    // flight is still being lost; the first rebuild after 25 s connects.
+    sim.connect(Duration::from_secs(40));
+    assert!(
+        sim.sides[0].resets >= 1 && sim.sides[1].resets >= 1,
+        "{}",
+        sim.explain()
+    );
+    assert!(sim.elapsed() > Duration::from_secs(25), "{}", sim.explain());
+    assert!(sim.elapsed() < Duration::from_secs(35), "{}", sim.explain());
 }

@@ -5,6 +5,8 @@
 //! tracks, the remote's tracks and data channels both ways.
 
 pub mod core;
+#[cfg(test)]
+mod sim;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
