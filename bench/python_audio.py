@@ -1,9 +1,11 @@
-"""The Python SDK (metered-realtime on aiortc) doing the same work as `parlor bench audio`:
+"""A Python program doing the same work as `parlor bench audio`, on the Python SDK
+(`--sdk metered`: metered-realtime on aiortc) or on Parlor's own package (`--sdk parlor`:
+the same API on the Rust core, crates/python; only the import differs):
 N conversations in one process, each an agent MeteredPeer whose AudioSource is fed the
 same PCM in real time (20 ms pushes, 40 ms ahead) and a listener MeteredPeer decoding it
 with iter_frames; conversation 0 is the latency probe (40 ms 1 kHz bursts into an idle
-source at a random phase). Prints one JSON line. Run by `parlor bench audio --python`
-(through bench/run-python.sh), against the same embedded server.
+source at a random phase). Prints one JSON line. Run by `parlor bench audio --python` /
+`--python-parlor` (through bench/run-python.sh), against the same embedded server.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import random
 import resource
 import time
 
-from metered_realtime import AudioSource, MeteredPeer, PeerJoined, Track, iter_frames
 
 
 def cpu() -> float:
@@ -54,7 +55,15 @@ async def main() -> None:
     ap.add_argument("--pcm", required=True, help="s16le mono PCM at --rate (the agent's speech)")
     ap.add_argument("--rate", type=int, default=16000)
     ap.add_argument("--chunk-ms", type=int, default=20, help="ms of PCM per push, two ahead")
+    ap.add_argument("--sdk", choices=["metered", "parlor"], default="metered")
     args = ap.parse_args()
+    global AudioSource, MeteredPeer, PeerJoined, Track, iter_frames
+    started = time.perf_counter()
+    if args.sdk == "parlor":
+        from parlor import AudioSource, MeteredPeer, PeerJoined, Track, iter_frames
+    else:
+        from metered_realtime import AudioSource, MeteredPeer, PeerJoined, Track, iter_frames
+    import_seconds = time.perf_counter() - started
     with open(args.pcm, "rb") as f:
         signal = f.read()
     chunk = args.rate * args.chunk_ms // 1000 * 2  # s16 mono bytes per push
@@ -68,6 +77,7 @@ async def main() -> None:
     measuring = False
     tasks = []
     peers = []
+    speakers = []  # the non-probe sources (underruns, on the parlor package)
 
     async def speak(src: AudioSource) -> None:
         pos = 0
@@ -127,6 +137,8 @@ async def main() -> None:
         joined_at["t"] = time.monotonic()
         await listener.join(room)
         tasks.append(asyncio.create_task(probe(src) if is_probe else speak(src)))
+        if not is_probe:
+            speakers.append(src)
         peers += [agent, listener]
         if i == 0 and args.conversations > 1:
             # As the Rust bench: the first conversation also pays one-time costs.
@@ -134,13 +146,23 @@ async def main() -> None:
             rss_first = rss()
     await asyncio.sleep(2)
     rss_setup = rss()
+    def underruns() -> int | None:
+        if args.sdk != "parlor":
+            return None  # aiortc's AudioSource does not count them
+        return sum(s._native.underruns for s in speakers)
+
+    u0 = underruns()
     measuring = True
     c0, t0 = cpu(), time.monotonic()
     await asyncio.sleep(args.seconds)
     c1, wall = cpu(), time.monotonic() - t0
     measuring = False
+    u1 = underruns()
     n = args.conversations
     print(json.dumps({
+        "sdk": args.sdk,
+        "import_seconds": import_seconds,
+        "underruns": None if u0 is None or u1 is None else u1 - u0,
         "conversations": n,
         "seconds": wall,
         "cpu_s_per_audio_s_per_conversation": (c1 - c0) / wall / n,
@@ -163,4 +185,5 @@ async def main() -> None:
     os._exit(0)
 
 
+AudioSource = MeteredPeer = PeerJoined = Track = iter_frames = None  # set by main()
 asyncio.run(main())

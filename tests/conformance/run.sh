@@ -9,8 +9,8 @@
 #   PYTEST_ARGS  extra pytest arguments (e.g. "-k presence -x")
 #
 # Installs what it needs idempotently: a venv at tests/conformance/.venv from
-# requirements.txt, node_modules via `npm ci` (here, and in web/ for the demo page's SDK),
-# and Debian chromium if /usr/bin/chromium is missing. Exits non-zero if any part fails
+# requirements.txt (and the parlor package built into it), node_modules via `npm ci` (here,
+# and in web/ for the demo page's SDK), and Debian chromium if /usr/bin/chromium is missing. Exits non-zero if any part fails
 # (all parts still run).
 set -uo pipefail
 
@@ -42,6 +42,16 @@ setup_python() {
     "$venv/bin/python" -m pip install -q -r "$HERE/requirements.txt" || return 1
     echo "$want_sha" > "$stamp"
   fi
+}
+
+# The `parlor` Python package (crates/python), built from this checkout into the same venv
+# (beside metered-realtime, so tests can put both in one room). A debug build in the workspace's
+# target/ (shared with cargo), stripped: the module is ~250 MB with debug info.
+setup_parlor_python() {
+  local venv="$HERE/.venv"
+  VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" \
+    "$venv/bin/maturin" develop -q --strip -m "$REPO_ROOT/crates/python/Cargo.toml" || return 1
+  "$venv/bin/python" -c "import parlor" || return 1
 }
 
 setup_node() {
@@ -80,8 +90,8 @@ record() { results+=("$1: $2"); [ "$2" = PASS ] || status=1; }
 
 # ---------------------------------------------------------------- python
 if want python; then
-  log "python: metered-realtime SDK (pytest)"
-  if setup_python; then
+  log "python: metered-realtime SDK and the parlor package (pytest)"
+  if setup_python && setup_parlor_python; then
     # shellcheck disable=SC2086
     (cd "$HERE/python" && timeout 900 "$HERE/.venv/bin/python" -m pytest ${PYTEST_ARGS:-} \
         --junitxml="$HERE/out/python-junit.xml")

@@ -106,6 +106,8 @@ pub(crate) type FrameSink = mpsc::Sender<(Arc<str>, EncodedFrame)>;
 struct LocalShared {
     id: Arc<str>,
     stream_id: String,
+    /// The stream id was given ([`LocalTrack::audio_with`]), not made up.
+    named_stream: bool,
     kind: TrackKind,
     metadata: Option<Map<String, Value>>,
     sinks: Mutex<HashMap<u64, FrameSink>>,
@@ -141,6 +143,7 @@ impl LocalTrack {
             random_id("track"),
             random_id("stream"),
             None,
+            false,
         )
     }
 
@@ -156,6 +159,7 @@ impl LocalTrack {
             track_id.into(),
             stream_id.into(),
             metadata,
+            true,
         )
     }
 
@@ -164,11 +168,13 @@ impl LocalTrack {
         id: String,
         stream_id: String,
         metadata: Option<Map<String, Value>>,
+        named_stream: bool,
     ) -> LocalTrack {
         LocalTrack {
             inner: Arc::new(LocalShared {
                 id: id.into(),
                 stream_id,
+                named_stream,
                 kind,
                 metadata,
                 sinks: Mutex::new(HashMap::new()),
@@ -176,6 +182,13 @@ impl LocalTrack {
                 dropped: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Whether the stream id was given ([`LocalTrack::audio_with`]) rather than made up. A
+    /// track of a named stream is sent on an m-line announcing that stream (so receivers
+    /// group it under that id), never on one a remote's offer created with another stream.
+    pub fn has_named_stream(&self) -> bool {
+        self.inner.named_stream
     }
 
     /// The track id.

@@ -231,7 +231,11 @@ async fn track_metadata_streams_and_replace_track() {
     })
     .await;
     let track = track_from(&mut eb, &a_id).await;
-    assert_eq!(track.stream_id(), Some(stream.as_str()));
+    // The track's own stream and track ids, whichever side offered (an answer announces a
+    // named stream's msid too, spec §2.8).
+    assert_eq!(stream, "voice");
+    assert_eq!(track.stream_id(), Some("voice"));
+    assert_eq!(track.id(), "mic-1");
     frames(&track, 3).await;
     // The announcement travels over signalling, the media over UDP: either may win.
     tokio::time::timeout(WAIT, async {

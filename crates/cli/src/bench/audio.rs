@@ -65,9 +65,22 @@ pub(crate) struct AudioArgs {
     /// venv on first use).
     #[arg(long)]
     python: bool,
+    /// Then run the same Python program on the `parlor` package (`crates/python`: the
+    /// reference API on Parlor's Rust core) against the same server, beside the others. The
+    /// runner builds the package (release) into its venv first.
+    #[arg(long)]
+    python_parlor: bool,
     /// The Python side's runner.
     #[arg(long, default_value = "bench/run-python.sh")]
     python_runner: std::path::PathBuf,
+}
+
+/// One complete run: Parlor's figures, and the Python program's on the reference SDK
+/// (`--python`) and on the `parlor` package (`--python-parlor`).
+struct Run {
+    parlor: serde_json::Value,
+    python: Option<serde_json::Value>,
+    python_parlor: Option<serde_json::Value>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,12 +324,8 @@ pub(super) async fn audio(args: AudioArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One complete run; prints its own table when `print`. Returns Parlor's figures and,
-/// with `--python`, the Python SDK's.
-async fn audio_once(
-    args: &AudioArgs,
-    print: bool,
-) -> anyhow::Result<(serde_json::Value, Option<serde_json::Value>)> {
+/// One complete run; prints its own table when `print`.
+async fn audio_once(args: &AudioArgs, print: bool) -> anyhow::Result<Run> {
     let settings = OpusSettings {
         channels: if args.stereo { 2 } else { 1 },
         complexity: args.complexity.min(10),
@@ -598,19 +607,33 @@ async fn audio_once(
         c.listener.close().await;
     }
     let python = if args.python {
-        Some(run_python(args, &url, &signal_bytes, rate).await?)
+        Some(run_python(args, &url, &signal_bytes, rate, "metered").await?)
+    } else {
+        None
+    };
+    let python_parlor = if args.python_parlor {
+        Some(run_python(args, &url, &signal_bytes, rate, "parlor").await?)
     } else {
         None
     };
     server.shutdown().await.ok();
+    let run = Run {
+        parlor: result,
+        python,
+        python_parlor,
+    };
     // With `--runs K`, `print_runs` prints one table for all runs instead.
     if !print {
-        return Ok((result, python));
+        return Ok(run);
     }
+    let result = &run.parlor;
     if args.json {
-        println!("{}", json!({"parlor": result, "python": python}));
-    } else if let Some(py) = &python {
-        print_side_by_side(args, &result, py);
+        println!(
+            "{}",
+            json!({"parlor": result, "python": run.python, "python_parlor": run.python_parlor})
+        );
+    } else if run.python.is_some() || run.python_parlor.is_some() {
+        print_side_by_side(args, &run);
     } else {
         println!(
             "parlor bench audio — {} conversations × {:.1} s, {} speech ({:.0} s) at {} Hz in, Opus {} c{} {} kbit/s fec={} dtx={}",
@@ -675,11 +698,11 @@ async fn audio_once(
                 .unwrap_or(f64::NAN),
         );
     }
-    Ok((result, python))
+    Ok(run)
 }
 
 /// The table (or JSON) of several runs, with the medians to quote.
-fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::Value>)]) {
+fn print_runs(args: &AudioArgs, runs: &[Run]) {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let cpu = "cpu_s_per_audio_s_per_conversation";
     let median = |mut v: Vec<f64>| {
@@ -690,33 +713,49 @@ fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::V
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     };
-    let parlor: Vec<f64> = runs.iter().map(|(r, _)| f(r, cpu)).collect();
+    let parlor: Vec<f64> = runs.iter().map(|r| f(&r.parlor, cpu)).collect();
     let floor: Vec<f64> = runs
         .iter()
-        .map(|(r, _)| f(r, "libopus_floor_cpu_s_per_audio_s"))
+        .map(|r| f(&r.parlor, "libopus_floor_cpu_s_per_audio_s"))
         .collect();
-    let to_floor: Vec<f64> = runs.iter().map(|(r, _)| f(r, "ratio_to_floor")).collect();
+    let to_floor: Vec<f64> = runs
+        .iter()
+        .map(|r| f(&r.parlor, "ratio_to_floor"))
+        .collect();
     let paced: Vec<f64> = runs
         .iter()
-        .map(|(r, _)| f(r, "paced_floor_cpu_s_per_audio_s_per_conversation"))
+        .map(|r| f(&r.parlor, "paced_floor_cpu_s_per_audio_s_per_conversation"))
         .collect();
     let to_paced: Vec<f64> = runs
         .iter()
-        .map(|(r, _)| f(r, "ratio_to_paced_floor"))
+        .map(|r| f(&r.parlor, "ratio_to_paced_floor"))
         .collect();
     let python: Vec<f64> = runs
         .iter()
-        .filter_map(|(_, p)| p.as_ref().map(|p| f(p, cpu)))
+        .filter_map(|r| r.python.as_ref().map(|p| f(p, cpu)))
         .collect();
     let times: Vec<f64> = runs
         .iter()
-        .filter_map(|(r, p)| p.as_ref().map(|p| f(p, cpu) / f(r, cpu)))
+        .filter_map(|r| r.python.as_ref().map(|p| f(p, cpu) / f(&r.parlor, cpu)))
+        .collect();
+    let on_core: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.python_parlor.as_ref().map(|p| f(p, cpu)))
+        .collect();
+    let on_core_times: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| {
+            r.python_parlor
+                .as_ref()
+                .map(|p| f(p, cpu) / f(&r.parlor, cpu))
+        })
         .collect();
     let has_python = python.len() == runs.len();
+    let has_on_core = on_core.len() == runs.len();
     if args.json {
         let list: Vec<_> = runs
             .iter()
-            .map(|(r, p)| json!({"parlor": r, "python": p}))
+            .map(|r| json!({"parlor": r.parlor, "python": r.python, "python_parlor": r.python_parlor}))
             .collect();
         println!(
             "{}",
@@ -731,6 +770,9 @@ fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::V
                     "python_cpu_s_per_audio_s_per_conversation":
                         has_python.then(|| median(python.clone())),
                     "python_over_parlor": has_python.then(|| median(times.clone())),
+                    "python_parlor_cpu_s_per_audio_s_per_conversation":
+                        has_on_core.then(|| median(on_core.clone())),
+                    "python_parlor_over_parlor": has_on_core.then(|| median(on_core_times.clone())),
                 },
             })
         );
@@ -763,8 +805,8 @@ fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::V
         println!("{head}\n|---|---|---|---|---|---|---|");
     }
     let mut underruns = 0;
-    for (i, (r, _)) in runs.iter().enumerate() {
-        let u = r["underruns"].as_u64().unwrap_or(0);
+    for (i, r) in runs.iter().enumerate() {
+        let u = r.parlor["underruns"].as_u64().unwrap_or(0);
         underruns += u;
         let py = has_python.then(|| (python[i], times[i]));
         let row = cols(
@@ -789,19 +831,59 @@ fn print_runs(args: &AudioArgs, runs: &[(serde_json::Value, Option<serde_json::V
             py
         )
     );
+    if has_on_core {
+        println!(
+            "\n| run | the Python program on the `parlor` package (CPU-s per audio-s per conversation) | ÷ Parlor (Rust) |{}\n|---|---|---|{}",
+            if has_python {
+                " Python SDK ÷ it |"
+            } else {
+                ""
+            },
+            if has_python { "---|" } else { "" }
+        );
+        for i in 0..runs.len() {
+            let vs = if has_python {
+                format!(" {:.2}× |", python[i] / on_core[i])
+            } else {
+                String::new()
+            };
+            println!(
+                "| {} | {:.4} | {:.2}× |{vs}",
+                i + 1,
+                on_core[i],
+                on_core_times[i]
+            );
+        }
+        let vs = if has_python {
+            let x: Vec<f64> = python.iter().zip(&on_core).map(|(p, c)| p / c).collect();
+            format!(" {:.2}× |", median(x))
+        } else {
+            String::new()
+        };
+        println!(
+            "| **median** | {:.4} | {:.2}× |{vs}",
+            median(on_core.clone()),
+            median(on_core_times.clone())
+        );
+    }
 }
 
+/// The Python program on `sdk`: `metered` (the reference SDK on aiortc) or `parlor` (the
+/// `parlor` package on the Rust core).
 async fn run_python(
     args: &AudioArgs,
     url: &str,
     signal: &[u8],
     rate: u32,
+    sdk: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let pcm = std::env::temp_dir().join(format!("parlor-bench-{}.pcm", std::process::id()));
     std::fs::write(&pcm, signal)?;
-    eprintln!("running the Python SDK on the same work ...");
+    eprintln!("running the Python program ({sdk}) on the same work ...");
     let mut cmd = std::process::Command::new(&args.python_runner);
-    cmd.arg("--url")
+    cmd.arg("--sdk")
+        .arg(sdk)
+        .arg("--url")
         .arg(url)
         .arg("--conversations")
         .arg(args.conversations.to_string())
@@ -833,21 +915,43 @@ async fn run_python(
     Ok(serde_json::from_str(line)?)
 }
 
-fn print_side_by_side(args: &AudioArgs, rust: &serde_json::Value, py: &serde_json::Value) {
+fn print_side_by_side(args: &AudioArgs, run: &Run) {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let rust = &run.parlor;
+    // Columns: Parlor (Rust), then each Python run present, then their ratios to Rust.
+    let mut cols: Vec<(&str, &serde_json::Value)> = vec![("Parlor (Rust)", rust)];
+    if let Some(p) = &run.python_parlor {
+        cols.push(("Python on the `parlor` package", p));
+    }
+    if let Some(p) = &run.python {
+        cols.push(("Python SDK (aiortc)", p));
+    }
     println!(
         "parlor bench audio --python — {} conversations × {} s, same signal, same server",
         args.conversations, args.seconds
     );
+    let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+    let ratios: Vec<String> = cols[1..]
+        .iter()
+        .map(|(n, _)| format!("{n} ÷ Rust"))
+        .collect();
     println!(
-        "| metric | Parlor (Rust) | Python SDK (aiortc) | Python / Parlor |\n|---|---|---|---|"
+        "| metric | {} | {} |\n|---|{}",
+        names.join(" | "),
+        ratios.join(" | "),
+        "---|".repeat(names.len() + ratios.len())
     );
     let row = |name: &str, k: &str, scale: f64, digits: usize, unit: &str| {
-        let (a, b) = (f(rust, k) * scale, f(py, k) * scale);
-        println!(
-            "| {name} | {a:.digits$}{unit} | {b:.digits$}{unit} | {:.2}× |",
-            b / a
-        );
+        let base = f(rust, k) * scale;
+        let vals: Vec<String> = cols
+            .iter()
+            .map(|(_, v)| format!("{:.digits$}{unit}", f(v, k) * scale))
+            .collect();
+        let rel: Vec<String> = cols[1..]
+            .iter()
+            .map(|(_, v)| format!("{:.2}×", f(v, k) * scale / base))
+            .collect();
+        println!("| {name} | {} | {} |", vals.join(" | "), rel.join(" | "));
     };
     let cpu = "cpu_s_per_audio_s_per_conversation";
     row("CPU-s per audio-s per conversation", cpu, 1.0, 4, "");
@@ -881,13 +985,19 @@ fn print_side_by_side(args: &AudioArgs, rust: &serde_json::Value, py: &serde_jso
         2,
         " MB",
     );
+    if let Some(p) = &run.python_parlor {
+        println!(
+            "| underruns (Python on the package; the Rust run: {}) | {} | |",
+            rust["underruns"], p["underruns"]
+        );
+        println!("| `import parlor` | {:.3} s | |", f(p, "import_seconds"));
+    }
     println!(
         "| libopus floor | {:.4} | | |",
         f(rust, "libopus_floor_cpu_s_per_audio_s")
     );
-    let paced = f(rust, "paced_floor_cpu_s_per_audio_s_per_conversation");
     println!(
-        "| paced floor (codec on the 20 ms clock, UDP, no WebRTC) | {paced:.4} | | {:.2}× |",
-        f(py, cpu) / paced
+        "| paced floor (codec on the 20 ms clock, UDP, no WebRTC) | {:.4} | | |",
+        f(rust, "paced_floor_cpu_s_per_audio_s_per_conversation")
     );
 }

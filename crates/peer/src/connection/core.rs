@@ -166,6 +166,9 @@ pub(crate) struct Conn {
     remote_tracks: HashMap<Mid, RemoteTrackSink>,
     /// Stream of each inbound m-line's track, and live tracks per stream (StreamAdded/Removed).
     remote_track_streams: HashMap<Mid, Option<String>>,
+    /// The msid we announce on m-lines where a track of a named stream went out on an
+    /// m-line the remote's offer created ([`sdp::set_msids`]); kept for the m-line's life.
+    msid_overrides: HashMap<String, Msid>,
     remote_msids: HashMap<String, Msid>,
     local_msids: HashMap<String, Msid>,
     channels: HashMap<ChannelId, ChanEntry>,
@@ -559,7 +562,7 @@ impl Conn {
             self.auto_offers += 1;
         }
         self.neg.local_offer_started();
-        let sdp_text = offer.to_sdp_string();
+        let sdp_text = sdp::set_msids(&offer.to_sdp_string(), &self.msid_overrides);
         self.local_msids = sdp::msids_by_mid(&sdp_text);
         // Spec §2.3: a track's metadata precedes the offer that carries it, so the remote
         // has it when its `track` event fires (the Python SDK reads it only then).
@@ -589,6 +592,7 @@ impl Conn {
             tracing::debug!(peer = %self.p.remote_id, "test hook: offer lost");
             return;
         }
+        let sdp_text = &sdp::set_msids(sdp_text, &self.msid_overrides);
         self.signal(signal::description(kind, sdp_text));
         self.last_description = Some((sdp::first_mid(sdp_text), sdp::ice_ufrag(sdp_text)));
         for line in &self.local_candidates {
@@ -660,7 +664,7 @@ impl Conn {
             pt: None,
             rtp: 0,
         });
-        self.assign_mids();
+        self.assign_mids(false);
     }
 
     /// Record the audio m-lines a description established (before str0m's `MediaAdded`).
@@ -675,7 +679,7 @@ impl Conn {
 
     /// Give tracks without an m-line a free sending audio m-line (e.g. one the remote offered).
     /// Tracks whose own m-line is in our pending offer wait for its answer.
-    fn assign_mids(&mut self) {
+    fn assign_mids(&mut self, answering: bool) {
         for i in 0..self.tracks.len() {
             let in_offer = self.pending.as_ref().is_some_and(|p| {
                 p.adds
@@ -685,14 +689,37 @@ impl Conn {
             if self.tracks[i].mid.is_some() || in_offer {
                 continue;
             }
+            // A track of a named stream must reach receivers under its stream id (they group
+            // tracks by the msid of the description that first announces the m-line). In an
+            // answer being written it may take any offered m-line: the answer announces it
+            // with our msid. Later, it takes only an m-line that already announces its
+            // stream (one it replaces, say); otherwise it gets an m-line of its own in a
+            // follow-up offer.
+            let track = &self.tracks[i].track;
             let free = self.audio_mids.iter().copied().find(|m| {
                 !self.tracks.iter().any(|a| a.mid == Some(*m))
                     && self
                         .rtc
                         .media(*m)
                         .is_some_and(|md| md.direction().is_sending())
+                    && (answering
+                        || !track.has_named_stream()
+                        || self
+                            .local_msids
+                            .get(&m.to_string())
+                            .and_then(|x| x.stream_id.as_deref())
+                            == Some(track.stream_id()))
             });
             if let Some(mid) = free {
+                if answering && track.has_named_stream() {
+                    // The answer being written announces it: with our stream and track id.
+                    let msid = Msid {
+                        stream_id: Some(track.stream_id().to_owned()),
+                        track_id: track.id().to_owned(),
+                    };
+                    self.local_msids.insert(mid.to_string(), msid.clone());
+                    self.msid_overrides.insert(mid.to_string(), msid);
+                }
                 self.tracks[i].mid = Some(mid);
                 self.tracks[i].pt = None;
                 self.announce_track(i);
@@ -888,7 +915,7 @@ impl Conn {
                         self.local_msids = sdp::msids_by_mid(&answer_text);
                         // Tracks that take one of the offered m-lines announce their
                         // metadata before the answer that carries them (spec §2.3).
-                        self.assign_mids();
+                        self.assign_mids(true);
                         self.send_description(SdpKind::Answer, &answer_text);
                         self.after_exchange();
                     }
@@ -903,7 +930,7 @@ impl Conn {
         for a in &mut self.tracks {
             a.pt = None;
         }
-        self.assign_mids();
+        self.assign_mids(false);
         if self.offer_wanted || self.needs_offer() {
             self.make_offer("follow-up", false);
         } else {
@@ -938,6 +965,7 @@ impl Conn {
         }
         self.dtls_up = false;
         self.ice_up_since = None;
+        self.msid_overrides.clear();
         self.auto_offers = 0;
         self.restart_wanted = false;
         self.ladder = RestartLadder::default();
@@ -981,14 +1009,14 @@ impl Conn {
                 if m.kind == MediaKind::Audio && !self.audio_mids.contains(&m.mid) {
                     self.audio_mids.push(m.mid);
                 }
-                self.assign_mids();
+                self.assign_mids(false);
             }
             Event::MediaChanged(m) => {
                 if !m.direction.is_receiving() {
                     // The remote stopped sending on it: that track ended.
                     self.end_remote_track(m.mid);
                 }
-                self.assign_mids();
+                self.assign_mids(false);
             }
             Event::MediaData(d) => self.on_media(d),
             Event::ChannelOpen(cid, label) => self.on_channel_open(cid, label),
@@ -1240,6 +1268,7 @@ impl Conn {
             audio_mids: Vec::new(),
             remote_tracks: HashMap::new(),
             remote_track_streams: HashMap::new(),
+            msid_overrides: HashMap::new(),
             remote_msids: HashMap::new(),
             local_msids: HashMap::new(),
             channels: HashMap::new(),

@@ -111,6 +111,53 @@ pub fn msids_by_mid(sdp: &str) -> HashMap<String, Msid> {
     out
 }
 
+/// Our own description with the msid of some media sections replaced (`mid` → the stream and
+/// track we send there): str0m announces, on an m-line a remote's offer created, the remote's
+/// msid, so a track of a named stream sent on it would reach receivers under another stream
+/// id. Both the `a=msid:` and the ssrc-level `a=ssrc:N msid:` forms are rewritten. Applied to
+/// our own descriptions, never to remote input.
+pub fn set_msids(sdp: &str, overrides: &HashMap<String, Msid>) -> String {
+    if overrides.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len() + 64);
+    // One media section at a time: its mid may come after its msid lines.
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let msid = section
+            .iter()
+            .find_map(|l| l.trim_end_matches(['\r', '\n']).strip_prefix("a=mid:"))
+            .and_then(|mid| overrides.get(mid.trim()));
+        for line in section.drain(..) {
+            let body = line.trim_end_matches(['\r', '\n']);
+            let eol = &line[body.len()..];
+            let Some(m) = msid else {
+                out.push_str(line);
+                continue;
+            };
+            let stream = m.stream_id.as_deref().unwrap_or("-");
+            if body.starts_with("a=msid:") {
+                out.push_str(&format!("a=msid:{stream} {}{eol}", m.track_id));
+            } else if let Some((ssrc, _)) = body
+                .strip_prefix("a=ssrc:")
+                .and_then(|r| r.split_once(" msid:"))
+            {
+                out.push_str(&format!("a=ssrc:{ssrc} msid:{stream} {}{eol}", m.track_id));
+            } else {
+                out.push_str(line);
+            }
+        }
+    };
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    out
+}
+
 /// The SDK sends audio only. In an answer of ours, every `m=video` section that says we send
 /// (`a=sendrecv`, `a=sendonly`) is made receive-only (`a=recvonly`, `a=inactive`), so a
 /// remote that offered its camera sees no video track from us that would never carry frames
@@ -194,6 +241,28 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
         );
         assert_eq!(m["1"].stream_id, None);
         assert!(!m.contains_key("2"));
+    }
+
+    #[test]
+    fn msids_of_chosen_sections_are_replaced_in_both_forms() {
+        let sdp = "v=0\r\nm=audio 9 UDP 111\r\na=msid:remote-s remote-t\r\na=mid:0\r\na=ssrc:7 msid:remote-s remote-t\r\n\
+m=audio 9 UDP 111\r\na=mid:1\r\na=msid:s1 t1\r\n";
+        let mut overrides = HashMap::new();
+        overrides.insert(
+            "0".to_owned(),
+            Msid {
+                stream_id: Some("agent-voice".into()),
+                track_id: "utterance-1".into(),
+            },
+        );
+        let out = set_msids(sdp, &overrides);
+        let m = msids_by_mid(&out);
+        assert_eq!(m["0"].stream_id.as_deref(), Some("agent-voice"));
+        assert_eq!(m["0"].track_id, "utterance-1");
+        assert!(out.contains("a=ssrc:7 msid:agent-voice utterance-1\r\n"));
+        assert_eq!(m["1"].stream_id.as_deref(), Some("s1"));
+        assert!(!out.contains("remote-s"));
+        assert_eq!(set_msids(sdp, &HashMap::new()), sdp);
     }
 
     #[test]

@@ -1,0 +1,479 @@
+"""The `parlor` Python package (crates/python): the reference SDK's API on Parlor's Rust core.
+
+Each test runs `parlor serve` and drives the package as an application would, beside the
+real `metered-realtime` where the two meet in one room. The package is built into this venv
+by tests/conformance/run.sh (`maturin develop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import pytest
+
+import metered_realtime as ref
+import parlor
+from conftest import KEY_ALL, KEY_ROOMS, KEY_SUSPENDED, WAIT, mint_token
+from parlor import (
+    Connected,
+    Data,
+    Direct,
+    Joined,
+    Left,
+    Message,
+    MeteredPeer,
+    MeteredPeerOversizedError,
+    MeteredPeerSendError,
+    MeteredPeerStateError,
+    PeerJoined,
+    PeerLeft,
+    Presence,
+    ReconnectOptions,
+    RemotePeer,
+    ServerRequestError,
+    SignallingClient,
+    SignallingConnectError,
+    StateChange,
+)
+
+FAST = ReconnectOptions(initial_delay=0.2, multiplier=1.5, max_delay=1.0, jitter_ratio=0.0)
+
+
+async def until(pred: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll `pred` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Log:
+    """Every event of the given types an emitter produced, in order."""
+
+    def __init__(self, emitter: Any, *types: type) -> None:
+        self.events: list[Any] = []
+        for t in types:
+            emitter.on(t, self.events.append)
+
+    def of(self, t: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, t)]
+
+
+def test_every_name_of_the_reference_is_offered_or_refused_by_name() -> None:
+    for name in ref.__all__:
+        if name in parlor.__all__:
+            continue
+        with pytest.raises(NotImplementedError, match=name):
+            getattr(parlor, name)
+    with pytest.raises(AttributeError):
+        parlor.NoSuchThing  # noqa: B018
+
+
+async def test_signalling_client_pub_sub_and_direct(server) -> None:
+    a = SignallingClient(api_key=KEY_ALL, url=server.url)
+    b = SignallingClient(api_key=KEY_ALL, url=server.url)
+    la = Log(a, Connected, Message, Direct, Presence, StateChange)
+    lb = Log(b, Connected, Message, Direct, Presence)
+    await a.connect()
+    await b.connect()
+    assert a.state == "connected"
+    welcome = la.of(Connected)[0]
+    assert welcome.peer_id == a.peer_id and welcome.peer_id.startswith("p_")
+    assert welcome.is_reconnect is False and welcome.max_message_size == 65536
+    assert [(e.from_, e.to) for e in la.of(StateChange)][:2] == [
+        ("idle", "connecting"),
+        ("connecting", "connected"),
+    ]
+
+    await a.subscribe("room-1")
+    await b.subscribe("room-1")
+    await until(lambda: any(b.peer_id in [p.peer_id for p in e.joined] for e in la.of(Presence)),
+                "a to see b join")
+    await a.publish("room-1", {"hello": [1, 2.5, None, "ünï"]})
+    msg = await until(lambda: lb.of(Message), "b to get the broadcast")
+    assert msg[0].data == {"hello": [1, 2.5, None, "ünï"]}
+    assert msg[0].sender_peer_id == a.peer_id and msg[0].channel == "room-1"
+
+    await b.send(a.peer_id, "direct text")
+    d = await until(lambda: la.of(Direct), "a to get the direct")
+    assert d[0].data == "direct text" and d[0].sender_peer_id == b.peer_id
+
+    with pytest.raises(ValueError):
+        await a.publish("room-1", {"not json": object()})
+    await a.close()
+    await b.close()
+    assert a.state == "closed"
+    await a.close()  # idempotent
+
+
+async def test_two_python_peers_meet_talk_and_leave(server) -> None:
+    a = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    b = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    la = Log(a, Joined, PeerJoined, PeerLeft, Data, Left, StateChange)
+    lb = Log(b, Joined, PeerJoined, PeerLeft, Data, Left)
+    handled: list[str] = []
+
+    @a.on(PeerJoined)
+    async def greet(ev: PeerJoined) -> None:  # async handlers are scheduled and tracked
+        await asyncio.sleep(0.01)
+        handled.append(ev.peer.id)
+        await ev.peer.send({"hi": "from a"})
+
+    await a.join("room-a")
+    assert a.state == "joined" and la.of(Joined)[0].channel == "room-a"
+    assert la.of(Joined)[0].peer_id == a.peer_id
+    async with b.joined("room-a"):
+        joined = await until(lambda: la.of(PeerJoined), "a to see b")
+        remote: RemotePeer = joined[0].peer
+        assert remote.id == b.peer_id and remote in a.remote_peers
+        assert remote.polite == (a.peer_id < b.peer_id)
+        got = await until(lambda: lb.of(Data), "b to get a's direct")
+        assert got[0].data == {"hi": "from a"} and got[0].kind == "direct"
+        assert got[0].sender_peer_id == a.peer_id and handled == [b.peer_id]
+
+        await b.send(["to", "everyone"])
+        got = await until(lambda: la.of(Data), "a to get b's broadcast")
+        assert got[0].data == ["to", "everyone"] and got[0].kind == "broadcast"
+        # The WebRTC connection between the two Rust cores comes up too.
+        await until(lambda: remote.state == "connected", "a's connection to b")
+    # b closed (context exit): a sees the same RemotePeer object leave.
+    left = await until(lambda: la.of(PeerLeft), "a to see b leave")
+    assert left[0].peer is remote and remote.state == "closed"
+    assert [e.reason for e in lb.of(Left)] == [None]
+    await a.close("done")
+    assert a.state == "closed" and la.of(Left)[0].reason == "done"
+    assert la.of(Left)[0].channel == "room-a"
+
+
+async def test_a_python_peer_and_the_reference_sdk_share_a_room(server) -> None:
+    ours = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    theirs = ref.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    lo = Log(ours, PeerJoined, Data)
+    seen_by_ref: list[Any] = []
+    ref_data: list[Any] = []
+    theirs.on(ref.PeerJoined, seen_by_ref.append)
+    theirs.on(ref.Data, ref_data.append)
+    try:
+        await ours.join("mixed")
+        await theirs.join("mixed")
+        await until(lambda: lo.of(PeerJoined), "parlor to see the reference peer")
+        await until(lambda: seen_by_ref, "the reference peer to see parlor")
+        await ours.send_to(theirs.peer_id, {"n": 1})
+        await theirs.send_to(ours.peer_id, {"n": 2})
+        await ours.send("all")
+        await until(lambda: len(ref_data) == 2, "the reference peer's data")
+        assert [(d.data, d.kind) for d in ref_data] == [({"n": 1}, "direct"), ("all", "broadcast")]
+        got = await until(lambda: lo.of(Data), "parlor's data")
+        assert got[0].data == {"n": 2} and got[0].sender_peer_id == theirs.peer_id
+        # WebRTC between the Rust core and aiortc, whichever side is polite.
+        remote = lo.of(PeerJoined)[0].peer
+        await until(lambda: remote.state == "connected", "parlor's connection to aiortc")
+        await until(lambda: seen_by_ref[0].peer.state == "connected", "aiortc's connection")
+    finally:
+        await theirs.close()
+        await ours.close()
+
+
+async def test_errors_are_the_reference_exceptions(server) -> None:
+    with pytest.raises(ValueError):
+        MeteredPeer(url=server.url)  # no credential
+    with pytest.raises(ValueError):
+        MeteredPeer(api_key=KEY_ALL, token="t", url=server.url)
+    with pytest.raises(NotImplementedError, match="auto_resubscribe"):
+        MeteredPeer(api_key=KEY_ALL, url=server.url, auto_resubscribe=False)
+
+    bad = SignallingClient(api_key="pk_nope", url=server.url, reconnect=False)
+    with pytest.raises(SignallingConnectError) as e:
+        await bad.connect()
+    assert e.value.close_code == 4001
+    await bad.close()
+
+    suspended = MeteredPeer(api_key=KEY_SUSPENDED, url=server.url, reconnect=False)
+    with pytest.raises(SignallingConnectError) as e:
+        await suspended.join("any")
+    assert e.value.close_code == 4012
+    await suspended.close()
+
+    p = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    with pytest.raises(MeteredPeerSendError) as se:
+        await p.send("x")
+    assert se.value.code == "not_joined"
+    with pytest.raises(MeteredPeerSendError) as se:
+        await p.join("_system/x")
+    assert se.value.code == "reserved_channel"
+    await p.join("errors")
+    with pytest.raises(MeteredPeerStateError):
+        await p.join("again")
+    with pytest.raises(MeteredPeerSendError) as se:
+        await p.send_to(p.peer_id, "me")
+    assert se.value.code == "self_send"
+    with pytest.raises(MeteredPeerSendError) as se:
+        await p.send_to("", "x")
+    assert se.value.code == "invalid_args"
+    with pytest.raises(MeteredPeerOversizedError) as oe:
+        await p.send("x" * 70_000)
+    assert oe.value.cap == 65536 and oe.value.size > 65536
+    with pytest.raises(TypeError, match="AudioSource"):
+        p.add_track(object())
+    with pytest.raises(NotImplementedError, match="create_data_channel"):
+        RemotePeer(p, "p_x", None).create_data_channel("chat")
+    await p.close()
+
+    rooms_only = MeteredPeer(api_key=KEY_ROOMS, url=server.url)
+    with pytest.raises(ServerRequestError) as re_:
+        await rooms_only.join("not-a-room")
+    assert re_.value.code == "channel_not_authorized"
+    assert rooms_only.state == "idle"
+    await rooms_only.close()
+
+
+async def test_token_providers_sync_and_async(server) -> None:
+    token = mint_token(channels=["*"])
+    calls: list[str] = []
+
+    async def fetch() -> str:
+        calls.append("async")
+        return token
+
+    def fetch_sync() -> str:
+        calls.append("sync")
+        return token
+
+    a = MeteredPeer(token_provider=fetch, url=server.url)
+    b = MeteredPeer(token_provider=fetch_sync, url=server.url)
+    c = MeteredPeer(token=token, url=server.url)
+    for p in (a, b, c):
+        await p.join("tokens")
+    assert sorted(calls) == ["async", "sync"]
+    await until(lambda: len(a.remote_peers) == 2, "a to see b and c")
+    for p in (a, b, c):
+        await p.close()
+
+
+async def test_handlers_once_off_and_event_streams(server) -> None:
+    a = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    b = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    once: list[Any] = []
+    every: list[Any] = []
+    a.once(Data, once.append)
+    handler = a.on(Data, every.append)
+
+    def broken(ev: Data) -> None:
+        raise RuntimeError("a handler's bug")
+
+    a.on(Data, broken)  # logged, never stops the others
+    await a.join("handlers")
+    await b.join("handlers")
+    await until(lambda: a.remote_peers, "a to see b")
+    async with a.events(Data) as stream:
+        for i in range(3):
+            await b.send(i)
+        received = []
+        async for ev in stream:
+            received.append(ev.data)
+            if len(received) == 3:
+                break
+    assert received == [0, 1, 2]
+    assert [e.data for e in once] == [0] and [e.data for e in every] == [0, 1, 2]
+    a.off(Data, handler)
+    await b.send(3)
+    await until(lambda: len(once) == 1 and len(every) == 3, "nothing more")
+    with pytest.raises(TypeError):
+        a.on(str, print)  # type: ignore[arg-type]
+    await b.close()
+    await a.close()
+
+
+async def test_a_peer_rejoins_after_the_server_restarts(parlor_factory) -> None:
+    from conftest import free_port
+
+    port = free_port()
+    srv = parlor_factory(port=port)
+    a = MeteredPeer(api_key=KEY_ALL, url=srv.url, reconnect=FAST)
+    la = Log(a, StateChange, PeerJoined)
+    await a.join("restart")
+    first_id = a.peer_id
+    srv.kill()
+    await until(lambda: a.state == "reconnecting", "a to notice")
+    srv2 = parlor_factory(port=port, name="parlor-again")
+    await until(lambda: a.state == "joined" and a.peer_id != first_id, "a to rejoin", timeout=30)
+    b = MeteredPeer(api_key=KEY_ALL, url=srv2.url)
+    await b.join("restart")
+    joined = await until(lambda: la.of(PeerJoined), "a to see b on the new server")
+    assert joined[0].peer.id == b.peer_id
+    states = [e.to for e in la.of(StateChange)]
+    assert states[:3] == ["joining", "joined", "reconnecting"] and states[-1] == "joined"
+    await b.close()
+    await a.close()
+
+
+# ---------------------------------------------------------------- audio
+
+def tone(seconds: float, rate: int = 16_000, freq: float = 440.0, amp: int = 8000) -> bytes:
+    import math
+    import struct
+
+    n = int(seconds * rate)
+    return b"".join(
+        struct.pack("<h", int(amp * math.sin(2 * math.pi * freq * i / rate))) for i in range(n)
+    )
+
+
+def rms(frame: Any) -> float:
+    """Level of a decoded s16 frame (PyAV's or parlor's), without NumPy."""
+    import array
+    import math
+
+    raw = frame.to_bytes() if hasattr(frame, "to_bytes") else bytes(frame.planes[0])
+    a = array.array("h", raw[: frame.samples * 2 * len(frame.layout.channels)]
+                    if hasattr(frame.layout, "channels") else raw)
+    return math.sqrt(sum(x * x for x in a) / len(a)) if a else 0.0
+
+
+async def loud_frames(track: Any, iter_frames: Any, want: int, timeout: float = WAIT) -> list[Any]:
+    """Frames of `track` until `want` of them are loud (a tone, not silence)."""
+    loud: list[Any] = []
+
+    async def read() -> None:
+        async for frame in iter_frames(track):
+            if rms(frame) > 1000:
+                loud.append(frame)
+                if len(loud) >= want:
+                    return
+
+    await asyncio.wait_for(read(), timeout)
+    return loud
+
+
+@pytest.mark.parametrize("far_end", ["parlor", "reference"])
+async def test_an_agent_hears_the_human_and_answers_one_source_per_utterance(
+    server, far_end: str
+) -> None:
+    """The reference guide's shape: the agent reads the human's track with iter_frames and
+    answers each utterance on a fresh AudioSource (so a barge-in can drop one utterance),
+    removing the finished one; the human hears both answers."""
+    sdk: Any = parlor if far_end == "parlor" else ref
+    agent = parlor.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    human = sdk.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    heard_by_agent: list[Any] = []
+    agent_tracks: list[Any] = []
+    human_tracks: list[Any] = []
+
+    @agent.on(PeerJoined)
+    def on_human(ev: PeerJoined) -> None:
+        ev.peer.on(parlor.Track, agent_tracks.append)
+
+    @human.on(sdk.PeerJoined)
+    def on_agent(ev: Any) -> None:
+        ev.peer.on(sdk.Track, human_tracks.append)
+
+    voice = sdk.AudioSource(input_rate=16_000)
+    human.add_track(voice, sdk.MediaStream(id="human-mic"), {"role": "microphone"})
+    try:
+        await agent.join("call-1")
+        await human.join("call-1")
+        await voice.push(tone(1.5))
+        ev = await until(lambda: agent_tracks, "the agent to get the human's track")
+        assert ev[0].streams[0].id == "human-mic" and ev[0].metadata == {"role": "microphone"}
+        frames = await loud_frames(ev[0].track, parlor.iter_frames, 10)
+        heard_by_agent.extend(frames)
+        f = frames[0]
+        assert f.sample_rate == 48_000 and f.samples == 960
+        # Two utterances, each on its own source in the agent's one voice stream; each is
+        # removed when it is done (the next one takes its place on the wire).
+        agent_voice = parlor.MediaStream(id="agent-voice")
+        for _ in range(2):
+            utterance = parlor.AudioSource(input_rate=24_000)
+            agent.add_track(utterance, agent_voice)
+            await utterance.push(tone(0.6, rate=24_000, freq=330.0))
+            utterance.end()
+            await asyncio.wait_for(utterance.drained(), WAIT)
+            await utterance.push(tone(0.1, rate=24_000))  # a no-op after end()
+            agent.remove_track(utterance)
+        # The voice arrives in the agent's stream (aiortc also reports, first, the audio
+        # m-line the agent's side announced when the call was set up with no track on it).
+        voice_track = await until(
+            lambda: [t for t in human_tracks if t.streams and t.streams[0].id == "agent-voice"],
+            "the human to get the agent's voice",
+        )
+        loud = await loud_frames(voice_track[0].track, sdk.iter_frames, 10)
+        assert len(loud) >= 10
+    finally:
+        voice.end()
+        await human.close()
+        await agent.close()
+
+
+async def test_audio_source_arguments_and_backpressure(server) -> None:
+    with pytest.raises(ValueError, match="input_layout"):
+        parlor.AudioSource(input_layout="5.1")
+    src = parlor.AudioSource(input_rate=48_000, input_layout="stereo", max_buffered_seconds=0.5)
+    with pytest.raises(TypeError):
+        await src.push("not bytes")  # type: ignore[arg-type]
+    # Not sent anywhere yet: the pacer still drains in real time, so 2 s of input takes
+    # about 1.5 s to push into a 0.5 s buffer.
+    started = time.monotonic()
+    await src.push(b"\x00\x00" * 2 * 48_000 * 2)
+    took = time.monotonic() - started
+    assert took > 1.0, f"push did not wait for room in the buffer ({took:.2f} s)"
+    assert src.buffered_seconds <= 0.6
+    src.stop()
+    await src.push(b"\x01\x00")  # no-op after stop
+    assert src.readyState == "ended"
+
+
+async def test_the_example_agent_answers_a_reference_sdk_human(server) -> None:
+    """crates/python/examples/echo_agent.py, run as a user would, with a metered-realtime
+    human: it hears a tone, waits for the pause, says it back in its voice stream."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[3] / "crates/python/examples/echo_agent.py"
+    agent = subprocess.Popen(
+        [sys.executable, str(example), server.url, KEY_ALL, "example-room"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    human = ref.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    tracks: list[Any] = []
+    said: list[Any] = []
+    human.on(ref.Data, said.append)
+
+    @human.on(ref.PeerJoined)
+    def on_agent(ev: Any) -> None:
+        ev.peer.on(ref.Track, tracks.append)
+
+    mic = ref.AudioSource(input_rate=16_000)
+    human.add_track(mic, ref.MediaStream(id="mic"))
+    try:
+        await human.join("example-room")
+        await until(lambda: human.remote_peers, "the example agent to join", timeout=30)
+        await mic.push(tone(1.0))
+        voice = await until(
+            lambda: [t for t in tracks if t.streams and t.streams[0].id == "agent-voice"],
+            "the agent's voice",
+        )
+        loud = await loud_frames(voice[0].track, ref.iter_frames, 25)
+        assert len(loud) >= 25  # at least half a second of the tone came back
+        got = await until(lambda: said, "the agent's message")
+        assert got[0].data["type"] == "said" and got[0].data["seconds"] > 0.5
+    finally:
+        mic.end()
+        await human.close()
+        agent.send_signal(signal.SIGINT)
+        try:
+            out, _ = agent.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            out, _ = agent.communicate()
+    text = out.decode(errors="replace")
+    assert "agent: in example-room" in text and "joined" in text, text
+    assert agent.returncode == 0, text
