@@ -92,6 +92,25 @@ async fn audio_and_data_channels_both_ways() {
         assert_eq!(m, Some(DataMessage::Text(format!("m{i}"))));
     }
 
+    // A second channel, closed by B: A sees it end, sends on it fail, the first stays up.
+    let dc2_a = a.create_data_channel(&b_id, "side").await.expect("channel");
+    let dc2_b = wait_for(&mut eb, |e| match e {
+        RoomEvent::DataChannelOpened { channel, .. } if channel.label() == "side" => {
+            Some(channel.clone())
+        }
+        _ => None,
+    })
+    .await;
+    dc2_b.close();
+    dc2_b.close(); // idempotent
+    assert!(dc2_b.send("late").await.is_err());
+    tokio::time::timeout(WAIT, async { while dc2_a.recv().await.is_some() {} })
+        .await
+        .expect("the remote's close reaches us");
+    dc_a.send("still here").await.expect("send");
+    let m = tokio::time::timeout(WAIT, dc_b.recv()).await.expect("recv");
+    assert_eq!(m, Some(DataMessage::Text("still here".into())));
+
     // B leaves: A's track from B ends and the channel closes.
     b.close().await;
     tokio::time::timeout(WAIT, async { while track_at_a.recv().await.is_some() {} })

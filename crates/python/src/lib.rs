@@ -27,8 +27,8 @@ use parlor_media::{AudioFrames, AudioSource, AudioSourceOptions, Layout};
 use parlor_peer::room::{DataKind, FatalError, RoomState};
 use parlor_peer::signalling::{ClientState, Event, SubscribeOptions};
 use parlor_peer::{
-    ConnectionError, LocalTrack, PeerConnectionState, ReconnectOptions, RemoteTrack, RoomError,
-    RoomEvent, RoomEvents, RoomPeer, SignallingClient,
+    ConnectionError, DataChannel, DataChannelError, DataMessage, LocalTrack, PeerConnectionState,
+    ReconnectOptions, RemoteTrack, RoomError, RoomEvent, RoomEvents, RoomPeer, SignallingClient,
 };
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -589,10 +589,18 @@ fn room_event(e: RoomEvent) -> Crossing {
                 .flatten();
             ("track".to_owned(), fields.to_string(), handle)
         }
-        RoomEvent::DataChannelOpened { peer_id, channel } => crossing(
-            "data_channel_opened",
-            json!({"peer_id": peer_id, "label": channel.label()}),
-        ),
+        RoomEvent::DataChannelOpened { peer_id, channel } => {
+            let fields = json!({"peer_id": peer_id, "label": channel.label()});
+            let handle = (!shutting_down())
+                .then(|| {
+                    Python::attach(|py| {
+                        Py::new(py, NativeDataChannel { dc: channel }).map(|h| h.into_any())
+                    })
+                    .ok()
+                })
+                .flatten();
+            ("data_channel_opened".to_owned(), fields.to_string(), handle)
+        }
         RoomEvent::Left => crossing("left", json!({})),
         RoomEvent::Fatal(err) => {
             let (code, close_code) = match &err {
@@ -693,6 +701,23 @@ impl NativeRoom {
         let room = self.room.clone();
         py_future(py, async move {
             room.send_to(&peer_id, &*data).await.map_err(room_err)
+        })
+    }
+
+    /// Open a data channel to a member; resolves to the channel once it is open.
+    fn create_data_channel<'py>(
+        &self,
+        py: Python<'py>,
+        peer_id: String,
+        label: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let room = self.room.clone();
+        py_future(py, async move {
+            let dc = room
+                .create_data_channel(&peer_id, &label)
+                .await
+                .map_err(room_err)?;
+            Ok(NativeDataChannel { dc })
         })
     }
 
@@ -935,6 +960,101 @@ impl NativeRemoteTrack {
     }
 }
 
+/// One data channel to a remote member (either side opened it).
+#[pyclass(module = "parlor._native", frozen)]
+struct NativeDataChannel {
+    dc: DataChannel,
+}
+
+impl std::fmt::Debug for NativeDataChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.dc.fmt(f)
+    }
+}
+
+fn dc_err(e: DataChannelError) -> PyErr {
+    let message = e.to_string();
+    match e {
+        DataChannelError::Closed => native_err("dc_closed", message, Value::Null),
+        DataChannelError::Overflow => native_err(
+            "dc_overflow",
+            message,
+            json!({"cap": parlor_peer::connection::data_channel::MAX_QUEUED_SENDS}),
+        ),
+        DataChannelError::TooLarge(size) => native_err(
+            "dc_too_large",
+            message,
+            json!({"size": size, "cap": parlor_peer::connection::data_channel::MAX_MESSAGE_SIZE}),
+        ),
+        _ => native_err("other", message, Value::Null),
+    }
+}
+
+/// A message from Python: `str` is text, `bytes`-like is binary.
+fn dc_message(data: &Bound<'_, PyAny>) -> PyResult<DataMessage> {
+    if let Ok(s) = data.extract::<String>() {
+        return Ok(DataMessage::Text(s));
+    }
+    data.extract::<Vec<u8>>()
+        .map(DataMessage::Binary)
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("data must be str or bytes"))
+}
+
+/// A received message as it crosses: (is text, UTF-8 or raw bytes).
+type MessageCrossing = (bool, Cow<'static, [u8]>);
+
+#[pymethods]
+impl NativeDataChannel {
+    #[getter]
+    fn label(&self) -> &str {
+        self.dc.label()
+    }
+
+    #[getter]
+    fn peer_id(&self) -> &str {
+        self.dc.peer_id()
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.dc.is_closed()
+    }
+
+    /// Messages queued and not yet handed to the transport.
+    #[getter]
+    fn queued(&self) -> usize {
+        self.dc.queued()
+    }
+
+    /// Queue `data`, waiting while the send queue is full.
+    fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let msg = dc_message(data)?;
+        let dc = self.dc.clone();
+        py_future(py, async move { dc.send(msg).await.map_err(dc_err) })
+    }
+
+    /// Queue `data` without waiting (raises when the queue is full).
+    fn try_send(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.dc.try_send(dc_message(data)?).map_err(dc_err)
+    }
+
+    /// The next message, `None` once the channel closed.
+    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let dc = self.dc.clone();
+        py_future(py, async move {
+            let m: Option<MessageCrossing> = dc.recv().await.map(|m| match m {
+                DataMessage::Text(s) => (true, Cow::Owned(s.into_bytes())),
+                DataMessage::Binary(b) => (false, Cow::Owned(b)),
+            });
+            Ok(m)
+        })
+    }
+
+    fn close(&self) {
+        self.dc.close();
+    }
+}
+
 /// The extension module `parlor._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -942,6 +1062,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeRoom>()?;
     m.add_class::<NativeAudioSource>()?;
     m.add_class::<NativeRemoteTrack>()?;
+    m.add_class::<NativeDataChannel>()?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add_function(wrap_pyfunction!(_shutdown, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -221,8 +221,8 @@ async def test_errors_are_the_reference_exceptions(server) -> None:
     assert oe.value.cap == 65536 and oe.value.size > 65536
     with pytest.raises(TypeError, match="AudioSource"):
         p.add_track(object())
-    with pytest.raises(NotImplementedError, match="create_data_channel"):
-        RemotePeer(p, "p_x", None).create_data_channel("chat")
+    with pytest.raises(NotImplementedError, match="pc"):
+        RemotePeer(p, "p_x", None).pc  # noqa: B018
     await p.close()
 
     rooms_only = MeteredPeer(api_key=KEY_ROOMS, url=server.url)
@@ -477,3 +477,243 @@ async def test_the_example_agent_answers_a_reference_sdk_human(server) -> None:
     text = out.decode(errors="replace")
     assert "agent: in example-room" in text and "joined" in text, text
     assert agent.returncode == 0, text
+
+
+# ---------------------------------------------------------------- data channels
+
+@pytest.mark.parametrize("far_end", ["parlor", "reference"])
+async def test_data_channels_both_ways_with_the_reference_wrapper(server, far_end: str) -> None:
+    """Ours opens a channel; the far end gets DataChannelOpened, wraps it in DataChannel;
+    text and binary go both ways in order; the far end closes it and we see DCClose."""
+    sdk: Any = parlor if far_end == "parlor" else ref
+    ours = parlor.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    theirs = sdk.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    opened: list[Any] = []
+    remotes: list[Any] = []
+
+    @theirs.on(sdk.PeerJoined)
+    def on_peer(ev: Any) -> None:
+        ev.peer.on(sdk.DataChannelOpened, opened.append)
+
+    ours.on(PeerJoined, lambda ev: remotes.append(ev.peer))
+    try:
+        await ours.join("dc-room")
+        await theirs.join("dc-room")
+        remote = (await until(lambda: remotes, "our peer to see theirs"))[0]
+        await until(lambda: remote.state == "connected", "the connection")
+        raw = remote.create_data_channel("chat")
+        dc = parlor.DataChannel(raw)
+        ours_got: list[Any] = []
+        events: list[Any] = []
+        dc.on(parlor.DCMessage, lambda ev: ours_got.append(ev.data))
+        dc.on(parlor.DCOpen, events.append)
+        dc.on(parlor.DCClose, events.append)
+        await until(lambda: dc.ready_state == "open", "our channel to open")
+        far = sdk.DataChannel((await until(lambda: opened, "their DataChannelOpened"))[0].channel)
+        far_got: list[Any] = []
+        far.on(sdk.DCMessage, lambda ev: far_got.append(ev.data))
+        for i in range(50):
+            await dc.send(f"m{i}")
+        await dc.send(b"\x00\x01\xff")
+        await until(lambda: len(far_got) == 51, "their messages")
+        assert far_got == [f"m{i}" for i in range(50)] + [b"\x00\x01\xff"]
+        await far.send("reply")
+        await far.send(b"\x02")
+        await until(lambda: ours_got == ["reply", b"\x02"], "our messages")
+        far.close()
+        await until(lambda: any(isinstance(e, parlor.DCClose) for e in events), "DCClose")
+        assert isinstance(events[0], parlor.DCOpen)
+        with pytest.raises(parlor.MeteredRealtimeError):
+            await dc.send("after close")
+    finally:
+        await theirs.close()
+        await ours.close()
+
+
+async def test_an_admin_disconnect_is_a_fatal_error_and_closes_the_peer(server) -> None:
+    """4020 (admin disconnect) is terminal: FatalError names it, the peer ends `closed`,
+    and the other member sees it leave."""
+    a = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    b = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    la = Log(a, parlor.FatalError, StateChange)
+    lb = Log(b, PeerLeft)
+    await a.join("admin-room")
+    await b.join("admin-room")
+    await until(lambda: b.remote_peers, "b to see a")
+    loop = asyncio.get_running_loop()
+    status, body = await loop.run_in_executor(
+        None,
+        lambda: server.http_request("POST", f"/admin/peers/{a.peer_id}/disconnect", body=b""),
+    )
+    assert 200 <= status < 300, (status, body)
+    fatal = await until(lambda: la.of(parlor.FatalError), "FatalError")
+    assert isinstance(fatal[0].err, parlor.MeteredRealtimeError)
+    assert "4020" in str(fatal[0].err) and "admin_disconnect" in str(fatal[0].err)
+    await until(lambda: a.state == "closed", "a to close")
+    await until(lambda: lb.of(PeerLeft), "b to see a leave")
+    with pytest.raises(MeteredPeerSendError):
+        await a.send("after the end")
+    await a.close()  # idempotent after a fatal end
+    await b.close()
+
+
+class CuttableProxy:
+    """A TCP proxy to the server whose connections can be cut (a dropped Wi-Fi link)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.links: list[asyncio.StreamWriter] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+        self.links += [w, uw]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    def cut(self) -> None:
+        for w in self.links:
+            w.transport.abort()
+        self.links.clear()
+
+    def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_dropped_websocket_keeps_remote_peers_and_refires_their_tracks(server) -> None:
+    """Our WebSocket drops while the server and the other member stay: we come back under a
+    new id, the member is the same RemotePeer object, its connection is rebuilt and its
+    audio arrives again as a new Track; the member sees us leave and rejoin."""
+    proxy = CuttableProxy(server.port)
+    via_proxy = await proxy.start()
+    a = MeteredPeer(api_key=KEY_ALL, url=via_proxy, reconnect=FAST)
+    b = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    la = Log(a, PeerJoined, PeerLeft, StateChange)
+    lb = Log(b, PeerJoined, PeerLeft)
+    tracks: list[Any] = []
+    a.on(PeerJoined, lambda ev: ev.peer.on(parlor.Track, tracks.append))
+    voice = parlor.AudioSource(input_rate=16_000)
+    b.add_track(voice, parlor.MediaStream(id="b-voice"))
+    speaking = asyncio.ensure_future(_speak(voice))
+    try:
+        await a.join("drop-room")
+        await b.join("drop-room")
+        member = (await until(lambda: la.of(PeerJoined), "a to see b"))[0].peer
+        await until(lambda: tracks, "b's audio at a")
+        first_id = a.peer_id
+        proxy.cut()
+        await until(lambda: a.state == "reconnecting", "a to notice the drop")
+        await until(lambda: a.state == "joined" and a.peer_id != first_id, "a to rejoin")
+        await until(lambda: len(tracks) >= 2, "b's audio again, on the rebuilt connection")
+        assert la.of(PeerJoined) == [la.of(PeerJoined)[0]] and not la.of(PeerLeft)
+        assert a.remote_peers == [member] and member.id == b.peer_id
+        assert tracks[1].streams[0].id == "b-voice"
+        await loud_frames(tracks[1].track, parlor.iter_frames, 5)
+        await until(lambda: [e.peer.id for e in lb.of(PeerLeft)] == [first_id], "b: a left")
+        await until(lambda: a.peer_id in [e.peer.id for e in lb.of(PeerJoined)], "b: a is back")
+    finally:
+        speaking.cancel()
+        voice.stop()
+        await b.close()
+        await a.close()
+        proxy.close()
+
+
+async def _speak(source: Any) -> None:
+    while True:
+        await source.push(tone(0.2))
+
+
+def _reference_readme_snippets(tmp_path: Any) -> list[str]:
+    """The ```python blocks of metered-realtime's own README (from its sdist on PyPI)."""
+    import re
+    import subprocess
+    import sys
+    import tarfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+         "-d", str(tmp_path), f"metered-realtime=={ref.__version__}"],
+        check=True, timeout=120,
+    )
+    (sdist,) = list(tmp_path.glob("metered_realtime-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/README.md"))
+        readme = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+    return re.findall(r"```python\n(.*?)```", readme, re.S)
+
+
+async def test_the_reference_readme_quick_starts_run_on_parlor(server, tmp_path) -> None:
+    """The two quick starts of metered-realtime's README, with the import line changed to
+    `parlor` (and the demo key and a short sleep): run as written, beside a peer."""
+    import subprocess
+    import sys
+
+    snippets = _reference_readme_snippets(tmp_path)
+    rooms, pubsub = snippets[0], snippets[1]
+    assert "from metered_realtime import" in rooms and "SignallingClient" in pubsub
+
+    def adapt(code: str) -> str:
+        code = code.replace("from metered_realtime import", "from parlor import")
+        code = code.replace('api_key="pk_live_..."', f'api_key="{KEY_ALL}", url="{server.url}"')
+        return code.replace("asyncio.sleep(30)", "asyncio.sleep(4)").replace(
+            "asyncio.sleep(5)", "asyncio.sleep(4)"
+        )
+
+    other = MeteredPeer(api_key=KEY_ALL, url=server.url)
+    listener = SignallingClient(api_key=KEY_ALL, url=server.url)
+    heard: list[Any] = []
+    other_data: list[Any] = []
+    other.on(Data, other_data.append)
+    listener.on(Message, heard.append)
+    voice = parlor.AudioSource(input_rate=16_000)
+    other.add_track(voice, parlor.MediaStream(id="other-voice"))
+    speaking = asyncio.ensure_future(_speak(voice))
+    await other.join("room-42")
+    await listener.connect()
+    await listener.subscribe("room-42")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", adapt(code)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+        for code in (rooms, pubsub)
+    ]
+    try:
+        await until(lambda: len(other.remote_peers) >= 1, "the quick start to join")
+        await asyncio.sleep(0.5)
+        await other.send("hi from the room")
+        outs = []
+        for p in procs:
+            out, _ = await asyncio.get_running_loop().run_in_executor(
+                None, lambda p=p: p.communicate(timeout=30))
+            outs.append(out.decode(errors="replace"))
+            assert p.returncode == 0, out
+    finally:
+        speaking.cancel()
+        voice.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        await listener.close()
+        await other.close()
+    assert f"peer joined: {other.peer_id}" in outs[0], outs[0]
+    assert "receiving audio stream: ['other-voice']" in outs[0], outs[0]
+    assert f"{other.peer_id} says hi from the room" in outs[0], outs[0]
+    # Each quick start's own broadcast reached the room.
+    assert {"hello": True} in [d.data for d in other_data]
+    assert {"hello": True} in [m.data for m in heard]

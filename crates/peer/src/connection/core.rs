@@ -1187,6 +1187,13 @@ impl Conn {
             return;
         };
         let shared = entry.dc.shared.clone();
+        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            // Closed by the application (`DataChannel::close`): close it on the wire too;
+            // dropping the entry ends the channel's `recv`.
+            self.rtc.direct_api().close_data_channel(cid);
+            self.channels.remove(&cid);
+            return;
+        }
         let Some(mut ch) = self.rtc.channel(cid) else {
             return;
         };

@@ -190,6 +190,17 @@ impl DataChannel {
         Ok(())
     }
 
+    /// Close the channel (idempotent): queued messages are dropped, sends fail with
+    /// [`DataChannelError::Closed`], the remote sees it close, and `recv` ends once what
+    /// had arrived is read.
+    pub fn close(&self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            self.shared.queue().clear();
+            self.shared.space.notify_waiters();
+            (self.shared.wake)();
+        }
+    }
+
     /// The next received message; `None` once the channel is closed.
     pub async fn recv(&self) -> Option<DataMessage> {
         self.shared.inbound.lock().await.recv().await

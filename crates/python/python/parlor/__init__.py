@@ -2,8 +2,7 @@
 
 Change ``from metered_realtime import ...`` to ``from parlor import ...``; the names,
 arguments, events and exceptions are the reference's. What this release does not offer yet
-raises ``NotImplementedError`` naming it (data channels, device and file sources; see the
-README).
+raises ``NotImplementedError`` naming it (device and file sources; see the README).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Any
 
 from . import _native
 from ._native import __version__ as _core_version
+from .data_channel import DataChannel, RawDataChannel
 from .errors import (
     AckTimeoutError,
     DataChannelOverflowError,
@@ -93,16 +93,14 @@ _NOT_YET = {
     "from_camera",
     "from_microphone",
     "screen_share",
-    "DataChannel",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _NOT_YET:
         raise NotImplementedError(
-            f"parlor.{name}: not in this release of parlor-realtime yet (signalling, rooms, "
-            "data over the server and audio tracks are; data channels and device/file "
-            "sources are not)"
+            f"parlor.{name}: device and file sources are not in parlor-realtime yet; push "
+            "PCM into an AudioSource instead"
         )
     raise AttributeError(f"module 'parlor' has no attribute {name!r}")
 
@@ -117,6 +115,7 @@ __all__ = [
     "DCMessage",
     "DCOpen",
     "Data",
+    "DataChannel",
     "DataChannelOpened",
     "DataChannelOverflowError",
     "Direct",
@@ -151,6 +150,7 @@ __all__ = [
     "Presence",
     "PresencePeer",
     "ReconcileTimeoutError",
+    "RawDataChannel",
     "ReconnectOptions",
     "RemoteAudioTrack",
     "RemotePeer",

@@ -25,6 +25,7 @@ from .errors import (
 )
 from .events import (
     Data,
+    DataChannelOpened,
     FatalError,
     Joined,
     Lagged,
@@ -37,6 +38,7 @@ from .events import (
     StreamRemoved,
     Track,
 )
+from .data_channel import RawDataChannel
 from .media import AudioSource, MediaStream, RemoteAudioTrack, StreamMetadata
 from .options import ReconnectOptions, SignallingClientOptions, TokenProviderFn
 from .types import WsCloseCode
@@ -46,13 +48,6 @@ __all__ = ["MeteredPeer", "RemotePeer"]
 _RESERVED = re.compile(r"^(_metered/|_internal/|_system/|__)")
 _TERMINAL = ("left", "fatal")
 _CLOSE_NAMES = {c.value: c.name.lower() for c in WsCloseCode}
-
-
-def _unsupported(what: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"{what}: data channels are not in this release of parlor-realtime yet "
-        "(signalling, rooms, data over the server and audio tracks are); see the README"
-    )
 
 
 class RemotePeer(AsyncEventEmitter):
@@ -96,8 +91,30 @@ class RemotePeer(AsyncEventEmitter):
         """Send ``data`` to this member (through the server)."""
         await self._owner.send_to(self.id, data)
 
-    def create_data_channel(self, label: str, **kwargs: Any) -> Any:
-        raise _unsupported("RemotePeer.create_data_channel")
+    def create_data_channel(self, label: str, **kwargs: Any) -> RawDataChannel:
+        """Open a data channel to this member; returns it at once (``connecting``), wrap
+        it in ``DataChannel`` for events. It ends with the current connection: open a new
+        one after a reconnect."""
+        if kwargs:
+            raise NotImplementedError(
+                f"create_data_channel options {sorted(kwargs)}: Parlor's channels are "
+                "reliable and ordered"
+            )
+        raw = RawDataChannel(label)
+        owner = self._owner
+
+        async def open_it() -> None:
+            try:
+                native = await owner._room.create_data_channel(self.id, label)
+            except _native.NativeError as e:
+                raw._failed(MeteredRealtimeError(str(e.args[1] if len(e.args) > 1 else e)))
+                return
+            raw._opened(native)
+
+        task = asyncio.get_running_loop().create_task(open_it())
+        owner._background.add(task)
+        task.add_done_callback(owner._background.discard)
+        return raw
 
     def _on_track(self, native: Any, stream_id: str | None, metadata: Any) -> None:
         streams: tuple[MediaStream, ...] = ()
@@ -163,6 +180,7 @@ class MeteredPeer(AsyncEventEmitter):
         self._close_reason: str | None = None
         self._last_peer_id: str | None = None
         self._last_channel: str | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         # Local tracks: track → (stream, metadata).
         self._tracked: dict[Any, tuple[MediaStream | None, StreamMetadata | None]] = {}
 
@@ -462,6 +480,10 @@ class MeteredPeer(AsyncEventEmitter):
                 stream = remote._streams.pop(f["stream_id"], None)
                 if stream is not None:
                     remote.emit(StreamRemoved(stream))
+        elif kind == "data_channel_opened":
+            remote = self._peers.get(f["peer_id"])
+            if remote is not None and obj is not None:
+                remote.emit(DataChannelOpened(RawDataChannel(f["label"], obj)))
         elif kind == "fatal":
             self.emit(FatalError(err=_fatal(f)))
         elif kind == "lagged":

@@ -103,6 +103,7 @@ class SignallingClient(AsyncEventEmitter):
             )
         self._native = native_client(options, event_capacity)
         self._pump: asyncio.Task[None] | None = None
+        self._welcomed: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"SignallingClient(state={self.state!r})"
@@ -130,13 +131,22 @@ class SignallingClient(AsyncEventEmitter):
             event = client_event(kind, json.loads(fields))
             if event is not None:
                 self.emit(event)
+            if kind == "connected" and self._welcomed is not None:
+                self._welcomed.set()
             if kind == "state_change" and json.loads(fields)["to"] == "closed":
                 return
 
     async def connect(self) -> None:
         """Open the connection; returns once welcomed. Raises ``SignallingConnectError``."""
+        self._welcomed = asyncio.Event()
         self._start_pump()
         await call(self._native.connect())
+        # The welcome's `Connected` is on its way through the pump: let it be delivered
+        # before returning, as the reference SDK does.
+        try:
+            await asyncio.wait_for(self._welcomed.wait(), 2.0)
+        except asyncio.TimeoutError:
+            pass
 
     async def close(self, code: int = 1000, reason: str = "client requested close") -> None:
         """Close for good (idempotent): pending requests fail with ``DisconnectedError``."""
