@@ -102,6 +102,8 @@ async def main() -> None:
         was_loud = False
         first = True
         async for fr in iter_frames(track):
+            if not first and not is_probe:
+                continue  # the listener's only work after its first audio: taking frames
             p = peak(fr)
             # The probe conversation's first audio waits for its first burst; leave it out.
             if first and p > 300 and not (is_probe and args.conversations > 1):

@@ -367,6 +367,50 @@ impl AudioSource {
         Ok(())
     }
 
+    /// [`push`](AudioSource::push) without waiting: when all of `pcm` fits under the
+    /// buffering cap now it is taken (`Ok(true)`, exactly as `push` would take it);
+    /// otherwise nothing is taken (`Ok(false)`: call `push`, which waits for room). For
+    /// callers that would rather not suspend (a Python binding: no awaitable per push).
+    pub fn try_push(&self, pcm: &[u8]) -> Result<bool, MediaError> {
+        let frame_bytes = 2 * self.shared.input_channels;
+        let piece = (self.shared.input_rate * PUSH_PIECE_MS / 1000) as usize * frame_bytes;
+        let mut st = self.shared.lock();
+        if st.phase != Phase::Live {
+            return Ok(true);
+        }
+        // At most this many frames come out of the resampler for this input (its rate
+        // ratio, rounded up, plus what it may hold back and release).
+        let in_frames = ((st.carry.len() + pcm.len()) / frame_bytes) as u64;
+        let out_frames = (in_frames * u64::from(self.shared.rate))
+            .div_ceil(u64::from(self.shared.input_rate)) as usize
+            + 256;
+        if st.buf.len() + out_frames * self.shared.out_channels > self.shared.cap {
+            return Ok(false);
+        }
+        st.started = true;
+        let mut bytes = std::mem::take(&mut st.carry);
+        bytes.extend_from_slice(pcm);
+        let whole = bytes.len() / frame_bytes * frame_bytes;
+        let carry = bytes.split_off(whole);
+        let mut resampled = Vec::new();
+        for chunk in bytes.chunks(piece.max(frame_bytes)) {
+            let samples: Vec<i16> = chunk
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            resampled.clear();
+            st.resampler.process(&samples, &mut resampled)?;
+            let out = convert_channels(
+                &resampled,
+                self.shared.input_channels,
+                self.shared.out_channels,
+            );
+            st.buf.extend(out);
+        }
+        st.carry = carry;
+        Ok(true)
+    }
+
     /// Finish the utterance: what is buffered is sent, then the source stops (the track goes
     /// quiet). Idempotent; resolves once drained.
     pub async fn end(&self) {

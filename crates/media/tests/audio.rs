@@ -123,6 +123,29 @@ async fn push_suspends_at_the_cap_and_end_drains() {
 }
 
 #[tokio::test]
+async fn try_push_takes_what_fits_and_nothing_else() {
+    let src = AudioSource::new(
+        AudioSourceOptions::new(16_000, Layout::Mono).max_buffered(Duration::from_millis(200)),
+    )
+    .expect("source");
+    // 100 ms fits: taken at once, with its odd byte carried as `push` carries it.
+    let mut pcm = sine_bytes(16_000, 440.0, 0, 1_600);
+    pcm.push(0x12);
+    assert_eq!(src.try_push(&pcm), Ok(true));
+    let after_one = src.buffered_seconds();
+    assert!((0.08..=0.11).contains(&after_one), "buffered {after_one} s");
+    // Another 200 ms would go over the cap: refused whole, nothing taken.
+    let big = sine_bytes(16_000, 440.0, 0, 3_200);
+    assert_eq!(src.try_push(&big), Ok(false));
+    assert!(src.buffered_seconds() <= after_one);
+    // `push` takes it, waiting for the pacer to make room.
+    src.push(&big).await.expect("push");
+    src.stop();
+    assert_eq!(src.try_push(&big), Ok(true), "a no-op after stop, as push");
+    assert_eq!(src.buffered_seconds(), 0.0);
+}
+
+#[tokio::test]
 async fn stop_drops_the_buffer_at_once() {
     let src = AudioSource::new(AudioSourceOptions::new(48_000, Layout::Stereo)).expect("source");
     src.push(&vec![0u8; 48_000 * 4]).await.expect("push 1 s");

@@ -851,6 +851,14 @@ impl NativeAudioSource {
         self.current().map_or(0, |s| s.frames_sent())
     }
 
+    /// Take s16 PCM now if it fits under the buffering cap (`True`); `False` if `push` must
+    /// wait for room (nothing was taken). No awaitable: the common case costs no wake-up.
+    fn try_push(&self, pcm: &[u8]) -> PyResult<bool> {
+        self.bound()?
+            .try_push(pcm)
+            .map_err(|e| native_err("media", e.to_string(), Value::Null))
+    }
+
     /// Queue s16 PCM in the input format; suspends at the buffering cap.
     fn push<'py>(&self, py: Python<'py>, pcm: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
         let source = self.bound()?;

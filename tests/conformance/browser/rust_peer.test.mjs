@@ -25,6 +25,8 @@ import { launchChromium, poll, startStatic } from "../lib/browser.mjs";
 import { startParlor, startCoturn, turnConfig, parlorBin, withTimeout, Recorder, CONFORMANCE_DIR, DEV_KEY, WAIT_MS } from "../lib/parlor.mjs";
 
 const OUT_DIR = path.join(CONFORMANCE_DIR, "out");
+const PYTHON = path.join(CONFORMANCE_DIR, ".venv", "bin", "python");
+const PY_ECHO = path.join(CONFORMANCE_DIR, "..", "..", "crates", "python", "examples", "echo.py");
 const DEBUG = process.env.PARLOR_BROWSER_DEBUG === "1";
 const N_MESSAGES = 20;
 const MAX_ECHO_STARTS = 24; // each start is >= a coin flip (see ID_PIVOT): P(all wrong) < 6e-8
@@ -179,13 +181,17 @@ const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
  * Start `parlor echo` in `room`; resolves once it printed `echo joined ROOM as ID`.
  * stdout lines are recorded as "line" events; stderr goes to `errPath`.
  */
-async function startEcho({ url, room, errPath, relayOnly = false }) {
+async function startEcho({ url, room, errPath, relayOnly = false, python = false }) {
   const errFd = openSync(errPath, "w");
   const env = { ...process.env, NO_COLOR: "1", PARLOR_LOG: process.env.PARLOR_LOG || "parlor_peer=debug" };
   const args = ["echo", "--url", url, "--key", DEV_KEY, "--room", room];
   if (process.env.PARLOR_ECHO_BIND_IP) args.push("--bind-ip", process.env.PARLOR_ECHO_BIND_IP);
   if (relayOnly) args.push("--relay-only");
-  const proc = spawn(parlorBin(), args, { stdio: ["ignore", "pipe", errFd], env });
+  // `python`: the same echo written on the `parlor` Python package (crates/python/examples/
+  // echo.py), run from the conformance venv the Python part of run.sh builds it into.
+  const proc = python
+    ? spawn(PYTHON, [PY_ECHO, ...args.slice(1)], { stdio: ["ignore", "pipe", errFd], env })
+    : spawn(parlorBin(), args, { stdio: ["ignore", "pipe", errFd], env });
   closeSync(errFd);
   const rec = new Recorder("parlor echo");
   const lines = [];
@@ -245,11 +251,13 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
   // turn: Chromium with iceTransportPolicy "relay" and `parlor echo --relay-only`, both using
   // the TURN credentials Parlor minted into the welcome: every packet crosses coturn.
   // video: the page also sends its fake camera (the Rust peer receives the track and ignores it).
-  const cases = [["echo-first", false, false], ["browser-first", false, false], ["echo-first", true, false], ["echo-first", false, true]];
-  for (const [order, turn, video] of cases) for (const role of ["impolite", "polite"]) {
-    describe(`browser ${role}, ${order}${turn ? ", both relay-only through coturn" : ""}${video ? ", with a camera track" : ""}`, () => {
-      const room = `room-rust-${role}-${order}${turn ? "-turn" : ""}${video ? "-video" : ""}`;
-      const shot = `rust-peer-${order}-browser-${role}${turn ? "-turn" : ""}${video ? "-video" : ""}`;
+  // python: the far end is the `parlor` Python package (crates/python/examples/echo.py)
+  // instead of the `parlor echo` binary: the same checks, through the Python API.
+  const cases = [["echo-first", false, false, false], ["browser-first", false, false, false], ["echo-first", true, false, false], ["echo-first", false, true, false], ["echo-first", false, false, true]];
+  for (const [order, turn, video, python] of cases) for (const role of ["impolite", "polite"]) {
+    describe(`browser ${role}, ${order}${turn ? ", both relay-only through coturn" : ""}${video ? ", with a camera track" : ""}${python ? ", the echo in Python (parlor package)" : ""}`, () => {
+      const room = `room-rust-${role}-${order}${turn ? "-turn" : ""}${video ? "-video" : ""}${python ? "-py" : ""}`;
+      const shot = `rust-peer-${order}-browser-${role}${turn ? "-turn" : ""}${video ? "-video" : ""}${python ? "-python" : ""}`;
       const server = () => (turn ? parlorTurn : parlor);
       let context, page, echo, browserId, echoStarts = 0, deadline = Infinity;
       const left = () => Math.max(1000, Math.min(WAIT_MS, deadline - Date.now()));
@@ -287,7 +295,7 @@ describe("MeteredPeer in Chromium <-> Rust peer (parlor echo) via Parlor", () =>
         for (;;) {
           assert.ok(echoStarts < MAX_ECHO_STARTS, `no echo id on the wanted side of ${browserId} after ${MAX_ECHO_STARTS} starts`);
           echoStarts++;
-          const e = await startEcho({ url: server().url, room, errPath, relayOnly: turn });
+          const e = await startEcho({ url: server().url, room, errPath, relayOnly: turn, python });
           if ((e.id > browserId) === wantEchoGreater) { echo = e; break; }
           await e.stop();
         }

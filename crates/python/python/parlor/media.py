@@ -117,7 +117,11 @@ class AudioSource:
             data = self._from_av(data)
         elif not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"push() takes bytes of s16 PCM or an av.AudioFrame, not {type(data).__name__}")
-        await call(self._native.push(bytes(data)))
+        data = bytes(data)
+        # Most pushes fit under the cap: taken at once, with no awaitable and no wake-up.
+        if _taken(self._native, data):
+            return
+        await call(self._native.push(data))
 
     def _from_av(self, frame: Any) -> bytes:
         if self._resampler is None:
@@ -142,6 +146,15 @@ class AudioSource:
         """Stop at once, dropping what is buffered."""
         self._ended = True
         self._native.stop()
+
+
+def _taken(native: Any, data: bytes) -> bool:
+    try:
+        return bool(native.try_push(data))
+    except _native.NativeError as e:
+        from .errors import from_native
+
+        raise from_native(e) from None
 
 
 class AudioFrame:
