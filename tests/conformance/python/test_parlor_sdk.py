@@ -515,8 +515,12 @@ async def test_data_channels_both_ways_with_the_reference_wrapper(server, far_en
         for i in range(50):
             await dc.send(f"m{i}")
         await dc.send(b"\x00\x01\xff")
-        await until(lambda: len(far_got) == 51, "their messages")
-        assert far_got == [f"m{i}" for i in range(50)] + [b"\x00\x01\xff"]
+        # Concurrent senders keep call order too (300 > the core's 256-message queue).
+        await asyncio.gather(*(dc.send(f"c{i}") for i in range(300)))
+        await until(lambda: len(far_got) == 351, "their messages")
+        assert far_got == [f"m{i}" for i in range(50)] + [b"\x00\x01\xff"] + [
+            f"c{i}" for i in range(300)
+        ]
         await far.send("reply")
         await far.send(b"\x02")
         await until(lambda: ours_got == ["reply", b"\x02"], "our messages")

@@ -91,6 +91,18 @@ class RawDataChannel:
         except _native.NativeError as e:
             raise _dc_error(e) from None
 
+    def _try_send(self, data: str | bytes) -> bool:
+        """Queue ``data`` now if the core's queue has room (``False``: it is full)."""
+        if self._native is None:
+            raise MeteredRealtimeError(f"data channel {self.label!r} is not open")
+        try:
+            self._native.try_send(data)
+        except _native.NativeError as e:
+            if e.args and e.args[0] == "dc_overflow":
+                return False
+            raise _dc_error(e) from None
+        return True
+
     async def _send(self, data: str | bytes) -> None:
         if self._native is None:
             raise MeteredRealtimeError(f"data channel {self.label!r} is not open")
@@ -143,6 +155,7 @@ class DataChannel(AsyncEventEmitter):
         self._max_queued_sends = max_queued_sends
         self._queued = 0
         self._closed = False
+        self._order = asyncio.Lock()
         channel.on("open", self._on_open)
         channel.on("close", self._on_close)
         channel.on("error", self._on_error)
@@ -172,7 +185,12 @@ class DataChannel(AsyncEventEmitter):
             raise DataChannelOverflowError(self._queued, self._max_queued_sends)
         self._queued += 1
         try:
-            await self._channel._send(data)
+            # One sender at a time, in call order (the lock is FIFO): a message goes into the
+            # core's queue at once when there is room, else waits for room, and nothing
+            # overtakes it meanwhile.
+            async with self._order:
+                if not self._channel._try_send(data):
+                    await self._channel._send(data)
         finally:
             self._queued -= 1
 

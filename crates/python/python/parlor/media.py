@@ -10,6 +10,7 @@ with the reference SDK), otherwise :class:`AudioFrame`, which has the same attri
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -97,6 +98,7 @@ class AudioSource:
         self._layout = input_layout
         self._resampler: Any = None
         self._ended = False
+        self._order = asyncio.Lock()
         self.id = uuid.uuid4().hex
 
     @property
@@ -113,15 +115,16 @@ class AudioSource:
         A partial sample is carried into the next push. No-op after ``end()``/``stop()``."""
         if self._ended:
             return
-        if _av is not None and isinstance(data, _av.AudioFrame):
-            data = self._from_av(data)
-        elif not isinstance(data, (bytes, bytearray, memoryview)):
+        is_av = _av is not None and isinstance(data, _av.AudioFrame)
+        if not is_av and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"push() takes bytes of s16 PCM or an av.AudioFrame, not {type(data).__name__}")
-        data = bytes(data)
-        # Most pushes fit under the cap: taken at once, with no awaitable and no wake-up.
-        if _taken(self._native, data):
-            return
-        await call(self._native.push(data))
+        # In call order (the lock is FIFO). Most pushes fit under the cap: taken at once, with
+        # no awaitable and no wake-up; one that must wait for room holds the others back.
+        async with self._order:
+            pcm = self._from_av(data) if is_av else bytes(data)
+            if self._ended or _taken(self._native, pcm):
+                return
+            await call(self._native.push(pcm))
 
     def _from_av(self, frame: Any) -> bytes:
         if self._resampler is None:
@@ -197,7 +200,10 @@ def _frame(pcm: bytes, rate: int, channels: int, samples: int, pts: int) -> Any:
 
 
 class RemoteAudioTrack:
-    """A remote member's audio track (``Track`` events). Read it with ``iter_frames``."""
+    """A remote member's audio track (``Track`` events). Read it with ``iter_frames``.
+
+    Frames come from the core in batches: the event loop watches one descriptor per track
+    while someone waits for a frame, and takes every frame decoded by then at once."""
 
     kind = "audio"
 
@@ -206,22 +212,66 @@ class RemoteAudioTrack:
         self.id: str = native.id
         self.stream_id = stream_id
         self._ended = False
+        self._frames: collections.deque[tuple[bytes, int, int, int, int]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+        self._watching = False
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def readyState(self) -> str:  # noqa: N802 - the aiortc/browser name
-        return "ended" if self._ended else "live"
+        return "ended" if self._ended and not self._frames else "live"
+
+    @property
+    def frames_dropped(self) -> int:
+        """Parlor addition: frames dropped because nobody read them (5 s are kept)."""
+        return int(self._native.frames_dropped)
 
     async def recv(self) -> Any:
         """The next decoded frame; raises :class:`MediaStreamError` once the track ended."""
-        item = None if self._ended else await self._native.recv()
-        if item is None:
+        while not self._frames:
+            if self._ended:
+                raise MediaStreamError("track ended")
+            loop = asyncio.get_running_loop()
+            if self._fd is None:
+                self._loop = loop
+                self._fd = self._native.start()
+            if not self._watching:
+                loop.add_reader(self._fd, self._ready)
+                self._watching = True
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return _frame(*self._frames.popleft())
+
+    def _ready(self) -> None:
+        if self._waiter is None:
+            # Nobody is waiting: stop watching until the next recv (frames wait in the core).
+            self._unwatch()
+            return
+        frames, ended = self._native.drain()
+        self._frames.extend(frames)
+        if ended:
             self._ended = True
-            raise MediaStreamError("track ended")
-        return _frame(*item)
+            self._unwatch()
+        if (self._frames or self._ended) and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._watching and self._loop is not None and self._fd is not None:
+            self._loop.remove_reader(self._fd)
+        self._watching = False
 
     def stop(self) -> None:
-        """Stop reading (frames still arriving are dropped by the core)."""
+        """Stop reading: the core stops decoding this track."""
         self._ended = True
+        self._frames.clear()
+        self._unwatch()
+        self._native.stop()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def __repr__(self) -> str:
         return f"RemoteAudioTrack(id={self.id!r}, stream_id={self.stream_id!r})"
