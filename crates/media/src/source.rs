@@ -342,18 +342,7 @@ impl AudioSource {
                         return Ok(());
                     }
                     if st.buf.len() < self.shared.cap {
-                        let samples: Vec<i16> = chunk
-                            .chunks_exact(2)
-                            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                            .collect();
-                        resampled.clear();
-                        st.resampler.process(&samples, &mut resampled)?;
-                        let out = convert_channels(
-                            &resampled,
-                            self.shared.input_channels,
-                            self.shared.out_channels,
-                        );
-                        st.buf.extend(out);
+                        self.absorb(&mut st, chunk, &mut resampled)?;
                         break;
                     }
                 }
@@ -394,21 +383,32 @@ impl AudioSource {
         let carry = bytes.split_off(whole);
         let mut resampled = Vec::new();
         for chunk in bytes.chunks(piece.max(frame_bytes)) {
-            let samples: Vec<i16> = chunk
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            resampled.clear();
-            st.resampler.process(&samples, &mut resampled)?;
-            let out = convert_channels(
-                &resampled,
-                self.shared.input_channels,
-                self.shared.out_channels,
-            );
-            st.buf.extend(out);
+            self.absorb(&mut st, chunk, &mut resampled)?;
         }
         st.carry = carry;
         Ok(true)
+    }
+
+    /// Resample one piece of input (whole s16 sample frames) into the send buffer.
+    fn absorb(
+        &self,
+        st: &mut State,
+        chunk: &[u8],
+        resampled: &mut Vec<i16>,
+    ) -> Result<(), MediaError> {
+        let samples: Vec<i16> = chunk
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        resampled.clear();
+        st.resampler.process(&samples, resampled)?;
+        let out = convert_channels(
+            resampled,
+            self.shared.input_channels,
+            self.shared.out_channels,
+        );
+        st.buf.extend(out);
+        Ok(())
     }
 
     /// Finish the utterance: what is buffered is sent, then the source stops (the track goes

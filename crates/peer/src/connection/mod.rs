@@ -15,7 +15,7 @@ pub(crate) mod core;
 pub mod data_channel;
 pub(crate) mod relay;
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

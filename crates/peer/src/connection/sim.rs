@@ -274,12 +274,12 @@ impl Sim {
     }
 }
 
-fn ms(n: u64) -> Duration {
+pub(crate) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 /// A path (media or signalling) with this one-way delay and nothing else.
-fn delayed(one_way: u64) -> LinkConfig {
+pub(crate) fn delayed(one_way: u64) -> LinkConfig {
     LinkConfig {
         delay: ms(one_way),
         ..LinkConfig::default()

@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc};
 use super::core::{Output, RoomCore, RoomEvent, RoomState};
 use crate::connection::core::Conn;
 use crate::connection::relay::Route;
+use crate::connection::sim::{delayed, ms};
 use crate::connection::{Command, ConnParams, PeerConnectionState};
 use crate::events::EventSender;
 use crate::rtc::negotiation::is_polite;
@@ -684,17 +685,6 @@ fn octet(ip: IpAddr) -> u8 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn delayed(one_way: u64) -> LinkConfig {
-    LinkConfig {
-        delay: ms(one_way),
-        ..LinkConfig::default()
-    }
 }
 
 /// Offers (and answers) each peer made on its calls, summed over every pair.
