@@ -1190,6 +1190,13 @@ impl NativeDataChannel {
     }
 }
 
+/// Whether `channel` uses a reserved prefix (`_metered/`, `_internal/`, `_system/`, any case):
+/// the protocol crate's rule, so Python refuses exactly what the server and the Rust peer do.
+#[pyfunction]
+fn is_reserved_channel(channel: &str) -> bool {
+    parlor_protocol::validate::is_reserved_channel(channel)
+}
+
 /// The extension module `parlor._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1200,6 +1207,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeDataChannel>()?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add_function(wrap_pyfunction!(_shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(is_reserved_channel, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -204,9 +204,11 @@ async def test_errors_are_the_reference_exceptions(server) -> None:
     with pytest.raises(MeteredPeerSendError) as se:
         await p.send("x")
     assert se.value.code == "not_joined"
-    with pytest.raises(MeteredPeerSendError) as se:
-        await p.join("_system/x")
-    assert se.value.code == "reserved_channel"
+    for reserved in ("_system/x", "_METERED/y"):
+        with pytest.raises(MeteredPeerSendError) as se:
+            await p.join(reserved)
+        assert se.value.code == "reserved_channel"
+    assert p.state == "idle"
     await p.join("errors")
     with pytest.raises(MeteredPeerStateError):
         await p.join("again")

@@ -6,6 +6,7 @@ from typing import Any
 __version__: str
 
 def _shutdown() -> None: ...
+def is_reserved_channel(channel: str) -> bool: ...
 
 class NativeError(Exception):
     """args: (kind, message, detail as JSON text)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from typing import Any
 
@@ -45,7 +44,6 @@ from .types import WsCloseCode
 
 __all__ = ["MeteredPeer", "RemotePeer"]
 
-_RESERVED = re.compile(r"^(_metered/|_internal/|_system/|__)")
 _TERMINAL = ("left", "fatal")
 _CLOSE_NAMES = {c.value: c.name.lower() for c in WsCloseCode}
 
@@ -225,7 +223,7 @@ class MeteredPeer(AsyncEventEmitter):
             )
         if not isinstance(channel, str) or not channel:
             raise MeteredPeerSendError("invalid_args", "join: channel must be a non-empty string")
-        if _RESERVED.match(channel):
+        if _native.is_reserved_channel(channel):
             raise MeteredPeerSendError(
                 "reserved_channel", f"join: {channel!r} uses a reserved prefix"
             )
