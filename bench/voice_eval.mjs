@@ -14,6 +14,7 @@
 //   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS]
 //       [--voices espeak,espeak-f3,festival,piper,piper-fast,piper-noise] [--gap 7] [--label x]
 //       [--limit N: the first N questions, paused questions and backchannels only]
+//       [--only question,paused,held-out,backchannel: these lists only]
 //   (PARLOR_BIN=target/release/parlor for a release build; default target/debug/parlor)
 //
 // Voices: eSpeak NG (en-us, 150 wpm; en-us+f3 at 190 wpm), Festival's HTS voice cmu_us_slt
@@ -38,6 +39,7 @@ const GAP = Number(arg("gap", 7));
 const VOICES = arg("voices", "espeak,espeak-f3,festival,piper,piper-fast,piper-noise").split(",");
 const LABEL = arg("label", ENGINES === "basic" ? "basic" : STT);
 const LIMIT = Number(arg("limit", Infinity)); // the first N of each list (a quick look)
+const ONLY = arg("only", "question,paused,held-out,backchannel").split(","); // which lists
 const RATE = 22_050;
 
 // The questions and the topic of the rule reply each asks for.
@@ -69,6 +71,19 @@ const PAUSED = [
   ["Can you tell me", "your name please?", "name"],
   ["I was wondering", "if it will rain today.", "weather"],
   ["So, what is", "your name?", "name"],
+];
+// More of them, written when the pre-question rule (parlor_agent::turn::PRE_QUESTIONS) went
+// in and never tuned against: some end on its endings, some on other ways to ask. Reported
+// apart ("held out"), so the rule is measured on sentences it was not made from.
+const PAUSED_HELD_OUT = [
+  ["Would you mind telling me", "what the weather is like?", "weather"],
+  ["Do you happen to know", "who I am talking to?", "name"],
+  ["Please tell me", "how late it is.", "time"],
+  ["I wanted to ask you", "about the weather.", "weather"],
+  ["Hey, can you remind me", "what time it is?", "time"],
+  ["And what about", "the weather tomorrow?", "weather"],
+  ["Tell me", "your name.", "name"],
+  ["Is it going", "to rain later?", "weather"],
 ];
 const PAUSES_MS = [600, 700, 800, 900];
 // Said ~1.5 s into the agent's (three-sentence, ~10 s) weather reply.
@@ -189,18 +204,19 @@ const voices = VOICES.filter((v) => {
   return true;
 });
 console.error(`voice-eval: synthesizing ${voices.length} voices × ${QUESTIONS.length} questions, ${PAUSED.length * 2} paused, ${BACKCHANNELS.length} backchannels…`);
-for (const v of voices) for (const [text, intent] of QUESTIONS.slice(0, LIMIT)) add({ kind: "question", voice: v, text, intent }, SPEAK[v](text), GAP);
-for (const [i, [a, b, intent]] of PAUSED.slice(0, LIMIT).entries()) {
+const lists = (name, list) => (ONLY.includes(name) ? list.slice(0, LIMIT) : []);
+for (const v of voices) for (const [text, intent] of lists("question", QUESTIONS)) add({ kind: "question", voice: v, text, intent }, SPEAK[v](text), GAP);
+for (const [set, list] of [["paused", PAUSED], ["held-out", PAUSED_HELD_OUT]]) for (const [i, [a, b, intent]] of lists(set, list).entries()) {
   const ms = PAUSES_MS[i % PAUSES_MS.length];
   // eSpeak says it as one sentence with a break; Piper says the whole sentence, cut at the
   // word boundary (the quietest 10 ms near where the first half alone ends) and the silence
   // put in: in both the intonation runs on through the pause, as a person's does.
-  add({ kind: "paused", voice: "espeak", text: `${a} ${b}`, intent, pauseMs: ms },
+  add({ kind: "paused", set, voice: "espeak", text: `${a} ${b}`, intent, pauseMs: ms },
     es(`<speak>${a} <break time="${ms}ms"/> ${b}</speak>`, { ssml: true }), GAP);
-  add({ kind: "paused", voice: "piper", text: `${a} ${b}`, intent, pauseMs: ms },
+  add({ kind: "paused", set, voice: "piper", text: `${a} ${b}`, intent, pauseMs: ms },
     pausedPiper(a, b, ms / 1000), GAP);
 }
-for (const bc of BACKCHANNELS.slice(0, LIMIT)) {
+for (const bc of lists("backchannel", BACKCHANNELS)) {
   const q = "What is the weather like today?";
   const qp = piper(q);
   const extra = bc === "(cough)" ? cough() : es(bc);
@@ -277,11 +293,15 @@ const summarize = (name, its) => {
   return row;
 };
 const questions = items.filter((x) => x.kind === "question");
-const paused = items.filter((x) => x.kind === "paused");
+const paused = items.filter((x) => x.kind === "paused" && x.set === "paused");
+const heldOut = items.filter((x) => x.kind === "paused" && x.set === "held-out");
 const bcs = items.filter((x) => x.kind === "backchannel");
-for (const v of voices) summarize(v, questions.filter((x) => x.voice === v));
-summarize("all questions", questions);
-summarize("paused (as one question)", paused);
+if (questions.length) {
+  for (const v of voices) summarize(v, questions.filter((x) => x.voice === v));
+  summarize("all questions", questions);
+}
+if (paused.length) summarize("paused (as one question)", paused);
+if (heldOut.length) summarize("paused, held out (as one question)", heldOut);
 console.log(`\n### ${LABEL} (${ENGINES} engines)\n`);
 console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model / by words read finished |`);
 console.log(`|---|---|---|---|---|---|---|---|---|---|---|`);
@@ -289,10 +309,13 @@ const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 for (const r of rows) {
   console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} / ${r.byWords} |`);
 }
-const intoPause = paused.filter((x) => x.answeredIntoPause);
-console.log(`\nanswered into a 600–900 ms pause: ${intoPause.length} of ${paused.length} (${f(100 * intoPause.length / paused.length)} %)` +
-  (intoPause.length ? `: ${intoPause.map((x) => `${x.voice} "${x.heard}"`).join("; ")}` : ""));
-console.log(`false interruptions (during the weather reply): ` + bcs.map((x) =>
+for (const [name, set] of [["", paused], [" (held out)", heldOut]]) {
+  if (!set.length) continue;
+  const into = set.filter((x) => x.answeredIntoPause);
+  console.log(`\nanswered into a 600–900 ms pause${name}: ${into.length} of ${set.length} (${f(100 * into.length / set.length)} %)` +
+    (into.length ? `: ${into.map((x) => `${x.voice} "${x.heard}"`).join("; ")}` : ""));
+}
+if (bcs.length) console.log(`false interruptions (during the weather reply): ` + bcs.map((x) =>
   `${x.backchannel} → ${x.replyCompleted ? "reply said to its end" : "reply lost"} (holds ${x.bargeIns}, resumed ${x.resumed})`).join("; "));
 console.log(`\nper item:`);
 for (const x of items) console.log(`  ${x.kind.padEnd(11)} ${x.voice.padEnd(11)} ${JSON.stringify(x.text)} → ${JSON.stringify(x.heard)} [${x.topic ?? "no reply"}${x.topic === x.intent ? "" : " ≠ " + x.intent}] ${x.metrics ? x.metrics.eouToFirstAudioMs + " ms " + x.metrics.endedBy : ""}`);

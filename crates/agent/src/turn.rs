@@ -367,14 +367,46 @@ const DANGLING_PAIRS: (&[&str], &[&str]) = (
     ],
 );
 
-/// Whether these words end on one a sentence goes on from ([`DANGLING`], or a question word
-/// and its verb: [`DANGLING_PAIRS`]).
+/// Endings of a pre-question: a request to tell or to know whose object, the question
+/// itself, has not come yet ("Could you tell me … what time it is?", "Do you know … the
+/// forecast?", "I was wondering … if it will rain."). People pause after these to take a
+/// breath or to find the words; as whole turns they are rare, since they ask for nothing yet.
+/// An audio end-of-turn model hears them as finished questions (smart-turn scores "Do you
+/// know?" complete at 250 ms), so the words have to say "not yet". A trailing "please" is
+/// skipped ("Could you tell me, please" still asks for its object).
+pub const PRE_QUESTIONS: &[&[&str]] = &[
+    &["tell", "me"],
+    &["tell", "us"],
+    &["tell", "me", "about"],
+    &["show", "me"],
+    &["remind", "me"],
+    &["you", "know"],
+    &["you", "explain"],
+    &["wondering"],
+    &["wonder"],
+    &["to", "know"],
+    &["to", "ask"],
+];
+
+/// Whether these words end on one a sentence goes on from ([`DANGLING`], a question word
+/// and its verb: [`DANGLING_PAIRS`], or a pre-question: [`PRE_QUESTIONS`]).
 fn dangles(words: &[String]) -> bool {
     let last = words.last().map(String::as_str);
     let before = words.len().checked_sub(2).map(|i| words[i].as_str());
+    let asked = match words.split_last() {
+        Some((please, rest)) if please == "please" => rest,
+        _ => words,
+    };
     last.is_some_and(|w| DANGLING.contains(&w))
         || matches!((before, last), (Some(q), Some(v))
             if DANGLING_PAIRS.0.contains(&q) && DANGLING_PAIRS.1.contains(&v))
+        || PRE_QUESTIONS.iter().any(|end| {
+            asked.len() >= end.len()
+                && asked[asked.len() - end.len()..]
+                    .iter()
+                    .zip(end.iter())
+                    .all(|(w, e)| w == e)
+        })
 }
 
 /// Whether a transcript of the utterance so far may be a finished sentence, read after the
@@ -418,6 +450,8 @@ mod tests {
             // Heard in the eval set for "So, what is … your name?" (900 ms between).
             "so what is",
             "Where are",
+            "Can you tell me",
+            "Do you know",
         ] {
             assert!(!reads_finished(t), "{t:?}");
         }
@@ -486,6 +520,14 @@ mod tests {
             "I want the …",
             "so what is",
             "how do",
+            // Pre-questions: smart-turn scored each "complete" at 250 ms in the eval set, and
+            // the turn was answered in the pause before its object.
+            "Do you know?",
+            "Can you tell me?",
+            "Could you tell me, please?",
+            "I would like to know",
+            "Would you happen to know",
+            "I wonder",
         ] {
             assert!(reads_unfinished(t), "{t:?}");
         }
@@ -497,9 +539,12 @@ mod tests {
             "Who am I talking to?",
             "Thank you very much.",
             "Hello!",
-            "Do you know?",
             "what time it is",
             "i know where it is",
+            "Can you tell me your name please?",
+            "Tell me a joke.",
+            "Do you know what time it is?",
+            "I know.",
         ] {
             assert!(!reads_unfinished(t), "{t:?}");
         }
