@@ -44,14 +44,25 @@ setup_python() {
   fi
 }
 
-# The `parlor` Python package (crates/python), built from this checkout into the same venv
-# (beside metered-realtime, so tests can put both in one room). A debug build in the workspace's
-# target/ (shared with cargo), stripped: the module is ~250 MB with debug info.
+# The `parlor` Python package (crates/python), built from this checkout as a wheel and
+# installed into the same venv with pip (beside metered-realtime, so tests can put both in one
+# room). The wheel is the abi3 one users get from `pip install ./crates/python`, in the debug
+# profile: the same compile as cargo's in the workspace's target/, stripped (the module is
+# ~250 MB with debug info). Its tags are checked: one wheel for CPython >= 3.10 on Linux.
 setup_parlor_python() {
-  local venv="$HERE/.venv"
+  local venv="$HERE/.venv" wheels="$HERE/out/wheel" wheel
+  rm -rf "$wheels"
   VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" \
-    "$venv/bin/maturin" develop -q --strip -m "$REPO_ROOT/crates/python/Cargo.toml" || return 1
-  "$venv/bin/python" -c "import parlor" || return 1
+    "$venv/bin/maturin" build -q --profile dev --strip -o "$wheels" \
+      -m "$REPO_ROOT/crates/python/Cargo.toml" || return 1
+  wheel="$(ls "$wheels"/parlor_realtime-*.whl)" || return 1
+  case "$(basename "$wheel")" in
+    *-cp310-abi3-*linux*_x86_64.whl) ;;
+    *) echo "unexpected wheel tags: $(basename "$wheel") (want cp310-abi3, linux x86_64)" >&2; return 1 ;;
+  esac
+  echo "parlor-realtime wheel: $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
+  "$venv/bin/python" -m pip install -q --no-deps --force-reinstall "$wheel" || return 1
+  (cd "$HERE" && "$venv/bin/python" -c "import parlor, parlor._native") || return 1
 }
 
 setup_node() {

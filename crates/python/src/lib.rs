@@ -28,7 +28,8 @@ use parlor_peer::room::{DataKind, FatalError, RoomState};
 use parlor_peer::signalling::{ClientState, Event, SubscribeOptions};
 use parlor_peer::{
     ConnectionError, DataChannel, DataChannelError, DataMessage, LocalTrack, PeerConnectionState,
-    ReconnectOptions, RemoteTrack, RoomError, RoomEvent, RoomEvents, RoomPeer, SignallingClient,
+    PendingAck, ReconnectOptions, RemoteTrack, RoomError, RoomEvent, RoomEvents, RoomPeer,
+    SignallingClient,
 };
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -67,6 +68,97 @@ where
         }
         out
     })
+}
+
+/// Keeps messages in the order Python asked for them. Each `send` / `publish` takes a ticket
+/// when it is called (synchronously, on the caller's thread); its task on the runtime puts
+/// the message on the socket's queue only at its ticket's turn, and waits for the ack after
+/// that, so awaitables started together (`asyncio.gather`) leave in call order without
+/// waiting for each other's acks, as with the reference SDK. A ticket whose awaitable is
+/// dropped or cancelled gives its turn away.
+#[derive(Debug, Default)]
+struct Sequencer {
+    state: std::sync::Mutex<SeqState>,
+    turn: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct SeqState {
+    next: u64,
+    serving: u64,
+    /// Tickets given up or finished before their turn came.
+    done_early: std::collections::BTreeSet<u64>,
+}
+
+impl Sequencer {
+    fn ticket(self: &Arc<Self>) -> Ticket {
+        let mut st = self.lock();
+        let n = st.next;
+        st.next += 1;
+        Ticket {
+            seq: Arc::clone(self),
+            n,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeqState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// At `ticket`'s turn, put a message on the socket's queue (`enqueue`, not polled before),
+/// end the turn, then wait for the server's ack.
+async fn in_turn<E>(
+    ticket: Ticket,
+    enqueue: impl Future<Output = Result<PendingAck, E>>,
+) -> Result<(), E>
+where
+    E: From<parlor_peer::signalling::SignallingError>,
+{
+    ticket.turn().await;
+    let ack = enqueue.await;
+    drop(ticket);
+    Ok(ack?.wait().await?)
+}
+
+/// A place in a [`Sequencer`]'s order; dropping it ends its turn (or gives it away).
+struct Ticket {
+    seq: Arc<Sequencer>,
+    n: u64,
+}
+
+impl Ticket {
+    /// Wait for this ticket's turn.
+    async fn turn(&self) {
+        loop {
+            let notified = self.seq.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.seq.lock().serving == self.n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut guard = self.seq.lock();
+        let st = &mut *guard;
+        if st.serving == self.n {
+            st.serving += 1;
+            while st.done_early.remove(&st.serving) {
+                st.serving += 1;
+            }
+            drop(guard);
+            self.seq.turn.notify_waiters();
+        } else {
+            st.done_early.insert(self.n);
+        }
+    }
 }
 
 /// Called at interpreter exit: stop handing anything to Python, then give results already
@@ -339,6 +431,8 @@ struct NativeClient {
     client: SignallingClient,
     events: Arc<tokio::sync::Mutex<parlor_peer::signalling::Events>>,
     event_loop: LoopSlot,
+    /// The order of messages sent over this client and its room.
+    order: Arc<Sequencer>,
 }
 
 impl std::fmt::Debug for NativeClient {
@@ -422,6 +516,7 @@ impl NativeClient {
             client,
             events,
             event_loop,
+            order: Arc::default(),
         })
     }
 
@@ -486,8 +581,11 @@ impl NativeClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let data = payload(data)?;
         let c = self.client.clone();
+        let ticket = self.order.ticket();
         py_future(py, async move {
-            c.publish(&channel, &*data).await.map_err(signalling_err)
+            in_turn(ticket, c.publish_queued(&channel, &*data))
+                .await
+                .map_err(signalling_err)
         })
     }
 
@@ -495,8 +593,11 @@ impl NativeClient {
     fn send<'py>(&self, py: Python<'py>, to: String, data: &str) -> PyResult<Bound<'py, PyAny>> {
         let data = payload(data)?;
         let c = self.client.clone();
+        let ticket = self.order.ticket();
         py_future(py, async move {
-            c.send(&to, &*data).await.map_err(signalling_err)
+            in_turn(ticket, c.send_queued(&to, &*data))
+                .await
+                .map_err(signalling_err)
         })
     }
 
@@ -516,6 +617,7 @@ struct NativeRoom {
     room: RoomPeer,
     events: Arc<tokio::sync::Mutex<RoomEvents>>,
     event_loop: LoopSlot,
+    order: Arc<Sequencer>,
 }
 
 impl std::fmt::Debug for NativeRoom {
@@ -629,6 +731,7 @@ impl NativeRoom {
             room,
             events,
             event_loop: client.event_loop.clone(),
+            order: Arc::clone(&client.order),
         }
     }
 
@@ -687,7 +790,12 @@ impl NativeRoom {
     fn send<'py>(&self, py: Python<'py>, data: &str) -> PyResult<Bound<'py, PyAny>> {
         let data = payload(data)?;
         let room = self.room.clone();
-        py_future(py, async move { room.send(&*data).await.map_err(room_err) })
+        let ticket = self.order.ticket();
+        py_future(py, async move {
+            in_turn(ticket, room.send_queued(&*data))
+                .await
+                .map_err(room_err)
+        })
     }
 
     /// Send `data` (JSON text) to one member.
@@ -699,8 +807,11 @@ impl NativeRoom {
     ) -> PyResult<Bound<'py, PyAny>> {
         let data = payload(data)?;
         let room = self.room.clone();
+        let ticket = self.order.ticket();
         py_future(py, async move {
-            room.send_to(&peer_id, &*data).await.map_err(room_err)
+            in_turn(ticket, room.send_to_queued(&peer_id, &*data))
+                .await
+                .map_err(room_err)
         })
     }
 

@@ -2,7 +2,7 @@
 
 Each test runs `parlor serve` and drives the package as an application would, beside the
 real `metered-realtime` where the two meet in one room. The package is built into this venv
-by tests/conformance/run.sh (`maturin develop`).
+by tests/conformance/run.sh (a wheel from `maturin build`, installed with pip).
 """
 
 from __future__ import annotations
@@ -104,6 +104,28 @@ async def test_signalling_client_pub_sub_and_direct(server) -> None:
     d = await until(lambda: la.of(Direct), "a to get the direct")
     assert d[0].data == "direct text" and d[0].sender_peer_id == b.peer_id
 
+    # Started together, sends keep call order (300 > the core's 256-frame socket queue), as
+    # the reference's do. Two are cancelled once every send has its place: each gives its
+    # turn away (sent or not, depending on how far it got) and nothing stalls.
+    tasks = [asyncio.ensure_future(a.publish("room-1", {"n": i})) for i in range(150)]
+    tasks += [asyncio.ensure_future(a.send(b.peer_id, {"n": 150 + i})) for i in range(150)]
+    await asyncio.sleep(0)
+    for t in (tasks[120], tasks[280]):
+        t.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    sent = {i for i, r in enumerate(results) if r is None}
+    assert len(sent) >= 298, [r for r in results if r is not None]
+
+    def got(kind: type) -> list[int]:
+        return [e.data["n"] for e in lb.of(kind) if isinstance(e.data, dict) and "n" in e.data]
+
+    await until(lambda: len(got(Message)) + len(got(Direct)) >= len(sent), "b to get them all")
+    await asyncio.sleep(0.2)
+    for kind in (Message, Direct):
+        assert got(kind) == sorted(got(kind)), f"{kind.__name__} out of order"
+    assert sent <= set(got(Message) + got(Direct)) <= sent | {120, 280}
+    await a.publish("room-1", {"after": "the gather"})  # the order is not stuck
+
     with pytest.raises(ValueError):
         await a.publish("room-1", {"not json": object()})
     await a.close()
@@ -140,6 +162,15 @@ async def test_two_python_peers_meet_talk_and_leave(server) -> None:
         await b.send(["to", "everyone"])
         got = await until(lambda: la.of(Data), "a to get b's broadcast")
         assert got[0].data == ["to", "everyone"] and got[0].kind == "broadcast"
+        # Room messages started together arrive in call order, broadcast and direct alike.
+        await asyncio.gather(*(b.send({"seq": i}) if i % 2 else b.send_to(a.peer_id, {"seq": i})
+                               for i in range(60)))
+
+        def seqs() -> list[int]:
+            return [e.data["seq"] for e in la.of(Data) if isinstance(e.data, dict) and "seq" in e.data]
+
+        await until(lambda: len(seqs()) == 60, "a to get the 60")
+        assert seqs() == list(range(60))
         # The WebRTC connection between the two Rust cores comes up too.
         await until(lambda: remote.state == "connected", "a's connection to b")
     # b closed (context exit): a sees the same RemotePeer object leave.
@@ -410,6 +441,94 @@ async def test_an_agent_hears_the_human_and_answers_one_source_per_utterance(
         voice.end()
         await human.close()
         await agent.close()
+
+
+async def test_from_file_plays_a_wav_and_a_flac_and_stops_a_looped_one(server, tmp_path) -> None:
+    """`from_file` (the reference's name): a 16-bit WAV read with the standard library, a FLAC
+    through PyAV; each plays once it is added, in real time, and its source ends after the
+    last sample; a looped one plays until stopped. Bad input gets a clear error."""
+    import wave
+
+    import av
+
+    with pytest.raises(FileNotFoundError):
+        parlor.from_file(tmp_path / "missing.wav")
+    with pytest.raises(ValueError, match="URLs"):
+        parlor.from_file("http://127.0.0.1:1/a.wav")
+    (tmp_path / "junk.bin").write_bytes(b"not audio " * 50)
+    with pytest.raises(ValueError, match="FFmpeg"):
+        parlor.from_file(tmp_path / "junk.bin")
+    with pytest.raises(NotImplementedError, match="options"):
+        parlor.from_file(tmp_path / "junk.bin", format="wav")
+
+    wav = tmp_path / "tone.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24_000)
+        w.writeframes(tone(1.0, rate=24_000))
+    flac = tmp_path / "tone.flac"
+    with av.open(str(flac), "w") as c:
+        st = c.add_stream("flac", rate=22_050, layout="stereo")
+        mono = tone(0.6, rate=22_050)
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=len(mono) // 2)
+        frame.planes[0].update(b"".join(mono[i:i + 2] * 2 for i in range(0, len(mono), 2)))
+        frame.sample_rate = 22_050
+        for packet in [*st.encode(frame), *st.encode(None)]:
+            c.mux(packet)
+
+    sender = parlor.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    listener = parlor.MeteredPeer(api_key=KEY_ALL, url=server.url)
+    tracks: list[Any] = []
+
+    @listener.on(PeerJoined)
+    def on_sender(ev: PeerJoined) -> None:
+        ev.peer.on(parlor.Track, tracks.append)
+
+    try:
+        await sender.join("files")
+        await listener.join("files")
+        for path, seconds in ((wav, 1.0), (flac, 0.6)):
+            player = parlor.from_file(path)
+            assert player.video is None and player.audio.readyState == "live"
+            sender.add_track(player.audio, parlor.MediaStream(id=f"file-{path.suffix[1:]}"))
+            ev = await until(
+                lambda: [t for t in tracks if t.streams and t.streams[0].id == f"file-{path.suffix[1:]}"],
+                f"the {path.suffix} track",
+            )
+            loud = 0
+
+            async def count() -> None:
+                nonlocal loud
+                async for f in parlor.iter_frames(ev[0].track):
+                    loud += rms(f) > 1000
+
+            counter = asyncio.ensure_future(count())
+            await until(lambda: player.audio.readyState == "ended", f"{path.suffix} to end")
+            await asyncio.wait_for(player.audio.drained(), WAIT)
+            await asyncio.sleep(0.5)
+            counter.cancel()
+            # 20 ms frames: all of the file, none twice (Opus may smear one frame each side).
+            assert abs(loud - seconds * 50) <= 3, (path.suffix, loud)
+            sender.remove_track(player.audio)
+
+        short = tmp_path / "short.wav"
+        with wave.open(str(short), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16_000)
+            w.writeframes(tone(0.2))
+        looped = parlor.from_file(short, loop=True)
+        sender.add_track(looped.audio, parlor.MediaStream(id="looped"))
+        await asyncio.sleep(1.0)
+        assert looped.audio.readyState == "live"  # 0.2 s played five times and going
+        looped.audio.stop()
+        assert looped.audio.readyState == "ended"
+        await asyncio.sleep(0.1)
+        assert looped.audio._task is not None and looped.audio._task.done()
+    finally:
+        await listener.close()
+        await sender.close()
 
 
 async def test_audio_source_arguments_and_backpressure(server) -> None:

@@ -23,7 +23,7 @@ use crate::connection::{self as conn, Command, ConnHandle, ConnParams, Connectio
 use crate::rtc::negotiation::is_polite;
 use crate::rtc::track_cache::TrackMetaCache;
 use crate::signalling::{
-    self, ClientState, IceServer, SignallingClient, SignallingError, SubscribeOptions,
+    self, ClientState, IceServer, PendingAck, SignallingClient, SignallingError, SubscribeOptions,
 };
 use crate::track::LocalTrack;
 
@@ -550,8 +550,40 @@ impl RoomPeer {
         Ok(self.inner.client.publish(&channel, data).await?)
     }
 
+    /// Queue a broadcast to the room without waiting for its ack: once this returns, the
+    /// message is on the socket's outgoing queue, ahead of anything queued later (so
+    /// messages queued one after another reach the room in that order); the
+    /// [`PendingAck`] carries the server's answer.
+    pub async fn send_queued<T: Serialize + ?Sized>(
+        &self,
+        data: &T,
+    ) -> Result<PendingAck, RoomError> {
+        let channel = self.joined_channel()?;
+        Ok(self.inner.client.publish_queued(&channel, data).await?)
+    }
+
     /// Send `data` to one remote peer of the room.
     pub async fn send_to<T: Serialize + ?Sized>(
+        &self,
+        peer_id: &str,
+        data: &T,
+    ) -> Result<(), RoomError> {
+        self.check_send_to(peer_id, data)?;
+        Ok(self.inner.client.send(peer_id, data).await?)
+    }
+
+    /// [`send_to`](Self::send_to) without waiting for the ack, in the order of
+    /// [`send_queued`](Self::send_queued).
+    pub async fn send_to_queued<T: Serialize + ?Sized>(
+        &self,
+        peer_id: &str,
+        data: &T,
+    ) -> Result<PendingAck, RoomError> {
+        self.check_send_to(peer_id, data)?;
+        Ok(self.inner.client.send_queued(peer_id, data).await?)
+    }
+
+    fn check_send_to<T: Serialize + ?Sized>(
         &self,
         peer_id: &str,
         data: &T,
@@ -565,7 +597,7 @@ impl RoomPeer {
         {
             tracing::warn!("send_to payload uses the reserved key __meteredTrackMeta");
         }
-        Ok(self.inner.client.send(peer_id, data).await?)
+        Ok(())
     }
 
     /// Leave the room and close the signalling connection. Idempotent.

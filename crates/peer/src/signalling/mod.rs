@@ -607,17 +607,27 @@ impl SignallingClient {
         self.request(|rid| wire::publish(channel, &raw, rid)).await
     }
 
+    /// Queue a broadcast to `channel` for the socket without waiting for its ack, as
+    /// [`send_queued`](SignallingClient::send_queued) does for a direct message: frames
+    /// leave in the order queued, and the [`PendingAck`] settles this one.
+    pub async fn publish_queued<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+    ) -> Result<PendingAck, SignallingError> {
+        check_channel(channel)?;
+        let raw = self.payload(data)?;
+        let tx = self.outgoing()?;
+        enqueue(&self.shared, &tx, |rid| wire::publish(channel, &raw, rid)).await
+    }
+
     /// Send `data` directly to `peer_id`.
     pub async fn send<T: Serialize + ?Sized>(
         &self,
         peer_id: &str,
         data: &T,
     ) -> Result<(), SignallingError> {
-        if !validate::is_valid_peer_id(peer_id) {
-            return Err(SignallingError::InvalidArgument(
-                "peer id must be 1-128 characters without control characters".into(),
-            ));
-        }
+        check_peer_id(peer_id)?;
         let raw = self.payload(data)?;
         self.request(|rid| wire::send(peer_id, &raw, rid)).await
     }
@@ -633,17 +643,18 @@ impl SignallingClient {
         peer_id: &str,
         data: &T,
     ) -> Result<PendingAck, SignallingError> {
-        if !validate::is_valid_peer_id(peer_id) {
-            return Err(SignallingError::InvalidArgument(
-                "peer id must be 1-128 characters without control characters".into(),
-            ));
-        }
+        check_peer_id(peer_id)?;
         let raw = self.payload(data)?;
-        let tx = lock(&self.shared.conn)
+        let tx = self.outgoing()?;
+        enqueue(&self.shared, &tx, |rid| wire::send(peer_id, &raw, rid)).await
+    }
+
+    /// The current connection's outgoing queue.
+    fn outgoing(&self) -> Result<mpsc::Sender<Outgoing>, SignallingError> {
+        lock(&self.shared.conn)
             .as_ref()
             .map(|c| c.tx.clone())
-            .ok_or(SignallingError::NotConnected)?;
-        enqueue(&self.shared, &tx, |rid| wire::send(peer_id, &raw, rid)).await
+            .ok_or(SignallingError::NotConnected)
     }
 
     fn payload<T: Serialize + ?Sized>(&self, data: &T) -> Result<Box<RawValue>, SignallingError> {
@@ -660,11 +671,18 @@ impl SignallingClient {
     }
 
     async fn request(&self, build: impl FnOnce(&str) -> String) -> Result<(), SignallingError> {
-        let tx = lock(&self.shared.conn)
-            .as_ref()
-            .map(|c| c.tx.clone())
-            .ok_or(SignallingError::NotConnected)?;
+        let tx = self.outgoing()?;
         request_on(&self.shared, &tx, build).await
+    }
+}
+
+fn check_peer_id(peer_id: &str) -> Result<(), SignallingError> {
+    if validate::is_valid_peer_id(peer_id) {
+        Ok(())
+    } else {
+        Err(SignallingError::InvalidArgument(
+            "peer id must be 1-128 characters without control characters".into(),
+        ))
     }
 }
 

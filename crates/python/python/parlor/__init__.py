@@ -2,7 +2,7 @@
 
 Change ``from metered_realtime import ...`` to ``from parlor import ...``; the names,
 arguments, events and exceptions are the reference's. What this release does not offer yet
-raises ``NotImplementedError`` naming it (device and file sources; see the README).
+raises ``NotImplementedError`` naming it (device sources and RTSP; see the README).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from .events import (
     Track,
 )
 from ._logging import Logger, NoopLogger, StdlibLogger
+from .media_io import FilePlayer, from_file
 from .media import (
     AudioFrame,
     AudioSource,
@@ -88,7 +89,6 @@ __version__ = _core_version
 atexit.register(_native._shutdown)
 
 _NOT_YET = {
-    "from_file",
     "from_rtsp",
     "from_camera",
     "from_microphone",
@@ -99,8 +99,8 @@ _NOT_YET = {
 def __getattr__(name: str) -> Any:
     if name in _NOT_YET:
         raise NotImplementedError(
-            f"parlor.{name}: device and file sources are not in parlor-realtime yet; push "
-            "PCM into an AudioSource instead"
+            f"parlor.{name}: device and stream sources are not in parlor-realtime yet; "
+            "push PCM into an AudioSource (or play a file with from_file) instead"
         )
     raise AttributeError(f"module 'parlor' has no attribute {name!r}")
 
@@ -124,6 +124,7 @@ __all__ = [
     "ErrorCode",
     "Event",
     "FatalError",
+    "FilePlayer",
     "GoingAway",
     "IceCandidateError",
     "IceServerConfig",
@@ -173,5 +174,6 @@ __all__ = [
     "Track",
     "WsCloseCode",
     "__version__",
+    "from_file",
     "iter_frames",
 ]

@@ -135,6 +135,9 @@ class AudioSource:
             out += bytes(f.planes[0])[: f.samples * width]
         return bytes(out)
 
+    def _added(self) -> None:
+        """Called by ``add_track`` once the source is on a peer (a file source starts)."""
+
     def end(self) -> None:
         """Send what is buffered, then stop the track (idempotent)."""
         if not self._ended:

@@ -356,6 +356,7 @@ class MeteredPeer(AsyncEventEmitter):
         self._tracked[track] = (stream, metadata)
         if stream is not None:
             stream.add_track(track)
+        track._added()
 
     def remove_track(self, track: Any) -> None:
         """Stop sending ``track`` (no-op if it was never added)."""
