@@ -15,6 +15,7 @@
 //! * `conn`: the per-connection IO driver (reader + writer futures, timers);
 //! * [`tls`]: `wss://` termination with rustls (the `[tls]` config section);
 //! * [`cluster`]: cluster mode, several nodes sharing channels through NATS;
+//! * [`dispatch`]: agent dispatch (sans-IO): which rooms get an agent, on which worker;
 //! * [`turn`]: TURN REST credentials minted into `welcome.metadata.iceServers`;
 //! * this file: the HTTP router and [`serve`].
 //!
@@ -35,6 +36,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 mod conn;
+pub mod dispatch;
 mod http;
 pub mod hub;
 pub mod metrics;
