@@ -485,3 +485,36 @@ async fn channels_opened_at_peer_joined_survive_lost_offers_and_glare() {
     a.close().await;
     b.close().await;
 }
+
+/// A track of a named stream added right after both peers joined, while their connection is
+/// being set up (either side offering first, with or without the track): it reaches the far
+/// end, under its stream, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_track_added_during_call_setup_arrives() {
+    let server = server_on("127.0.0.1:0").await;
+    let url = server.url();
+    let mut missed = Vec::new();
+    for i in 0..12 {
+        let (a, b) = (peer(&url), peer(&url));
+        let mut eb = b.events();
+        let room = format!("setup-race-{i}");
+        a.join(&room, false).await.expect("join a");
+        b.join(&room, false).await.expect("join b");
+        let t = LocalTrack::audio_with("file-1", "file", None);
+        a.add_track(&t);
+        let p = pace(t.clone());
+        let a_id = a.peer_id().expect("a id");
+        let got = tokio::time::timeout(Duration::from_secs(5), track_from(&mut eb, &a_id)).await;
+        match got {
+            Ok(track) => assert_eq!(track.stream_id(), Some("file"), "round {i}"),
+            Err(_) => missed.push((i, a_id < b.peer_id().expect("b id"))),
+        }
+        p.abort();
+        a.close().await;
+        b.close().await;
+    }
+    assert!(
+        missed.is_empty(),
+        "no track in rounds (index, a < b): {missed:?}"
+    );
+}

@@ -258,19 +258,20 @@ impl RemotePeer {
     /// Send `track` to this peer only (renegotiating as needed). It stays attached across
     /// connection resets until [`remove_track`](RemotePeer::remove_track).
     pub fn add_track(&self, track: &LocalTrack) {
-        {
-            let mut tracks = lock(&self.shared.tracks);
-            if tracks.iter().any(|t| t.same(track)) {
-                return;
-            }
-            tracks.push(track.clone());
+        // Held while the command goes out: a connection being opened takes its tracks under
+        // this lock (`connect_remote`), so the track is either in its list or commanded to it.
+        let mut tracks = lock(&self.shared.tracks);
+        if tracks.iter().any(|t| t.same(track)) {
+            return;
         }
+        tracks.push(track.clone());
         self.command(Command::AddTrack(track.clone()));
     }
 
     /// Stop sending `track` to this peer.
     pub fn remove_track(&self, track: &LocalTrack) {
-        lock(&self.shared.tracks).retain(|t| !t.same(track));
+        let mut tracks = lock(&self.shared.tracks);
+        tracks.retain(|t| !t.same(track));
         self.command(Command::RemoveTrack(track.id().to_owned()));
     }
 
@@ -452,13 +453,14 @@ impl RoomPeer {
 
     /// Send `track` to every current and future remote peer (renegotiating as needed).
     pub fn add_track(&self, track: &LocalTrack) {
-        {
-            let mut tracks = lock(&self.inner.tracks);
-            if tracks.iter().any(|t| t.same(track)) {
-                return;
-            }
-            tracks.push(track.clone());
+        // Held while the commands go out: a connection being opened takes the room's tracks
+        // under this lock and is installed before it is released (`connect_remote`), so each
+        // connection either starts with the track or is commanded to add it, never neither.
+        let mut tracks = lock(&self.inner.tracks);
+        if tracks.iter().any(|t| t.same(track)) {
+            return;
         }
+        tracks.push(track.clone());
         for r in lock(&self.inner.remotes).values() {
             r.command(Command::AddTrack(track.clone()));
         }
@@ -466,7 +468,8 @@ impl RoomPeer {
 
     /// Stop sending `track` to the room.
     pub fn remove_track(&self, track: &LocalTrack) {
-        lock(&self.inner.tracks).retain(|t| !t.same(track));
+        let mut tracks = lock(&self.inner.tracks);
+        tracks.retain(|t| !t.same(track));
         for r in lock(&self.inner.remotes).values() {
             r.command(Command::RemoveTrack(track.id().to_owned()));
         }
@@ -734,8 +737,13 @@ impl RoomPeer {
             signal_rx,
             self.inner.signals_in_flight,
         ));
-        let mut tracks = lock(&self.inner.tracks).clone();
-        tracks.extend(lock(&remote.shared.tracks).iter().cloned());
+        // The room's tracks and this remote's, locked until the connection is installed (lock
+        // order: room tracks, remote tracks, connection): an `add_track` or `remove_track`
+        // racing with this either lands in the list taken here or reaches the connection.
+        let room_tracks = lock(&self.inner.tracks);
+        let own_tracks = lock(&remote.shared.tracks);
+        let mut tracks = room_tracks.clone();
+        tracks.extend(own_tracks.iter().cloned());
         let params = ConnParams {
             id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
             remote_id: remote.id().to_owned(),
@@ -752,9 +760,18 @@ impl RoomPeer {
         if params.relay_only && params.turn.is_empty() {
             tracing::warn!(peer = %remote.id(), "relay-only, but no usable TURN server: this connection cannot connect");
         }
-        match conn::spawn(params, tracks) {
-            Ok(h) => *lock(&remote.shared.conn) = Some(h),
-            Err(e) => {
+        let failed = match conn::spawn(params, tracks) {
+            Ok(h) => {
+                *lock(&remote.shared.conn) = Some(h);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        drop(own_tracks);
+        drop(room_tracks);
+        match failed {
+            None => {}
+            Some(e) => {
                 tracing::error!(peer = %remote.id(), error = %e, "cannot open a WebRTC connection");
                 self.inner.events.send(RoomEvent::NegotiationError {
                     peer_id: remote.id().to_owned(),
