@@ -288,6 +288,7 @@ const summarize = (name, its) => {
     stages: Object.fromEntries(["endOfTurnMs", "sttMs", "replyMs", "ttsMs"].map((k) => [k, pct(its.map((x) => x.metrics?.stages?.[k]), 0.5)])),
     byModel: its.filter((x) => x.metrics?.endedBy === "end-of-turn model").length,
     byWords: its.filter((x) => x.metrics?.endedBy === "words read finished").length,
+    prepared: its.filter((x) => x.metrics?.prepared).length,
   };
   rows.push(row);
   return row;
@@ -303,11 +304,11 @@ if (questions.length) {
 if (paused.length) summarize("paused (as one question)", paused);
 if (heldOut.length) summarize("paused, held out (as one question)", heldOut);
 console.log(`\n### ${LABEL} (${ENGINES} engines)\n`);
-console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model / by words read finished |`);
-console.log(`|---|---|---|---|---|---|---|---|---|---|---|`);
+console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model / by words read finished | replies prepared in the pause |`);
+console.log(`|---|---|---|---|---|---|---|---|---|---|---|---|`);
 const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 for (const r of rows) {
-  console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} / ${r.byWords} |`);
+  console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} / ${r.byWords} | ${r.prepared} |`);
 }
 for (const [name, set] of [["", paused], [" (held out)", heldOut]]) {
   if (!set.length) continue;
@@ -318,5 +319,5 @@ for (const [name, set] of [["", paused], [" (held out)", heldOut]]) {
 if (bcs.length) console.log(`false interruptions (during the weather reply): ` + bcs.map((x) =>
   `${x.backchannel} → ${x.replyCompleted ? "reply said to its end" : "reply lost"} (holds ${x.bargeIns}, resumed ${x.resumed})`).join("; "));
 console.log(`\nper item:`);
-for (const x of items) console.log(`  ${x.kind.padEnd(11)} ${x.voice.padEnd(11)} ${JSON.stringify(x.text)} → ${JSON.stringify(x.heard)} [${x.topic ?? "no reply"}${x.topic === x.intent ? "" : " ≠ " + x.intent}] ${x.metrics ? x.metrics.eouToFirstAudioMs + " ms " + x.metrics.endedBy : ""}`);
+for (const x of items) console.log(`  ${x.kind.padEnd(11)} ${x.voice.padEnd(11)} ${JSON.stringify(x.text)} → ${JSON.stringify(x.heard)} [${x.topic ?? "no reply"}${x.topic === x.intent ? "" : " ≠ " + x.intent}] ${x.metrics ? x.metrics.eouToFirstAudioMs + " ms " + x.metrics.endedBy + (x.metrics.prepared ? " (prepared)" : "") : ""}`);
 writeFileSync(path.join(OUT_DIR, `voice-eval-${LABEL}.json`), JSON.stringify({ label: LABEL, engines: ENGINES, stt: STT, rows, items }, null, 1));

@@ -7,7 +7,7 @@
 //   {type:"transcript", role:"human"|"agent", peerId, text, final}
 //   {type:"state", state:"listening"|"thinking"|"speaking"|"ended", peerId}
 //   {type:"metrics", peerId, eouToFirstAudioMs | textToFirstAudioMs, endedBy,
-//    stages: {endOfTurnMs, sttMs, replyMs, ttsMs}}
+//    stages: {endOfTurnMs, sttMs, replyMs, ttsMs}, prepared}
 //   {type:"barge-in", peerId}
 // Page -> agent: {type:"hangup"} on the control channel (answered with {type:"bye"}), or
 // {type:"text", text} / {type:"hangup"} server-routed.
@@ -408,7 +408,8 @@ function describeMetrics(m) {
     part("voice", st.ttsMs),
   ].filter(Boolean).join(" + ");
   if (typeof m.eouToFirstAudioMs === "number") {
-    return `last reply: ${Math.round(m.eouToFirstAudioMs)} ms from the end of your words to the agent's first audio (${parts} ms; turn ended by ${m.endedBy})`;
+    const ahead = m.prepared ? "; reply prepared during the pause" : "";
+    return `last reply: ${Math.round(m.eouToFirstAudioMs)} ms from the end of your words to the agent's first audio (${parts} ms; turn ended by ${m.endedBy}${ahead})`;
   }
   return `last reply: ${Math.round(m.textToFirstAudioMs)} ms from your text to the agent's first audio (${parts} ms)`;
 }

@@ -67,6 +67,14 @@ pub struct AgentOptions {
     pub max_buffered: Duration,
     /// Turns of history handed to the reply hook.
     pub max_history: usize,
+    /// Prepare the reply while the turn is being judged: when the utterance so far is
+    /// transcribed at a pause, the reply hook and the voice's first clause run at once, held
+    /// back; if the turn then ends with that text, the prepared audio goes out at once (the
+    /// reply and synthesis leave the path to the first audio), otherwise it is dropped unsaid
+    /// (no state, transcript or interruption comes of it). Costs a reply and a clause of
+    /// synthesis per pause the human speaks through; off by default, since a paid reply hook
+    /// would be asked for replies never said.
+    pub preemptive: bool,
 }
 
 impl Default for AgentOptions {
@@ -80,6 +88,7 @@ impl Default for AgentOptions {
             greeting: None,
             max_buffered: Duration::from_secs(2),
             max_history: 20,
+            preemptive: false,
         }
     }
 }
@@ -243,7 +252,13 @@ impl Agent {
                     };
                     if let (true, Some(text)) = (greet, inner.opts.greeting.clone()) {
                         let sentences = vec![text];
-                        tokio::spawn(reply(inner.clone(), peer_id, Said::Fixed(sentences), None));
+                        tokio::spawn(reply(
+                            inner.clone(),
+                            peer_id,
+                            Said::Fixed(sentences),
+                            None,
+                            None,
+                        ));
                     }
                 }
                 RoomEvent::PeerLeft { peer_id } => inner.forget(&peer_id),
@@ -400,7 +415,7 @@ async fn on_control(inner: &Arc<Inner>, peer_id: &str, v: &Value) {
         Some("text") => {
             if let Some(text) = v.get("text").and_then(Value::as_str) {
                 let text: String = text.chars().take(2_000).collect();
-                on_utterance(inner, peer_id, text, Heard::Typed(Instant::now())).await;
+                on_utterance(inner, peer_id, text, Heard::Typed(Instant::now()), None).await;
             }
         }
         _ => {}
@@ -454,6 +469,11 @@ enum Heard {
 enum Listened {
     SpeechStart,
     Interim(String),
+    /// What the utterance so far was transcribed as at a pause: its final text if the turn
+    /// ends with nothing more said (the moment to prepare the reply ahead).
+    Provisional(String),
+    /// The human went on after a pause whose text was [`Listened::Provisional`].
+    Resumed,
     /// The final text, its timing, and whether this microphone is known to carry no echo of
     /// the agent's voice (then the text is never taken for its own words).
     Final(String, TurnTiming, bool),
@@ -521,6 +541,8 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
     let mut pcm = Vec::with_capacity(320);
     let mut dropped = 0u64;
     let mut clock = MediaClock::new(48_000);
+    // A reply prepared for the text of the current pause (dropped: never said).
+    let mut prepared: Option<Prepared> = None;
     loop {
         tokio::select! {
             f = frames.next() => {
@@ -545,7 +567,16 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                 }
             }
             Some(heard) = heard_rx.recv() => match heard {
+                Listened::Provisional(text) => {
+                    if inner.opts.preemptive
+                        && prepared.as_ref().is_none_or(|p| p.text != text.trim())
+                    {
+                        prepared = prepare(&inner, &peer_id, &text);
+                    }
+                }
+                Listened::Resumed => prepared = None,
                 Listened::SpeechStart => {
+                    prepared = None;
                     // Barge-in: the voice is held at once; the turn's words decide whether the
                     // reply is dropped (an interruption) or resumed (a cough, "uh-huh").
                     if inner.hold(&peer_id) {
@@ -560,6 +591,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                         .await;
                 }
                 Listened::Final(text, timing, no_echo) => {
+                    let prepared = prepared.take();
                     // A human may well reuse the agent's words ("Ask me about the weather" →
                     // "Tell me about the weather"): only where this microphone may carry the
                     // agent's voice is a transcript of its own words taken for an echo.
@@ -584,7 +616,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                         }
                         inner.interrupt();
                     }
-                    on_utterance(&inner, &peer_id, text, Heard::Spoken(timing)).await;
+                    on_utterance(&inner, &peer_id, text, Heard::Spoken(timing), prepared).await;
                 }
             },
         }
@@ -691,6 +723,9 @@ impl Listening {
                 if p >= self.threshold {
                     speech_end = arrived;
                     if let Some(a) = ahead.take() {
+                        if a.announced && heard.blocking_send(Listened::Resumed).is_err() {
+                            return;
+                        }
                         // The human went on: the pause's audio goes to the recognizer after all.
                         match self.recognizer.feed(&a.held) {
                             Ok(Some(text)) => {
@@ -739,11 +774,8 @@ impl Listening {
                         Err(e) => tracing::warn!(peer = %self.who, error = %e, "recognizer"),
                     },
                 }
-                if let Some(text) = ahead.as_mut().and_then(Ahead::arrived)
-                    && !text.is_empty()
-                    && heard.blocking_send(Listened::Interim(text)).is_err()
-                {
-                    return;
+                if let Some(a) = ahead.as_mut() {
+                    a.arrived();
                 }
                 if let (TurnEvent::Pause { silence }, Some(model)) = (&event, &self.end_of_turn) {
                     match model.complete(&utterance) {
@@ -776,6 +808,17 @@ impl Listening {
                     if done && let Some(end) = self.turns.end_turn_settled() {
                         event = end;
                     }
+                }
+                // A transcript of the pause, first seen now, while the turn goes on: shown,
+                // and told as provisional (the reply can be prepared while the turn is judged).
+                if !matches!(event, TurnEvent::End { .. })
+                    && let Some(text) = ahead.as_mut().and_then(Ahead::fresh)
+                    && (heard
+                        .blocking_send(Listened::Interim(text.clone()))
+                        .is_err()
+                        || heard.blocking_send(Listened::Provisional(text)).is_err())
+                {
+                    return;
                 }
                 // Transcribe what there is ahead of the decision, on another thread (at the
                 // quiet mark, or at a pause not judged final if not started in this silence):
@@ -836,6 +879,8 @@ struct Ahead {
     /// `Some` once the result is in (`None` inside: the transcription failed).
     done: Option<Option<String>>,
     held: Vec<i16>,
+    /// Its text was told to the listening task ([`Ahead::fresh`]).
+    announced: bool,
 }
 
 impl Ahead {
@@ -866,6 +911,7 @@ impl Ahead {
             result,
             done: None,
             held: Vec::new(),
+            announced: false,
         }
     }
 
@@ -880,17 +926,30 @@ impl Ahead {
         });
     }
 
-    /// The text, the first time it is found to have arrived (without waiting).
-    fn arrived(&mut self) -> Option<String> {
+    /// Take the result if it has arrived (without waiting).
+    fn arrived(&mut self) {
         if self.done.is_some() {
-            return None;
+            return;
         }
         match self.result.try_recv() {
             Ok(r) => self.settle(Ok(r)),
-            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
             Err(std::sync::mpsc::TryRecvError::Disconnected) => self.settle(Err(())),
         }
-        self.done.clone().flatten()
+    }
+
+    /// The text, once, the first time it is asked for after it arrived (not empty).
+    fn fresh(&mut self) -> Option<String> {
+        if self.announced {
+            return None;
+        }
+        let text = self
+            .done
+            .clone()
+            .flatten()
+            .filter(|t| !t.trim().is_empty())?;
+        self.announced = true;
+        Some(text)
     }
 
     /// The text, waiting for it if need be (`None`: the transcription failed).
@@ -903,8 +962,53 @@ impl Ahead {
     }
 }
 
-/// A finished human utterance: show it and answer it.
-async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, heard: Heard) {
+/// A reply started for a provisional text ([`AgentOptions::preemptive`]), held back until
+/// the turn ends with that text. Dropping it drops the reply unsaid.
+struct Prepared {
+    text: String,
+    go: tokio::sync::oneshot::Sender<Heard>,
+}
+
+/// Start the reply to `text`, held back (see [`Prepared`]).
+fn prepare(inner: &Arc<Inner>, peer_id: &str, text: &str) -> Option<Prepared> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut history = match inner.humans().get(peer_id) {
+        Some(h) if h.ended => return None,
+        Some(h) => h.history.clone(),
+        None => Vec::new(),
+    };
+    history.push(Turn {
+        role: Role::Human,
+        text: text.to_owned(),
+    });
+    let skip = history.len().saturating_sub(inner.opts.max_history);
+    history.drain(..skip);
+    let (go, gate) = tokio::sync::oneshot::channel();
+    tokio::spawn(reply(
+        inner.clone(),
+        peer_id.to_owned(),
+        Said::Model(history),
+        None,
+        Some(gate),
+    ));
+    Some(Prepared {
+        text: text.to_owned(),
+        go,
+    })
+}
+
+/// A finished human utterance: show it and answer it (with the reply prepared for it, if
+/// one was and its text is this one).
+async fn on_utterance(
+    inner: &Arc<Inner>,
+    peer_id: &str,
+    text: String,
+    heard: Heard,
+    prepared: Option<Prepared>,
+) {
     let text = text.trim().to_owned();
     if text.is_empty() {
         return;
@@ -928,11 +1032,22 @@ async fn on_utterance(inner: &Arc<Inner>, peer_id: &str, text: String, heard: He
     inner
         .send(json!({"type": "transcript", "role": "human", "peerId": peer_id, "text": text, "final": true}))
         .await;
+    let heard = match prepared {
+        Some(p) if p.text == text => match p.go.send(heard) {
+            Ok(()) => {
+                tracing::debug!(peer = peer_id, "the prepared reply goes out");
+                return;
+            }
+            Err(heard) => heard, // it ended (a hook failed): answer afresh
+        },
+        _ => heard,
+    };
     tokio::spawn(reply(
         inner.clone(),
         peer_id.to_owned(),
         Said::Model(history),
         Some(heard),
+        None,
     ));
 }
 
@@ -943,28 +1058,26 @@ enum Said {
     Fixed(Vec<String>),
 }
 
-/// Speak one reply as one utterance (one `AudioSource` on the agent's voice track).
-async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Heard>) {
-    let options = AudioSourceOptions::new(inner.tts.sample_rate(), Layout::Mono)
-        .max_buffered(inner.opts.max_buffered)
-        .levels(inner.voice_levels.clone());
-    let source = match AudioSource::with_track(options, inner.voice.clone()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the reply's audio source");
-            return;
-        }
-    };
+/// Speak one reply as one utterance (one `AudioSource` on the agent's voice track). With a
+/// `gate` it is prepared ahead ([`AgentOptions::preemptive`]): the reply hook runs and the
+/// voice synthesizes its first chunk, but nothing is said, shown or interrupted until the gate
+/// opens with the turn's timing; if it is dropped instead, the reply ends unsaid.
+async fn reply(
+    inner: Arc<Inner>,
+    peer_id: String,
+    said: Said,
+    mut heard: Option<Heard>,
+    mut gate: Option<tokio::sync::oneshot::Receiver<Heard>>,
+) {
     let cancel = Arc::new(AtomicBool::new(false));
-    let id = inner.next_utterance.fetch_add(1, Ordering::Relaxed);
-    inner.interrupt();
-    *inner.speaking() = Some(Utterance {
-        id,
-        source: source.clone(),
-        cancel: cancel.clone(),
-        held_by: None,
-    });
-    inner.state("thinking", &peer_id).await;
+    let prepared = gate.is_some();
+    let mut out: Option<(Arc<AudioSource>, u64)> = None;
+    if gate.is_none() {
+        match begin(&inner, &peer_id, &cancel).await {
+            Some(o) => out = Some(o),
+            None => return,
+        }
+    }
 
     // The reply hook streams sentences from a blocking thread; it waits when 16 sentences
     // are ahead of the voice (backpressure, not a growing queue), and stops when the reply is
@@ -998,19 +1111,17 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
     let mut text = String::new();
     let mut first_audio = true;
     let mut first_text: Option<Instant> = None;
-    while let Some(sentence) = sentences.recv().await {
+    // Sentences not yet shown or remembered (while the reply is held back).
+    let mut unsaid: Vec<String> = Vec::new();
+    'reply: while let Some(sentence) = sentences.recv().await {
         if cancel.load(Ordering::SeqCst) {
             break;
         }
         first_text.get_or_insert_with(Instant::now);
-        if !text.is_empty() {
-            text.push(' ');
+        unsaid.push(sentence.clone());
+        if out.is_some() {
+            say(&inner, &peer_id, &mut text, &mut unsaid).await;
         }
-        text.push_str(sentence.trim());
-        inner.remember_said(&sentence);
-        inner
-            .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": false}))
-            .await;
         // The reply's first sentence is voiced clause by clause where it splits well: the
         // first audio waits for the voice to synthesize a clause, not a long sentence.
         let chunks: Vec<String> = match first_audio.then(|| first_clause(&sentence)).flatten() {
@@ -1035,6 +1146,28 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
                 })
             });
             while let Some(pcm) = pcm_rx.recv().await {
+                // Prepared ahead: the first audio waits here for the turn to end with this
+                // text (or for the word that it will not).
+                if let Some(g) = gate.take() {
+                    match g.await {
+                        Ok(h) => heard = Some(h),
+                        Err(_) => {
+                            cancel.store(true, Ordering::SeqCst);
+                            drop(pcm_rx);
+                            let _ = speech.await;
+                            break 'reply;
+                        }
+                    }
+                    match begin(&inner, &peer_id, &cancel).await {
+                        Some(o) => out = Some(o),
+                        None => {
+                            cancel.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    say(&inner, &peer_id, &mut text, &mut unsaid).await;
+                }
+                let Some((source, _)) = &out else { break };
                 let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
                 if source.push(&bytes).await.is_err() || cancel.load(Ordering::SeqCst) {
                     break;
@@ -1043,7 +1176,8 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
                     first_audio = false;
                     inner.state("speaking", &peer_id).await;
                     if let (Some(heard), Some(text_at)) = (heard, first_text) {
-                        let metrics = turn_metrics(&peer_id, heard, text_at, Instant::now());
+                        let metrics =
+                            turn_metrics(&peer_id, heard, text_at, Instant::now(), prepared);
                         tracing::info!(peer = %peer_id, %metrics, "replying");
                         inner.send(metrics).await;
                     }
@@ -1062,6 +1196,10 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
     {
         tracing::warn!(error = %e, "reply hook failed");
     }
+    let Some((source, id)) = out else {
+        // Never said: prepared for a turn that went on, or the hooks gave nothing.
+        return;
+    };
     if cancel.load(Ordering::SeqCst) {
         return;
     }
@@ -1084,6 +1222,52 @@ async fn reply(inner: Arc<Inner>, peer_id: String, said: Said, heard: Option<Hea
         }
     }
     inner.state("listening", &peer_id).await;
+}
+
+/// The reply starts being said: its audio source on the voice track, the utterance it is
+/// (what a barge-in holds or drops; any other one is interrupted), and the "thinking" state.
+async fn begin(
+    inner: &Arc<Inner>,
+    peer_id: &str,
+    cancel: &Arc<AtomicBool>,
+) -> Option<(Arc<AudioSource>, u64)> {
+    let options = AudioSourceOptions::new(inner.tts.sample_rate(), Layout::Mono)
+        .max_buffered(inner.opts.max_buffered)
+        .levels(inner.voice_levels.clone());
+    let source = match AudioSource::with_track(options, inner.voice.clone()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the reply's audio source");
+            return None;
+        }
+    };
+    let id = inner.next_utterance.fetch_add(1, Ordering::Relaxed);
+    inner.interrupt();
+    *inner.speaking() = Some(Utterance {
+        id,
+        source: source.clone(),
+        cancel: cancel.clone(),
+        held_by: None,
+    });
+    inner.state("thinking", peer_id).await;
+    Some((source, id))
+}
+
+/// Show and remember the sentences of a reply being said (`text`: the reply so far).
+async fn say(inner: &Arc<Inner>, peer_id: &str, text: &mut String, unsaid: &mut Vec<String>) {
+    if unsaid.is_empty() {
+        return;
+    }
+    for sentence in unsaid.drain(..) {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(sentence.trim());
+        inner.remember_said(&sentence);
+    }
+    inner
+        .send(json!({"type": "transcript", "role": "agent", "peerId": peer_id, "text": text, "final": false}))
+        .await;
 }
 
 /// RMS of s16 PCM.
@@ -1196,12 +1380,23 @@ fn ms(from: Instant, to: Instant) -> f64 {
 
 /// The metrics message of one answered turn: each stage's share of the time from the end of
 /// the human's words (or the typed text's arrival) to the reply's first audio.
-fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: Instant) -> Value {
+/// A reply prepared ahead (`prepared`) had its text and first audio before the turn ended:
+/// its reply stage counts as nothing and its voice stage from the final text.
+fn turn_metrics(
+    peer_id: &str,
+    heard: Heard,
+    first_text: Instant,
+    first_audio: Instant,
+    prepared: bool,
+) -> Value {
     match heard {
-        Heard::Spoken(t) => json!({
+        Heard::Spoken(t) => {
+            let first_text = first_text.max(t.transcribed);
+            json!({
             "type": "metrics",
             "peerId": peer_id,
             "eouToFirstAudioMs": ms(t.speech_end, first_audio),
+            "prepared": prepared,
             "endedBy": match t.reason {
                 EndReason::Model => "end-of-turn model",
                 EndReason::Settled => "words read finished",
@@ -1215,7 +1410,8 @@ fn turn_metrics(peer_id: &str, heard: Heard, first_text: Instant, first_audio: I
                 "replyMs": ms(t.transcribed, first_text),
                 "ttsMs": ms(first_text, first_audio),
             },
-        }),
+            })
+        }
         Heard::Typed(at) => json!({
             "type": "metrics",
             "peerId": peer_id,

@@ -67,6 +67,11 @@ pub(crate) struct DemoArgs {
     /// reference; off by default, see docs/performance.md).
     #[arg(long)]
     echo_cancel: bool,
+    /// Prepare each reply while the turn is judged ("on" by default with the rule reply,
+    /// "off" by default with an OpenAI-compatible model, which would be asked for replies
+    /// never said when the human speaks through a pause).
+    #[arg(long, value_enum)]
+    preemptive: Option<OnOff>,
     /// Plain http/ws even when listening beyond loopback (browsers then give the microphone
     /// only to pages opened on this machine).
     #[arg(long, conflicts_with = "tls_cert")]
@@ -170,6 +175,15 @@ pub(crate) enum Engines {
     Basic,
 }
 
+/// A switch given as `on` or `off`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// The loaded engines, and what the page says they are.
 struct Loaded {
     stt: Box<dyn SpeechToText>,
@@ -266,13 +280,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (engines, stt, window) = (args.engines, args.stt.clone(), args.stt_window);
     let loaded = tokio::task::spawn_blocking(move || load_engines(engines, &stt, window)).await??;
     // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
-    let (llm, reply_name): (Box<dyn Llm>, &str) = match OpenAiLlm::from_env() {
+    let (llm, reply_name, preemptive): (Box<dyn Llm>, &str, bool) = match OpenAiLlm::from_env() {
         Some(llm) => {
             tracing::info!(?llm, "replies from an OpenAI-compatible endpoint");
-            (Box::new(llm), "an OpenAI-compatible model")
+            (Box::new(llm), "an OpenAI-compatible model", false)
         }
-        None => (Box::new(RuleReply), "simple rules"),
+        None => (Box::new(RuleReply), "simple rules", true),
     };
+    let preemptive = args.preemptive.map_or(preemptive, |o| o == OnOff::On);
     let mut names = loaded.names.clone();
     names["reply"] = reply_name.into();
 
@@ -332,6 +347,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         greeting: args.greeting.clone(),
         echo_gate: !args.no_echo_gate,
         echo_cancel: args.echo_cancel,
+        preemptive,
         turn: if neural {
             TurnOptions::with_end_of_turn_model()
         } else {

@@ -1311,6 +1311,14 @@ fn is_reserved_channel(channel: &str) -> bool {
 /// The extension module `parlor._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The core's own log lines (connections, negotiation, reconnects) go to stderr when
+    // RUST_LOG asks for them (e.g. `RUST_LOG=parlor_peer=debug`); nothing is printed otherwise.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     m.add_class::<NativeClient>()?;
     m.add_class::<NativeRoom>()?;
     m.add_class::<NativeAudioSource>()?;

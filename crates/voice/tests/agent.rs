@@ -76,7 +76,15 @@ struct Echo {
 
 /// The server, the agent on the neural engines, and a human peer with a voice (22.05 kHz
 /// speech; or, with `echo`, 48 kHz carrying the agent's own voice back), in `room`.
-async fn call(cache: &ModelCache, room: &str, echo: Option<Echo>) -> Call {
+/// The agent's options in these tests: turn-taking for an end-of-turn model.
+fn neural() -> AgentOptions {
+    AgentOptions {
+        turn: TurnOptions::with_end_of_turn_model(),
+        ..AgentOptions::default()
+    }
+}
+
+async fn call(cache: &ModelCache, room: &str, echo: Option<Echo>, options: AgentOptions) -> Call {
     let mut config = Config::default();
     config.add_dev_key("pk_test_x");
     let server = parlor_server::spawn(
@@ -92,10 +100,7 @@ async fn call(cache: &ModelCache, room: &str, echo: Option<Echo>) -> Call {
         WhisperStt::load(cache, Model::WhisperTinyEn).expect("whisper"),
         RuleReply,
         PiperTts::joe(cache, 2).expect("piper"),
-        AgentOptions {
-            turn: TurnOptions::with_end_of_turn_model(),
-            ..AgentOptions::default()
-        },
+        options,
     )
     .with_voice_activity(SileroActivity(SileroVad::load(cache).expect("silero")))
     .with_end_of_turn(SmartTurn::load(cache, 1).expect("smart-turn"));
@@ -184,7 +189,7 @@ async fn a_question_with_a_pause_is_one_turn_answered_in_a_neural_voice() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let mut call = call(&cache, "voice-test", None).await;
+    let mut call = call(&cache, "voice-test", None, neural()).await;
     call.voice
         .push(&speech(
             &["I would like to know the", "weather in Paris today."],
@@ -219,6 +224,98 @@ async fn a_question_with_a_pause_is_one_turn_answered_in_a_neural_voice() {
     call.end().await;
 }
 
+/// The reply prepared while the turn is judged ([`AgentOptions::preemptive`]): the pause
+/// inside the question gets a reply prepared for its first half (when its transcription is
+/// in before the human goes on), which is dropped unsaid (no state, no transcript); the
+/// pause at its end gets the one that goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_prepared_in_a_pause_is_said_only_when_the_turn_ends_with_its_text() {
+    let Some(cache) = cache(&Model::DEFAULT) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    // The end-of-turn model is asked after 1.2 s of quiet (and the words after 1.8 s), so
+    // that the transcription of the pause (from 150 ms) is in before any decision however
+    // busy the machine; the question's inner pause (550 ms) is shorter, so only its end is
+    // judged.
+    let mut options = neural();
+    options.preemptive = true;
+    options.turn.pause = Duration::from_millis(1_200);
+    options.turn.settled_pause = Duration::from_millis(1_800);
+    options.turn.max_pause = Duration::from_millis(2_000);
+    let mut call = call(&cache, "voice-prepared", None, options).await;
+    call.voice
+        .push(&speech(
+            &["I would like to know the", "weather in Paris today."],
+            550,
+        ))
+        .await
+        .expect("push");
+    let me = call.me.clone();
+    let mut seen = Vec::new();
+    let metrics = call
+        .next(|v| {
+            seen.push(v.clone());
+            v["type"] == "metrics" && v["peerId"] == me.as_str()
+        })
+        .await;
+    eprintln!("{metrics}");
+    let finals: Vec<&Value> = seen
+        .iter()
+        .filter(|v| v["type"] == "transcript" && v["role"] == "human" && v["final"] == true)
+        .collect();
+    assert_eq!(finals.len(), 1, "one turn: {seen:?}");
+    // Prepared, unless the listening thread ran behind the audio (a machine too busy: it then
+    // reaches the decision in less wall time than the transcription takes).
+    let decided = metrics["stages"]["endOfTurnMs"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    let due = if metrics["endedBy"] == "end-of-turn model" {
+        1_200.0
+    } else {
+        1_800.0
+    };
+    if decided < due + 250.0 {
+        assert_eq!(metrics["prepared"], true, "{metrics}");
+        let voice = metrics["stages"]["ttsMs"].as_f64().unwrap_or(f64::MAX);
+        assert!(
+            voice < 100.0,
+            "the prepared audio went out at once: {metrics}"
+        );
+    } else {
+        eprintln!(
+            "the listening thread ran {:.0} ms behind: not judged",
+            decided - due
+        );
+    }
+    // Nothing of a reply prepared for the first half reached the human: the agent's only
+    // state changes and words come after the human's final text, and are one reply's.
+    let final_at = seen
+        .iter()
+        .position(|v| v["type"] == "transcript" && v["role"] == "human" && v["final"] == true)
+        .expect("final");
+    for (i, v) in seen.iter().enumerate() {
+        let agent_words = v["type"] == "transcript" && v["role"] == "agent";
+        let thinking = v["type"] == "state" && v["state"] == "thinking";
+        if agent_words || thinking {
+            assert!(
+                i > final_at,
+                "the agent spoke before the turn ended: {seen:?}"
+            );
+        }
+    }
+    let said: Vec<&str> = seen
+        .iter()
+        .filter(|v| v["type"] == "transcript" && v["role"] == "agent")
+        .filter_map(|v| v["text"].as_str())
+        .collect();
+    let whole = said.last().copied().unwrap_or("");
+    for s in &said {
+        assert!(whole.starts_with(s), "one reply, growing: {said:?}");
+    }
+    call.end().await;
+}
+
 /// A false interruption: while the agent answers, the human says "Okay." The voice is held
 /// at once (barge-in), the turn has no words, and the reply resumes and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +324,7 @@ async fn a_backchannel_holds_the_reply_and_it_resumes() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let mut call = call(&cache, "backchannel-test", None).await;
+    let mut call = call(&cache, "backchannel-test", None, neural()).await;
     call.voice
         .push(&speech(&["What is the weather like today?"], 0))
         .await
@@ -285,7 +382,7 @@ async fn the_agents_voice_through_the_humans_microphone_is_not_a_turn() {
         gain: 0.5,
         delay: Duration::from_millis(150),
     };
-    let mut call = call(&cache, "echo-test", Some(echo)).await;
+    let mut call = call(&cache, "echo-test", Some(echo), neural()).await;
     call.human
         .send(&serde_json::json!({"type": "text", "text": "What is the weather like today?"}))
         .await
