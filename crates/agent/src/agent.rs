@@ -469,8 +469,9 @@ enum Heard {
 enum Listened {
     SpeechStart,
     Interim(String),
-    /// What the utterance so far was transcribed as at a pause: its final text if the turn
-    /// ends with nothing more said (the moment to prepare the reply ahead).
+    /// What the utterance so far was transcribed as at a pause: shown as an interim
+    /// transcript, and its final text if the turn ends with nothing more said (the moment to
+    /// prepare the reply ahead).
     Provisional(String),
     /// The human went on after a pause whose text was [`Listened::Provisional`].
     Resumed,
@@ -568,6 +569,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
             }
             Some(heard) = heard_rx.recv() => match heard {
                 Listened::Provisional(text) => {
+                    show_interim(&inner, &peer_id, &text).await;
                     if inner.opts.preemptive
                         && prepared.as_ref().is_none_or(|p| p.text != text.trim())
                     {
@@ -585,11 +587,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
                         inner.state("listening", &peer_id).await;
                     }
                 }
-                Listened::Interim(text) => {
-                    inner
-                        .send(json!({"type": "transcript", "role": "human", "peerId": peer_id, "text": text, "final": false}))
-                        .await;
-                }
+                Listened::Interim(text) => show_interim(&inner, &peer_id, &text).await,
                 Listened::Final(text, timing, no_echo) => {
                     let prepared = prepared.take();
                     // A human may well reuse the agent's words ("Ask me about the weather" →
@@ -813,10 +811,7 @@ impl Listening {
                 // and told as provisional (the reply can be prepared while the turn is judged).
                 if !matches!(event, TurnEvent::End { .. })
                     && let Some(text) = ahead.as_mut().and_then(Ahead::fresh)
-                    && (heard
-                        .blocking_send(Listened::Interim(text.clone()))
-                        .is_err()
-                        || heard.blocking_send(Listened::Provisional(text)).is_err())
+                    && heard.blocking_send(Listened::Provisional(text)).is_err()
                 {
                     return;
                 }
@@ -962,6 +957,24 @@ impl Ahead {
     }
 }
 
+/// Show what the human is saying, not yet final.
+async fn show_interim(inner: &Arc<Inner>, peer_id: &str, text: &str) {
+    inner
+        .send(json!({"type": "transcript", "role": "human", "peerId": peer_id, "text": text, "final": false}))
+        .await;
+}
+
+/// Add the human's `text` to `history`, keeping only the last `max` turns (no more are
+/// ever used).
+fn heard_say(history: &mut Vec<Turn>, text: &str, max: usize) {
+    history.push(Turn {
+        role: Role::Human,
+        text: text.to_owned(),
+    });
+    let skip = history.len().saturating_sub(max);
+    history.drain(..skip);
+}
+
 /// A reply started for a provisional text ([`AgentOptions::preemptive`]), held back until
 /// the turn ends with that text. Dropping it drops the reply unsaid.
 struct Prepared {
@@ -980,12 +993,7 @@ fn prepare(inner: &Arc<Inner>, peer_id: &str, text: &str) -> Option<Prepared> {
         Some(h) => h.history.clone(),
         None => Vec::new(),
     };
-    history.push(Turn {
-        role: Role::Human,
-        text: text.to_owned(),
-    });
-    let skip = history.len().saturating_sub(inner.opts.max_history);
-    history.drain(..skip);
+    heard_say(&mut history, text, inner.opts.max_history);
     let (go, gate) = tokio::sync::oneshot::channel();
     tokio::spawn(reply(
         inner.clone(),
@@ -1019,13 +1027,7 @@ async fn on_utterance(
         if h.ended {
             return;
         }
-        h.history.push(Turn {
-            role: Role::Human,
-            text: text.clone(),
-        });
-        // Only the last `max_history` turns are ever used; keep no more.
-        let skip = h.history.len().saturating_sub(inner.opts.max_history);
-        h.history.drain(..skip);
+        heard_say(&mut h.history, &text, inner.opts.max_history);
         h.history.clone()
     };
     tracing::info!(peer = peer_id, text = %text, "heard");
@@ -1072,7 +1074,7 @@ async fn reply(
     let cancel = Arc::new(AtomicBool::new(false));
     let prepared = gate.is_some();
     let mut out: Option<(Arc<AudioSource>, u64)> = None;
-    if gate.is_none() {
+    if !prepared {
         match begin(&inner, &peer_id, &cancel).await {
             Some(o) => out = Some(o),
             None => return,

@@ -531,6 +531,33 @@ async def test_from_file_plays_a_wav_and_a_flac_and_stops_a_looped_one(server, t
         await sender.close()
 
 
+def test_rust_log_shows_the_cores_log_lines_and_nothing_without_it(server) -> None:
+    """RUST_LOG turns on the native core's log lines (stderr); without it nothing is printed."""
+    import os
+    import subprocess
+    import sys
+
+    program = (
+        "import asyncio, parlor\n"
+        "async def main():\n"
+        f"    c = parlor.SignallingClient(api_key={KEY_ALL!r}, url={server.url!r})\n"
+        "    await c.connect()\n"
+        "    await c.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    quiet = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "signalling state" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", program],
+                          env={**env, "RUST_LOG": "parlor_peer=debug"}, capture_output=True,
+                          text=True, timeout=60)
+    assert loud.returncode == 0, loud.stderr
+    assert "signalling state" in loud.stderr, loud.stderr[-2000:]
+    assert KEY_ALL not in loud.stderr  # credentials never in logs
+
+
 async def test_audio_source_arguments_and_backpressure(server) -> None:
     with pytest.raises(ValueError, match="input_layout"):
         parlor.AudioSource(input_layout="5.1")
