@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
             }
             6 => {
                 if let Some(c) = conns[i].take() {
-                    hub.disconnect(c.conn);
+                    hub.disconnect(c.conn, now_ms);
                 }
                 conns[i] = connect(&mut hub, i, now_ms);
             }
@@ -124,14 +124,14 @@ fuzz_target!(|data: &[u8]| {
             if let Some(c) = slot {
                 assert!(c.outbox.queued_bytes() <= cap);
                 if !drain(c) {
-                    hub.disconnect(c.conn);
+                    hub.disconnect(c.conn, now_ms);
                     *slot = None;
                 }
             }
         }
     }
     for c in conns.into_iter().flatten() {
-        hub.disconnect(c.conn);
+        hub.disconnect(c.conn, now_ms);
     }
     assert_eq!(hub.connection_count(), 0);
 });

@@ -152,6 +152,31 @@ impl<T: TextToSpeech + ?Sized> TextToSpeech for Box<T> {
     }
 }
 
+/// A shared hook is a hook (one loaded engine behind many agents).
+impl<T: Llm + ?Sized> Llm for std::sync::Arc<T> {
+    fn reply(&self, history: &[Turn], sink: &mut dyn FnMut(&str) -> Flow) -> Result<(), HookError> {
+        (**self).reply(history, sink)
+    }
+}
+
+impl<T: TextToSpeech + ?Sized> TextToSpeech for std::sync::Arc<T> {
+    fn sample_rate(&self) -> u32 {
+        (**self).sample_rate()
+    }
+    fn speak(&self, text: &str, sink: &mut dyn FnMut(&[i16]) -> Flow) -> Result<(), HookError> {
+        (**self).speak(text, sink)
+    }
+}
+
+impl<T: SpeechToText + ?Sized> SpeechToText for std::sync::Arc<T> {
+    fn sample_rate(&self) -> u32 {
+        (**self).sample_rate()
+    }
+    fn recognizer(&self) -> Result<Box<dyn Recognizer>, HookError> {
+        (**self).recognizer()
+    }
+}
+
 impl<T: SpeechToText + ?Sized> SpeechToText for Box<T> {
     fn sample_rate(&self) -> u32 {
         (**self).sample_rate()

@@ -53,6 +53,11 @@ pub(crate) struct DemoArgs {
     /// silence to this; 0: the turn plus 1 s). Longer costs encoder time per pass.
     #[arg(long, default_value_t = 0.0)]
     stt_window: f32,
+    /// Text Whisper is given as what came before each turn, to lean it towards a domain's
+    /// words: `rules` (the rule reply's keywords), `none`, or any text (at most 223 tokens
+    /// are used).
+    #[arg(long, default_value = "none")]
+    stt_prompt: String,
     /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -184,20 +189,71 @@ pub(crate) enum OnOff {
     Off,
 }
 
-/// The loaded engines, and what the page says they are.
-struct Loaded {
-    stt: Box<dyn SpeechToText>,
-    tts: Box<dyn TextToSpeech>,
-    activity: Option<parlor_voice::silero::SileroActivity>,
-    end_of_turn: Option<parlor_voice::smart_turn::SmartTurn>,
-    names: serde_json::Value,
+/// The loaded engines (shared: `parlor worker` runs many agents on one set), and what the
+/// page says they are.
+pub(crate) struct Loaded {
+    pub(crate) stt: Arc<dyn SpeechToText>,
+    pub(crate) tts: Arc<dyn TextToSpeech>,
+    pub(crate) activity: Option<parlor_voice::silero::SileroActivity>,
+    pub(crate) end_of_turn: Option<Arc<parlor_voice::smart_turn::SmartTurn>>,
+    pub(crate) names: serde_json::Value,
 }
 
-fn load_engines(engines: Engines, stt: &str, stt_window: f32) -> anyhow::Result<Loaded> {
+impl Loaded {
+    /// An agent on these engines speaking through `peer`.
+    pub(crate) fn agent(&self, peer: RoomPeer, llm: Arc<dyn Llm>, options: AgentOptions) -> Agent {
+        let mut agent = Agent::new(peer, self.stt.clone(), llm, self.tts.clone(), options);
+        if let Some(vad) = &self.activity {
+            agent = agent.with_voice_activity(vad.clone());
+        }
+        if let Some(eot) = &self.end_of_turn {
+            agent = agent.with_end_of_turn(eot.clone());
+        }
+        agent
+    }
+
+    /// The turn-taking that goes with these engines.
+    pub(crate) fn turn_options(&self) -> TurnOptions {
+        if self.end_of_turn.is_some() {
+            TurnOptions::with_end_of_turn_model()
+        } else {
+            TurnOptions::hangover()
+        }
+    }
+}
+
+/// The text `--stt-prompt` names.
+pub(crate) fn stt_prompt(arg: &str) -> String {
+    match arg {
+        "none" => String::new(),
+        "rules" => RuleReply::vocabulary(),
+        text => text.to_owned(),
+    }
+}
+
+/// The reply hook: an OpenAI-compatible model when `PARLOR_LLM_BASE_URL` is set, else the
+/// rules; with its name for the page and whether replies are prepared in pauses by default
+/// (not for a paid model, which would be asked for replies never said).
+pub(crate) fn reply_hook() -> (Arc<dyn Llm>, &'static str, bool) {
+    match OpenAiLlm::from_env() {
+        Some(llm) => {
+            tracing::info!(?llm, "replies from an OpenAI-compatible endpoint");
+            (Arc::new(llm), "an OpenAI-compatible model", false)
+        }
+        None => (Arc::new(RuleReply), "simple rules", true),
+    }
+}
+
+pub(crate) fn load_engines(
+    engines: Engines,
+    stt: &str,
+    stt_window: f32,
+    prompt: &str,
+) -> anyhow::Result<Loaded> {
     match engines {
         Engines::Basic => Ok(Loaded {
-            stt: Box::new(SphinxStt::new().context("speech-to-text (PocketSphinx)")?),
-            tts: Box::new(EspeakTts::new().context("text-to-speech (eSpeak NG)")?),
+            stt: Arc::new(SphinxStt::new().context("speech-to-text (PocketSphinx)")?),
+            tts: Arc::new(EspeakTts::new().context("text-to-speech (eSpeak NG)")?),
             activity: None,
             end_of_turn: None,
             names: serde_json::json!({
@@ -219,7 +275,10 @@ fn load_engines(engines: Engines, stt: &str, stt_window: f32) -> anyhow::Result<
                 _ => "Whisper tiny.en",
             };
             let stt = parlor_voice::whisper::WhisperModel::load(&cache, whisper)
-                .map(|m| parlor_voice::whisper::WhisperStt::new(m.with_min_window(stt_window)))
+                .map(|m| {
+                    parlor_voice::whisper::WhisperStt::new(m.with_min_window(stt_window))
+                        .with_prompt(prompt)
+                })
                 .with_context(|| format!("speech-to-text ({stt_name})"))?;
             let tts = parlor_voice::piper::PiperTts::joe(&cache, threads)
                 .context("text-to-speech (Piper)")?;
@@ -230,12 +289,13 @@ fn load_engines(engines: Engines, stt: &str, stt_window: f32) -> anyhow::Result<
                 "neural engines loaded"
             );
             Ok(Loaded {
-                stt: Box::new(stt),
-                tts: Box::new(tts),
+                stt: Arc::new(stt),
+                tts: Arc::new(tts),
                 activity: Some(parlor_voice::silero::SileroActivity(vad)),
-                end_of_turn: Some(eot),
+                end_of_turn: Some(Arc::new(eot)),
                 names: serde_json::json!({
-                    "stt": stt_name, "tts": "Piper (en_US joe)",
+                    "stt": if prompt.is_empty() { stt_name.to_owned() } else { format!("{stt_name}, prompted") },
+                    "tts": "Piper (en_US joe)",
                     "turn": "Silero VAD and smart-turn v3.2",
                 }),
             })
@@ -278,15 +338,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     // The engines load first, so a missing package or model fails before anything listens.
     let (engines, stt, window) = (args.engines, args.stt.clone(), args.stt_window);
-    let loaded = tokio::task::spawn_blocking(move || load_engines(engines, &stt, window)).await??;
+    let prompt = stt_prompt(&args.stt_prompt);
+    if !prompt.is_empty() {
+        tracing::info!(prompt, "Whisper is prompted");
+    }
+    let loaded =
+        tokio::task::spawn_blocking(move || load_engines(engines, &stt, window, &prompt)).await??;
     // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
-    let (llm, reply_name, preemptive): (Box<dyn Llm>, &str, bool) = match OpenAiLlm::from_env() {
-        Some(llm) => {
-            tracing::info!(?llm, "replies from an OpenAI-compatible endpoint");
-            (Box::new(llm), "an OpenAI-compatible model", false)
-        }
-        None => (Box::new(RuleReply), "simple rules", true),
-    };
+    let (llm, reply_name, preemptive) = reply_hook();
     let preemptive = args.preemptive.map_or(preemptive, |o| o == OnOff::On);
     let mut names = loaded.names.clone();
     names["reply"] = reply_name.into();
@@ -342,26 +401,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..ReconnectOptions::default()
         }))
         .build()?;
-    let neural = loaded.end_of_turn.is_some();
     let options = AgentOptions {
         greeting: args.greeting.clone(),
         echo_gate: !args.no_echo_gate,
         echo_cancel: args.echo_cancel,
         preemptive,
-        turn: if neural {
-            TurnOptions::with_end_of_turn_model()
-        } else {
-            TurnOptions::hangover()
-        },
+        turn: loaded.turn_options(),
         ..AgentOptions::default()
     };
-    let mut agent = Agent::new(RoomPeer::new(client), loaded.stt, llm, loaded.tts, options);
-    if let Some(vad) = loaded.activity {
-        agent = agent.with_voice_activity(vad);
-    }
-    if let Some(eot) = loaded.end_of_turn {
-        agent = agent.with_end_of_turn(eot);
-    }
+    let agent = loaded.agent(RoomPeer::new(client), llm, options);
     let events = agent
         .join(&args.room)
         .await

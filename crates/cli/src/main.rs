@@ -4,13 +4,15 @@
 //! * `parlor token` — mint an HS256 JWT from a secret key, for testing;
 //! * `parlor echo` — a Rust room peer that echoes data channels and loops audio back;
 //! * `parlor bench audio` — the audio pipeline's CPU, latency and memory per conversation;
-//! * `parlor models` — fetch, list and verify the engines' model files.
+//! * `parlor models` — fetch, list and verify the engines' model files;
+//! * `parlor worker` — run the voice agent for the rooms a server dispatches (`[agents]`).
 
 mod bench;
 mod demo;
 mod echo;
 mod models;
 mod say;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ enum Command {
     Models(models::ModelsCommand),
     /// Speak text into a WAV file with one of the agent's voices.
     Say(say::SayArgs),
+    /// Run the voice agent for the rooms a server dispatches to this worker (the server's
+    /// `[agents]` section; the secret comes from PARLOR_WORKER_SECRET).
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +152,8 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         permissions: (!args.permissions.is_empty()).then_some(args.permissions),
         peer_metadata: json_object("peer-metadata", args.peer_metadata)?,
         metadata: json_object("metadata", args.metadata)?,
+        job: None,
+        account: None,
     };
     let jwt = mint_token(&args.secret, &args.kid, &claims).map_err(anyhow::Error::msg)?;
     println!("{jwt}");
@@ -303,5 +310,9 @@ fn main() -> anyhow::Result<()> {
             .block_on(bench::run(cmd)),
         Command::Models(cmd) => models::run(cmd),
         Command::Say(args) => say::run(args),
+        Command::Worker(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(worker::run(args)),
     }
 }

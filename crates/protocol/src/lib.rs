@@ -15,6 +15,7 @@
 //! * [`validate`] holds the field rules (channel, peer id, request id, reserved prefixes,
 //!   channel-pattern globs);
 //! * [`client`] is the client side: request builders and strict server-frame parsing;
+//! * [`worker`] is the agent-worker protocol (`/v1/worker`);
 //! * [`ErrorCode`] and [`CloseCode`] are the protocol's codes.
 //!
 //! ```
@@ -33,6 +34,7 @@ mod codes;
 pub mod event;
 mod request;
 pub mod validate;
+pub mod worker;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use request::{ClientFrame, ClientRequest, FrameError, parse_client_frame};

@@ -61,6 +61,9 @@ pub struct Grant {
     /// Whether TURN credentials may be minted into the welcome (the key's or the token
     /// secret's `turn` setting).
     pub turn: bool,
+    /// The dispatch job this connection is the agent of (a job token, minted by this server
+    /// for a worker: [`Authenticator::mint_job_token`]); `None` for everyone else.
+    pub job: Option<Arc<str>>,
 }
 
 impl Grant {
@@ -118,7 +121,25 @@ pub struct Claims {
     /// Private bag echoed in `welcome.metadata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Box<RawValue>>,
+    /// Job tokens only (signed with the [`JOB_TOKEN_KID`] key; ignored in any other token):
+    /// the dispatch job whose agent this is.
+    #[serde(rename = "parlorJob", default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Job tokens only: the tenant of the job's channel.
+    #[serde(
+        rename = "parlorAccount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub account: Option<String>,
 }
+
+/// The JWT `kid` of job tokens (reserved: no `[[secrets]]` entry may use it).
+pub const JOB_TOKEN_KID: &str = "parlor-job";
+
+/// How long a job token admits its agent (and its reconnects): a job's agent is closed with
+/// `token_expired` after this.
+pub const JOB_TOKEN_SECS: u64 = 24 * 3_600;
 
 /// Seconds of clock skew allowed on `exp` and `nbf` alike.
 pub const CLOCK_LEEWAY_SECS: u64 = 0;
@@ -179,6 +200,8 @@ struct SecretEntry {
 
 /// Checks `?key=` and `?token=` credentials against the configuration.
 pub struct Authenticator {
+    /// The job tokens' key (from `agents.worker_secret`), when dispatch is on.
+    job_key: Option<(EncodingKey, DecodingKey)>,
     keys: HashMap<String, KeyEntry>,
     secrets: HashMap<String, SecretEntry>,
     suspended: Vec<String>,
@@ -233,7 +256,15 @@ impl Authenticator {
         validation.leeway = CLOCK_LEEWAY_SECS;
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp"]);
+        let job_key = config.agents.as_ref().map(|a| {
+            let k = format!("parlor-job-token:{}", a.worker_secret);
+            (
+                EncodingKey::from_secret(k.as_bytes()),
+                DecodingKey::from_secret(k.as_bytes()),
+            )
+        });
         Authenticator {
+            job_key,
             keys,
             secrets,
             suspended: config
@@ -276,6 +307,34 @@ impl Authenticator {
         Ok(grant)
     }
 
+    /// A token for the agent of dispatch job `job` in `channel` of `account`, valid from
+    /// `now` (Unix seconds) for [`JOB_TOKEN_SECS`]: every action, on that channel only.
+    /// `None` when dispatch is off.
+    pub fn mint_job_token(
+        &self,
+        job: &str,
+        account: &str,
+        channel: &str,
+        now: u64,
+    ) -> Option<String> {
+        let (key, _) = self.job_key.as_ref()?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(JOB_TOKEN_KID.to_owned());
+        let claims = Claims {
+            exp: now + JOB_TOKEN_SECS,
+            nbf: None,
+            channels: Some(vec![channel.to_owned()]),
+            permissions: None,
+            peer_metadata: Some(
+                serde_json::value::to_raw_value(&serde_json::json!({ "agentJob": job })).ok()?,
+            ),
+            metadata: None,
+            job: Some(job.to_owned()),
+            account: Some(account.to_owned()),
+        };
+        jsonwebtoken::encode(&header, &claims, key).ok()
+    }
+
     fn grant_for_key(&self, key: &str) -> Result<Grant, AuthError> {
         let k = self.keys.get(key).ok_or(invalid("invalid key"))?;
         Ok(Grant {
@@ -286,11 +345,15 @@ impl Authenticator {
             welcome_metadata: k.metadata.clone(),
             expires_at: None,
             turn: k.turn,
+            job: None,
         })
     }
 
     fn grant_for_token(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+        if header.kid.as_deref() == Some(JOB_TOKEN_KID) {
+            return self.grant_for_job_token(token, now);
+        }
         let secret = match header.kid.as_deref() {
             Some(kid) => self.secrets.get(kid),
             // Without a kid, a single configured secret is unambiguous.
@@ -355,6 +418,45 @@ impl Authenticator {
             welcome_metadata,
             expires_at: Some(claims.exp),
             turn: secret.turn,
+            job: None,
+        })
+    }
+
+    fn grant_for_job_token(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
+        let (_, key) = self
+            .job_key
+            .as_ref()
+            .ok_or(invalid("unknown token key id"))?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError {
+                    code: CloseCode::TOKEN_EXPIRED,
+                    reason: "token expired",
+                },
+                ErrorKind::InvalidSignature => invalid("invalid token signature"),
+                _ => invalid("invalid token"),
+            })?
+            .claims;
+        if claims.exp <= now {
+            return Err(AuthError {
+                code: CloseCode::TOKEN_EXPIRED,
+                reason: "token expired",
+            });
+        }
+        let (Some(job), Some(account), Some(channels)) =
+            (claims.job, claims.account, claims.channels)
+        else {
+            return Err(invalid("invalid token"));
+        };
+        Ok(Grant {
+            account: account.into(),
+            channels: channels.into(),
+            actions: Actions::ALL,
+            peer_metadata: claims.peer_metadata,
+            welcome_metadata: None,
+            expires_at: Some(claims.exp),
+            turn: true,
+            job: Some(job.into()),
         })
     }
 }
@@ -399,6 +501,8 @@ account = "acme"
             permissions: None,
             peer_metadata: None,
             metadata: None,
+            job: None,
+            account: None,
         }
     }
 

@@ -260,6 +260,10 @@ pub struct Config {
     /// TCP peer is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Agent dispatch: workers connect to `/v1/worker`, and channels matching a rule get an
+    /// agent (see [`crate::dispatch`]). Off when absent.
+    #[serde(default)]
+    pub agents: Option<crate::dispatch::AgentsConfig>,
 }
 
 fn yes() -> bool {
@@ -280,6 +284,7 @@ impl Default for Config {
             cluster: None,
             turn: None,
             trusted_proxies: Vec::new(),
+            agents: None,
         }
     }
 }
@@ -404,6 +409,26 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             c.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(a) = &self.agents {
+            a.validate().map_err(ConfigError::Invalid)?;
+            if self.cluster.is_some() {
+                return bad(
+                    "[agents] and [cluster] together are not supported yet: dispatch runs on \
+                     one node"
+                        .into(),
+                );
+            }
+        }
+        if self
+            .secrets
+            .iter()
+            .any(|s| s.kid == crate::auth::JOB_TOKEN_KID)
+        {
+            return bad(format!(
+                "secret kid {:?} is reserved for job tokens",
+                crate::auth::JOB_TOKEN_KID
+            ));
         }
         Ok(())
     }

@@ -73,7 +73,7 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.app.hub().disconnect(self.conn);
+        self.app.hub().disconnect(self.conn, crate::unix_ms());
     }
 }
 

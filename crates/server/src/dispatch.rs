@@ -5,8 +5,11 @@
 //! with the time, drains [`Command`]s (offer a job to a worker, cancel one, evict a stale
 //! agent) and calls [`Dispatcher::tick`] at [`Dispatcher::next_deadline`].
 //!
-//! Not wired into `parlor serve` yet (issue #22): the worker endpoint, the job tokens that
-//! mark a member as a job's agent, and the NATS path for several nodes come next.
+//! `parlor serve` runs it when the configuration has an `[agents]` section
+//! ([`AgentsConfig`]): the hub feeds it members joining and leaving, workers connect to
+//! `/v1/worker` (the `worker` module, which also drives the commands), and each job's
+//! agent joins with a job token the server mints ([`crate::auth::Authenticator::mint_job_token`]).
+//! One node only for now: with `[cluster]` the configuration is refused.
 //!
 //! The rules:
 //! * A channel matching a [`DispatchRule`] wants that rule's agent while a human is in it
@@ -37,6 +40,160 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parlor_protocol::validate::glob_match;
+use serde::Deserialize;
+
+/// The `[agents]` section: workers and the rules that give channels an agent.
+///
+/// ```toml
+/// [agents]
+/// worker_secret = "ws_change_me_0123456789"   # workers send it as a Bearer token
+///
+/// [[agents.rules]]
+/// channels = ["call-*"]     # a human in a matching channel gets the agent
+/// agent = "voice"           # the name workers register
+/// grace_secs = 10           # the agent stays this long after the last human left
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// The secret workers present (`Authorization: Bearer …` on `/v1/worker`); it also keys
+    /// the job tokens. At least 16 bytes; never logged.
+    pub worker_secret: String,
+    /// Which channels get which agent.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// A worker must answer an offer within this (ms).
+    #[serde(default = "default_offer_ms")]
+    pub offer_timeout_ms: u64,
+    /// A job's agent must join within this after its worker accepted (ms).
+    #[serde(default = "default_join_ms")]
+    pub join_timeout_ms: u64,
+    /// A running agent that dropped may rejoin under its job within this (ms).
+    #[serde(default = "default_rejoin_ms")]
+    pub rejoin_window_ms: u64,
+    /// A worker reporting at least this load (0..1) gets no new jobs.
+    #[serde(default = "default_load_threshold")]
+    pub load_threshold: f32,
+    /// The most workers connected at once.
+    #[serde(default = "default_max_workers")]
+    pub max_workers: usize,
+}
+
+/// One `[[agents.rules]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Only this tenant's channels (every tenant's when absent).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Channel globs (`*` = any run of characters).
+    pub channels: Vec<String>,
+    /// The agent's name, as workers register it.
+    pub agent: String,
+    /// Seconds the agent stays after the last human left.
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+}
+
+fn default_offer_ms() -> u64 {
+    5_000
+}
+fn default_join_ms() -> u64 {
+    15_000
+}
+fn default_rejoin_ms() -> u64 {
+    5_000
+}
+fn default_load_threshold() -> f32 {
+    0.8
+}
+fn default_max_workers() -> usize {
+    1_024
+}
+fn default_grace_secs() -> u64 {
+    10
+}
+
+/// The longest agent name a rule or a worker may use.
+pub const MAX_AGENT_NAME: usize = 64;
+
+/// Whether `name` is a usable agent name: 1–64 letters, digits, `-`, `_` or `.`.
+pub fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_AGENT_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl AgentsConfig {
+    /// Check ranges (the secret is never echoed).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.worker_secret.len() < crate::config::MIN_SECRET_LEN {
+            return Err(format!(
+                "agents.worker_secret must be at least {} bytes",
+                crate::config::MIN_SECRET_LEN
+            ));
+        }
+        for (name, v) in [
+            ("offer_timeout_ms", self.offer_timeout_ms),
+            ("join_timeout_ms", self.join_timeout_ms),
+            ("rejoin_window_ms", self.rejoin_window_ms),
+        ] {
+            if !(100..=600_000).contains(&v) {
+                return Err(format!("agents.{name} must be in 100..=600000"));
+            }
+        }
+        if !(self.load_threshold > 0.0 && self.load_threshold <= 1.0) {
+            return Err("agents.load_threshold must be in (0, 1]".into());
+        }
+        if !(1..=100_000).contains(&self.max_workers) {
+            return Err("agents.max_workers must be in 1..=100000".into());
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.channels.is_empty() || r.channels.iter().any(|c| c.is_empty() || c.len() > 256) {
+                return Err(format!(
+                    "agents.rules[{i}].channels must list 1 or more globs of 1-256 bytes"
+                ));
+            }
+            if !valid_agent_name(&r.agent) {
+                return Err(format!(
+                    "agents.rules[{i}].agent must be 1-{MAX_AGENT_NAME} letters, digits, '-', '_' or '.'"
+                ));
+            }
+            if r.grace_secs > 86_400 {
+                return Err(format!(
+                    "agents.rules[{i}].grace_secs must be at most 86400"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules, for [`Dispatcher::new`].
+    pub fn rules(&self) -> Vec<DispatchRule> {
+        self.rules
+            .iter()
+            .map(|r| DispatchRule {
+                account: r.account.clone(),
+                channels: r.channels.clone(),
+                agent: r.agent.clone(),
+                grace: Duration::from_secs(r.grace_secs),
+            })
+            .collect()
+    }
+
+    /// The timings, for [`Dispatcher::new`].
+    pub fn options(&self) -> DispatchOptions {
+        DispatchOptions {
+            offer_timeout: Duration::from_millis(self.offer_timeout_ms),
+            join_timeout: Duration::from_millis(self.join_timeout_ms),
+            rejoin_window: Duration::from_millis(self.rejoin_window_ms),
+            load_threshold: self.load_threshold,
+            ..DispatchOptions::default()
+        }
+    }
+}
 
 /// A worker connection, for its whole life (never reused).
 pub type WorkerId = u64;

@@ -26,6 +26,7 @@ use crate::auth::{AuthError, Grant};
 use crate::cluster::replica::{Effect, Replica};
 use crate::cluster::wire::{self, Event, NodeId};
 use crate::config::{Action, Config, Limits};
+use crate::dispatch::{Command, Dispatcher, Role};
 use crate::metrics::Metrics;
 use crate::outbox::Frame;
 /// A connection's outbound queue and what its writer does next (drained by `conn`, or by
@@ -132,6 +133,12 @@ pub struct Hub {
     turn: Option<TurnMinter>,
     /// Where peer ids come from: `None` for the OS's random source (always, in `serve`).
     id_seed: Option<u64>,
+    /// Agent dispatch (`[agents]`): told every member joining and leaving a channel.
+    dispatch: Option<Dispatcher>,
+    /// Woken when the dispatcher may have commands (the driver in `crate::worker`).
+    dispatch_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The time of the latest input (ms): membership changes happen inside calls that carry it.
+    now_ms: u64,
 }
 
 impl Hub {
@@ -162,6 +169,9 @@ impl Hub {
             cluster: None,
             turn: config.turn.as_ref().map(TurnMinter::new),
             id_seed: None,
+            dispatch: None,
+            dispatch_wake: None,
+            now_ms: 0,
         }
     }
 
@@ -178,9 +188,84 @@ impl Hub {
         self.cluster = Some(replica);
     }
 
+    /// Run agent dispatch: `dispatcher` hears every member joining and leaving, and `wake`
+    /// is notified whenever it may have commands for the driver ([`Hub::take_dispatch`]).
+    pub fn enable_dispatch(&mut self, dispatcher: Dispatcher, wake: Arc<tokio::sync::Notify>) {
+        self.dispatch = Some(dispatcher);
+        self.dispatch_wake = Some(wake);
+    }
+
+    /// Call `f` on the dispatcher (if dispatch is on) with `now_ms`, then wake the driver.
+    pub fn with_dispatch<R>(
+        &mut self,
+        now_ms: u64,
+        f: impl FnOnce(&mut Dispatcher, u64) -> R,
+    ) -> Option<R> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let r = self.dispatch.as_mut().map(|d| f(d, now_ms));
+        self.wake_dispatch();
+        r
+    }
+
+    fn wake_dispatch(&self) {
+        if let Some(w) = &self.dispatch_wake {
+            w.notify_one();
+        }
+    }
+
+    /// Run the dispatcher's deadlines up to `now_ms`, carry out its evictions (a job's agent
+    /// no longer wanted is closed with 4020), and return the commands for workers (offers
+    /// and cancels), in order. Empty when dispatch is off.
+    pub fn take_dispatch(&mut self, now_ms: u64) -> Vec<Command> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let Some(d) = self.dispatch.as_mut() else {
+            return Vec::new();
+        };
+        d.tick(now_ms);
+        let mut out = Vec::new();
+        let mut evict = Vec::new();
+        while let Some(c) = d.poll_command() {
+            match c {
+                Command::Evict { account, peer } => evict.push((account, peer)),
+                c => out.push(c),
+            }
+        }
+        for (account, peer) in evict {
+            let conn = self
+                .tenants
+                .get(&account)
+                .and_then(|t| t.peers.get(&*peer))
+                .copied();
+            if let Some(conn) = conn {
+                tracing::info!(%peer, "evicting the agent of a job no longer wanted");
+                self.close(conn, CloseCode::ADMIN_DISCONNECT, "agent job ended");
+            }
+        }
+        out
+    }
+
+    /// When the dispatcher next needs [`Hub::take_dispatch`] (`None`: only on input).
+    pub fn dispatch_deadline(&self) -> Option<u64> {
+        self.dispatch.as_ref().and_then(Dispatcher::next_deadline)
+    }
+
+    /// The human members of `channel` of `account` (for an explicit dispatch request).
+    pub fn humans(&self, account: &str, channel: &str) -> Vec<Arc<str>> {
+        self.tenants
+            .get(account)
+            .and_then(|t| t.channels.get(channel))
+            .into_iter()
+            .flat_map(|ch| ch.members.keys())
+            .filter_map(|id| self.conns.get(id))
+            .filter(|c| c.grant.job.is_none())
+            .map(|c| c.peer_id.clone())
+            .collect()
+    }
+
     /// Admit an authenticated connection: enforce the account's concurrent cap, assign a
     /// unique peer id and queue `welcome` as the first frame.
     pub fn connect(&mut self, grant: Grant, now_ms: u64) -> Result<Connected, AuthError> {
+        self.now_ms = self.now_ms.max(now_ms);
         if self.shutting_down {
             return Err(AuthError {
                 code: CloseCode::GOING_AWAY,
@@ -323,6 +408,7 @@ impl Hub {
 
     /// Handle one validated frame from `conn`.
     pub fn handle(&mut self, conn: ConnId, frame: ClientFrame<'_>, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         let rid = frame.request_id.as_deref();
         match frame.request {
             ClientRequest::Ping => self.push_to(conn, Frame::from_static(event::PONG)),
@@ -465,6 +551,14 @@ impl Hub {
                 self.push_to(conn, frame);
             }
         }
+        if joined && let (Some(d), Some(c)) = (self.dispatch.as_mut(), self.conns.get(&conn)) {
+            let role = match &c.grant.job {
+                Some(job) => Role::Agent { job: job.clone() },
+                None => Role::Human,
+            };
+            d.member_joined(&c.grant.account, &channel, &c.peer_id, role, self.now_ms);
+            self.wake_dispatch();
+        }
         // Other nodes learn of the member after its ack and snapshot are queued here, so
         // whatever they send in reaction reaches it after its snapshot (spec §1.8.3).
         if joined && let (Some(r), Some(c)) = (self.cluster.as_mut(), self.conns.get(&conn)) {
@@ -555,6 +649,10 @@ impl Hub {
                 c: channel.into(),
                 p: (*c.peer_id).into(),
             });
+        }
+        if let Some(d) = self.dispatch.as_mut() {
+            d.member_left(&c.grant.account, channel, &c.peer_id, self.now_ms);
+            self.wake_dispatch();
         }
         true
     }
@@ -738,9 +836,10 @@ impl Hub {
         self.ack(conn, rid);
     }
 
-    /// Forget a connection whose socket is gone: `left` to every channel it held, free its
-    /// account slot and peer id.
-    pub fn disconnect(&mut self, conn: ConnId) {
+    /// Forget a connection whose socket is gone at `now_ms`: `left` to every channel it
+    /// held, free its account slot and peer id.
+    pub fn disconnect(&mut self, conn: ConnId, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         let channels: Vec<String> = match self.conns.get(&conn) {
             Some(c) => c.subs.keys().cloned().collect(),
             None => return,
@@ -1066,6 +1165,7 @@ quota_window_secs = 1
             peer_metadata: meta.map(|m| RawValue::from_string(m.to_owned()).expect("json")),
             welcome_metadata: None,
             turn: true,
+            job: None,
             expires_at: None,
         }
     }
@@ -1287,10 +1387,10 @@ quota_window_secs = 1
         req(&mut hub, &c, r#"{"type":"subscribe","channel":"r"}"#);
         b.drain();
         c.drain();
-        hub.disconnect(b.c.conn);
+        hub.disconnect(b.c.conn, 0);
         let fc = c.drain();
         assert_eq!(fc[0]["left"][0]["peerId"], *b.c.peer_id);
-        hub.disconnect(a.c.conn);
+        hub.disconnect(a.c.conn, 0);
         assert!(hub.connect(grant("small", None), 1000).is_ok());
         assert_eq!(hub.channels().len(), 1);
     }

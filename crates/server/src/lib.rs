@@ -16,6 +16,7 @@
 //! * [`tls`]: `wss://` termination with rustls (the `[tls]` config section);
 //! * [`cluster`]: cluster mode, several nodes sharing channels through NATS;
 //! * [`dispatch`]: agent dispatch (sans-IO): which rooms get an agent, on which worker;
+//! * `worker`: the `/v1/worker` endpoint and the driver of dispatch's commands;
 //! * [`turn`]: TURN REST credentials minted into `welcome.metadata.iceServers`;
 //! * this file: the HTTP router and [`serve`].
 //!
@@ -43,6 +44,7 @@ pub mod metrics;
 mod outbox;
 pub mod tls;
 pub mod turn;
+mod worker;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,6 +82,11 @@ struct App {
     /// Upgraded connections still running (axum's graceful shutdown does not track them).
     active: AtomicUsize,
     idle: Notify,
+    /// Connected agent workers (`[agents]`).
+    workers: worker::Workers,
+    /// Turns true when the server shuts down (worker connections and the dispatch driver
+    /// end on it).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -168,6 +175,13 @@ pub async fn serve_with_ready(
         }
         None => None,
     };
+    let dispatch_wake = Arc::new(Notify::new());
+    if let Some(a) = &config.agents {
+        hub.enable_dispatch(
+            dispatch::Dispatcher::new(a.rules(), a.options()),
+            dispatch_wake.clone(),
+        );
+    }
     let app = Arc::new(App {
         auth: Authenticator::new(&config),
         hub: Mutex::new(hub),
@@ -175,6 +189,15 @@ pub async fn serve_with_ready(
         config,
         active: AtomicUsize::new(0),
         idle: Notify::new(),
+        workers: worker::Workers::default(),
+        stopping: tokio::sync::watch::Sender::new(false),
+    });
+    let dispatcher = app.config.agents.is_some().then(|| {
+        tokio::spawn(worker::drive(
+            app.clone(),
+            dispatch_wake,
+            app.stopping.subscribe(),
+        ))
     });
     let tls = match &app.config.tls {
         Some(t) => Some(tls::TlsAcceptor::from_config(t)?),
@@ -189,6 +212,7 @@ pub async fn serve_with_ready(
         shutdown.await;
         tracing::info!("shutting down: sending going_away to every connection");
         drain.hub().shutdown();
+        drain.stopping.send_replace(true);
     };
     http::serve(
         listener,
@@ -215,6 +239,9 @@ pub async fn serve_with_ready(
             remaining = app.active.load(Ordering::SeqCst),
             "grace period over; dropping remaining connections"
         );
+    }
+    if let Some(d) = dispatcher {
+        d.abort();
     }
     if let Some(driver) = driver {
         // Last: the other nodes have had every `left` of ours; now say goodbye.
@@ -311,6 +338,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/admin/peers", get(admin_peers))
         .route("/admin/channels", get(admin_channels))
         .route("/admin/peers/{peer_id}/disconnect", post(admin_disconnect))
+        .route(parlor_protocol::worker::PATH, get(worker_upgrade))
+        .route(
+            "/admin/dispatch",
+            get(admin_dispatch).post(admin_dispatch_request),
+        )
         .with_state(app)
 }
 
@@ -341,6 +373,42 @@ async fn upgrade(
             app.active.fetch_add(1, Ordering::SeqCst);
             let guard = Active(app.clone());
             conn::run(app, client, query, socket).await;
+            drop(guard);
+        })
+}
+
+/// `/v1/worker`: agent workers, with `Authorization: Bearer <agents.worker_secret>`. 404
+/// without `[agents]`, 401 for a wrong secret, 503 at `agents.max_workers`.
+async fn worker_upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(agents) = &app.config.agents else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !ct_eq(given.as_bytes(), agents.worker_secret.as_bytes()) {
+        let client = http::client_address(peer, &headers, &app.config.trusted_proxies);
+        tracing::info!(%client, "worker refused: wrong or missing secret");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if app.workers.count() >= agents.max_workers {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let cap = parlor_protocol::worker::MAX_FRAME + 1024;
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| async move {
+            app.active.fetch_add(1, Ordering::SeqCst);
+            let guard = Active(app.clone());
+            let stopping = app.stopping.subscribe();
+            worker::run(app, socket, stopping).await;
             drop(guard);
         })
 }
@@ -390,6 +458,96 @@ async fn admin_channels(State(app): State<Arc<App>>, headers: HeaderMap) -> Resp
         Ok(()) => axum::Json(app.hub().channels()).into_response(),
         Err(s) => s.into_response(),
     }
+}
+
+/// `GET /admin/dispatch`: connected workers and each room's agent job (404 without
+/// `[agents]`).
+async fn admin_dispatch(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(s) = admin_check(&app, &headers) {
+        return s.into_response();
+    }
+    if app.config.agents.is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let rooms = app
+        .hub()
+        .with_dispatch(unix_ms(), |d, _| d.rooms())
+        .unwrap_or_default();
+    let rooms: Vec<serde_json::Value> = rooms
+        .into_iter()
+        .map(|r| {
+            let (job, worker, phase) = match r.job {
+                Some((job, worker, phase)) => (Some(job.to_string()), worker, Some(phase)),
+                None => (None, None, None),
+            };
+            serde_json::json!({
+                "account": &*r.room.account,
+                "channel": &*r.room.channel,
+                "agent": &*r.room.agent,
+                "humans": r.humans,
+                "job": job,
+                "worker": worker,
+                "phase": phase,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "workers": app.workers.count(),
+        "rooms": rooms,
+    }))
+    .into_response()
+}
+
+/// An explicit dispatch request: an agent for a channel no rule names (or before anyone
+/// joined it).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispatchRequest {
+    account: String,
+    channel: String,
+    agent: String,
+}
+
+/// `POST /admin/dispatch` with `{"account","channel","agent"}`: that agent joins the channel
+/// (202); it stays while humans are there and `request_grace` after (30 s).
+async fn admin_dispatch_request(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(s) = admin_check(&app, &headers) {
+        return s.into_response();
+    }
+    if app.config.agents.is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let req: DispatchRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    if req.account.is_empty()
+        || req.account.len() > 128
+        || !parlor_protocol::validate::is_valid_channel(&req.channel)
+        || !dispatch::valid_agent_name(&req.agent)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "account (1-128 bytes), channel and agent (1-64 letters, digits, '-', '_', '.') must be valid\n",
+        )
+            .into_response();
+    }
+    let mut hub = app.hub();
+    let humans = hub.humans(&req.account, &req.channel);
+    hub.with_dispatch(unix_ms(), |d, now| {
+        d.request(
+            &req.account,
+            &req.channel,
+            &req.agent,
+            humans.iter().map(|h| &**h),
+            now,
+        )
+    });
+    StatusCode::ACCEPTED.into_response()
 }
 
 async fn admin_disconnect(

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! cargo run --release -p parlor-voice --example transcribe -- [--model whisper-base] \
-//!     [--window SECS] [--f32] FILE.wav...
+//!     [--window SECS] [--f32] [--prompt TEXT] FILE.wav...
 //! ```
 //!
 //! Each file (mono 16-bit PCM, any rate) is brought to 16 kHz and
 //! transcribed in one pass; prints the time the pass took and the text. `--window` sets the
 //! fewest seconds the encoder sees (default: the audio plus 1 s; Whisper's own is 30);
-//! `--f32` keeps the decoder's weights in f32 instead of 8 bits.
+//! `--f32` keeps the decoder's weights in f32 instead of 8 bits; `--prompt` gives Whisper text
+//! as what was said before (the domain's words).
 //! Models come from the cache `parlor models fetch` fills.
 
 use std::time::Instant;
@@ -20,6 +21,7 @@ use parlor_voice::whisper::WhisperModel;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).peekable();
     let (mut model, mut window, mut files) = (Model::WhisperTinyEn, None, Vec::new());
+    let mut prompt = String::new();
     let mut weights = parlor_voice::whisper::DecoderWeights::Q8;
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let name = args.next().ok_or("--model needs a name")?;
                 model = Model::from_name(&name).ok_or_else(|| format!("no model {name}"))?;
             }
+            "--prompt" => prompt = args.next().ok_or("--prompt needs text")?,
             "--f32" => weights = parlor_voice::whisper::DecoderWeights::F32,
             "--window" => window = Some(args.next().ok_or("--window needs seconds")?.parse()?),
             _ => files.push(a),
@@ -40,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(secs) = window {
         whisper = whisper.with_min_window(secs);
     }
+    let prompt = whisper.prompt(&prompt);
     for file in files {
         let bytes = std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?;
         let (pcm, rate) =
@@ -49,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.process(&pcm, &mut pcm16)?;
         r.process(&vec![0; rate as usize / 5], &mut pcm16)?;
         let t = Instant::now();
-        let text = whisper.transcribe(&pcm16)?;
+        let text = whisper.transcribe_after(&pcm16, &prompt)?;
         println!(
             "{:>6.0} ms  {file}  {text}",
             t.elapsed().as_secs_f64() * 1e3

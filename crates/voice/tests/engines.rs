@@ -209,4 +209,16 @@ fn whisper_transcribes_espeak_and_piper_speech() {
         "{heard:?}"
     );
     assert_eq!(whisper.transcribe(&[]).expect("empty"), "");
+
+    // Prompted with a domain's words, the same speech still comes out word for word (the
+    // prompt leans the decoder; it is not echoed back).
+    let prompt =
+        whisper.prompt("Weather, rain, sunny, forecast, time, clock, name, hello, goodbye.");
+    assert!(prompt.len() >= 10, "{} tokens", prompt.len());
+    let heard = whisper
+        .transcribe_after(&espeak, &prompt)
+        .expect("transcribe");
+    eprintln!("whisper, prompted: {heard:?}");
+    assert_eq!(words(&heard), words(question), "{heard:?}");
+    assert_eq!(whisper.transcribe_after(&[], &prompt).expect("empty"), "");
 }

@@ -6,7 +6,31 @@ use crate::hooks::{Flow, HookError, Llm, Role, Turn};
 #[derive(Debug, Clone, Default)]
 pub struct RuleReply;
 
+/// The words each rule answers to, in the order the rules are tried.
+const WEATHER: &[&str] = &["weather", "rain", "sunny", "forecast", "temperature"];
+const TIME: &[&str] = &["time", "clock", "late", "hour"];
+const BYE: &[&str] = &["bye", "goodbye"];
+const NAME: &[&str] = &["name", "who"];
+const HELLO: &[&str] = &["hello", "hi", "hey"];
+
 impl RuleReply {
+    /// A prompt for the recognizer: the words the rules answer to, as one comma-separated
+    /// line ("Weather, rain, …"), as `parlor demo --stt-prompt rules` gives
+    /// Whisper (`WhisperStt::with_prompt`), so a voice it mishears still lands on them.
+    pub fn vocabulary() -> String {
+        // Two-letter words and "bye" (in "goodbye") would only pull Whisper towards them.
+        let words: Vec<&str> = [WEATHER, TIME, NAME, HELLO, BYE]
+            .concat()
+            .into_iter()
+            .filter(|w| w.len() > 2 && *w != "bye")
+            .collect();
+        let line = words.join(", ");
+        let mut c = line.chars();
+        c.next()
+            .map(|f| f.to_uppercase().chain(c).collect::<String>() + ".")
+            .unwrap_or_default()
+    }
+
     /// The reply to `said`, as sentences.
     pub fn sentences(said: &str) -> Vec<String> {
         let lower = said.to_lowercase();
@@ -16,13 +40,13 @@ impl RuleReply {
                 .any(|w| words.contains(&w))
         };
         let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect();
-        if has(&["weather", "rain", "sunny", "forecast", "temperature"]) {
+        if has(WEATHER) {
             s(&[
                 "Here it is sunny and twenty one degrees, with a light wind from the west.",
                 "Tomorrow looks the same, so it is a good week for a long walk.",
                 "Ask me about the time, or say goodbye when you are done.",
             ])
-        } else if has(&["time", "clock", "late", "hour"]) {
+        } else if has(TIME) {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -31,14 +55,14 @@ impl RuleReply {
                 format!("It is {h} {m:02} in universal time."),
                 "Ask me about the weather, or say goodbye.".to_owned(),
             ]
-        } else if has(&["bye", "goodbye"]) {
+        } else if has(BYE) {
             s(&["Goodbye, and thank you for talking with me."])
-        } else if has(&["name", "who"]) {
+        } else if has(NAME) {
             s(&[
                 "I am the Parlor demo agent.",
                 "Everything I hear and say is worked out on this machine.",
             ])
-        } else if has(&["hello", "hi", "hey"]) {
+        } else if has(HELLO) {
             s(&[
                 "Hello! I am the Parlor demo agent.",
                 "Ask me about the weather or the time.",
@@ -80,6 +104,11 @@ mod tests {
         assert!(RuleReply::sentences("what time is it")[0].starts_with("It is"));
         assert!(RuleReply::sentences("the ah")[0].contains("the ah"));
         assert!(RuleReply::sentences("  ").is_empty());
+        assert_eq!(
+            RuleReply::vocabulary(),
+            "Weather, rain, sunny, forecast, temperature, time, clock, late, hour, name, who, \
+             hello, hey, goodbye."
+        );
         let history = vec![Turn {
             role: Role::Human,
             text: "weather".into(),

@@ -191,9 +191,10 @@ impl RoomSim {
             Link::new(self.stream(), seed, self.now),
             Link::new(self.stream(), seed + 1, self.now),
         );
+        let now_ms = self.now_ms();
         let p = &mut self.peers[i];
         if let Some((conn, _)) = p.server.take() {
-            self.hub.disconnect(conn);
+            self.hub.disconnect(conn, now_ms);
         }
         p.up = up;
         p.down = down;
@@ -469,13 +470,13 @@ impl RoomSim {
                 }
                 Some(Next::Close(code, _)) => {
                     moved = true;
-                    self.hub.disconnect(conn);
+                    self.hub.disconnect(conn, self.now_ms());
                     self.peers[i].server = None;
                     self.peers[i].down.send(now, Down::Closed(code.0), 10);
                 }
                 Some(Next::Kill) => {
                     moved = true;
-                    self.hub.disconnect(conn);
+                    self.hub.disconnect(conn, self.now_ms());
                     self.peers[i].server = None;
                     self.peers[i].down.send(now, Down::Closed(1006), 10);
                 }

@@ -51,6 +51,7 @@ fn grant(account: &str, meta: Option<&str>) -> Grant {
         peer_metadata: meta.map(|m| RawValue::from_string(m.to_owned()).expect("json")),
         welcome_metadata: None,
         turn: true,
+        job: None,
         expires_at: None,
     }
 }
@@ -253,7 +254,7 @@ fn presence_spans_nodes_with_state_from_before_discovery() {
     assert_eq!(left(&x.drain()[0]), [z.id()]);
     assert_eq!(left(&y.drain()[0]), [z.id()]);
     let y_id = y.id().to_owned();
-    cl.nodes[1].1.disconnect(y.c.conn);
+    cl.nodes[1].1.disconnect(y.c.conn, 0);
     cl.pump();
     let fx = x.drain();
     assert_eq!(fx.len(), 1);

@@ -145,6 +145,18 @@ impl WhisperModel {
 
     /// The text of `pcm` (16 kHz mono; the last 30 s if longer).
     pub fn transcribe(&self, pcm: &[i16]) -> Result<String, EngineError> {
+        self.transcribe_after(pcm, &Prompt::default())
+    }
+
+    /// `prompt` as this model's tokens (see [`Prompt`]).
+    pub fn prompt(&self, text: &str) -> Prompt {
+        Prompt {
+            tokens: self.vocab.encode(text.trim()).into(),
+        }
+    }
+
+    /// The text of `pcm` with `prompt` as the text that came before it.
+    pub fn transcribe_after(&self, pcm: &[i16], prompt: &Prompt) -> Result<String, EngineError> {
         let pcm = &pcm[pcm.len().saturating_sub(MAX_SECS * SAMPLE_RATE)..];
         if pcm.is_empty() {
             return Ok(String::new());
@@ -164,7 +176,7 @@ impl WhisperModel {
         let mut d = self.model.encode(mel, frames).map_err(runtime)?;
         let enc_ms = t_enc.elapsed().as_secs_f64() * 1e3;
         let t_dec = std::time::Instant::now();
-        let prompt = self.vocab.prompt();
+        let prompt = self.vocab.prompt_after(&prompt.tokens);
         let mut logits = self.model.step(&mut d, &prompt).map_err(runtime)?;
         let secs = audio.len() as f32 / SAMPLE_RATE as f32;
         let budget = ((secs * TOKENS_PER_SEC) as usize + 8)
@@ -271,25 +283,53 @@ fn repeats(out: &[u32], next: u32) -> bool {
     })
 }
 
+/// Text given to Whisper as what was said before the audio (OpenAI's `initial_prompt`,
+/// faster-whisper's `hotwords`): the decoder leans towards its words and spelling. Give it
+/// the words the agent's domain uses ("weather, rain, forecast, time, …"): on a voice it
+/// mishears, "Will it ring tomorrow?" comes back "Will it rain tomorrow?". Kept short: each
+/// token costs the decoder a little on every pass, and only the last 223 are used.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt {
+    tokens: Arc<[u32]>,
+}
+
+impl Prompt {
+    /// Whether it is empty (no context is given).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Its length in tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
 /// Whisper as the agent's [`SpeechToText`] hook.
 #[derive(Debug, Clone)]
 pub struct WhisperStt {
     model: Arc<WhisperModel>,
+    prompt: Prompt,
 }
 
 impl WhisperStt {
     /// Load `which` from `cache`.
     pub fn load(cache: &ModelCache, which: Model) -> Result<WhisperStt, EngineError> {
-        Ok(WhisperStt {
-            model: Arc::new(WhisperModel::load(cache, which)?),
-        })
+        Ok(WhisperStt::new(WhisperModel::load(cache, which)?))
     }
 
     /// A hook on a model already loaded (e.g. [`WhisperModel::with_min_window`]).
     pub fn new(model: WhisperModel) -> WhisperStt {
         WhisperStt {
             model: Arc::new(model),
+            prompt: Prompt::default(),
         }
+    }
+
+    /// Every recognizer prompted with `text` (see [`Prompt`]); empty for none.
+    pub fn with_prompt(mut self, text: &str) -> WhisperStt {
+        self.prompt = self.model.prompt(text);
+        self
     }
 
     /// The shared model.
@@ -302,6 +342,7 @@ impl SpeechToText for WhisperStt {
     fn recognizer(&self) -> Result<Box<dyn Recognizer>, HookError> {
         Ok(Box::new(WhisperRecognizer {
             model: self.model.clone(),
+            prompt: self.prompt.clone(),
             pcm: Vec::new(),
             interim_at: 0,
         }))
@@ -310,6 +351,7 @@ impl SpeechToText for WhisperStt {
 
 struct WhisperRecognizer {
     model: Arc<WhisperModel>,
+    prompt: Prompt,
     pcm: Vec<i16>,
     /// Samples at the last interim hypothesis.
     interim_at: usize,
@@ -329,12 +371,12 @@ impl Recognizer for WhisperRecognizer {
             return Ok(None);
         }
         self.interim_at = self.pcm.len();
-        let text = self.model.transcribe(&self.pcm)?;
+        let text = self.model.transcribe_after(&self.pcm, &self.prompt)?;
         Ok((!text.is_empty()).then_some(text))
     }
 
     fn finish(&mut self) -> Result<String, HookError> {
-        let text = self.model.transcribe(&self.pcm)?;
+        let text = self.model.transcribe_after(&self.pcm, &self.prompt)?;
         self.pcm.clear();
         self.interim_at = 0;
         Ok(text)
@@ -343,8 +385,8 @@ impl Recognizer for WhisperRecognizer {
     fn provisional(&mut self) -> Option<Transcription> {
         // It stands in for the next interim hypothesis too.
         self.interim_at = self.pcm.len();
-        let (model, pcm) = (self.model.clone(), self.pcm.clone());
-        Some(Box::new(move || Ok(model.transcribe(&pcm)?)))
+        let (model, pcm, prompt) = (self.model.clone(), self.pcm.clone(), self.prompt.clone());
+        Some(Box::new(move || Ok(model.transcribe_after(&pcm, &prompt)?)))
     }
 }
 

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 /// The size of a multilingual model's vocabulary (OpenAI's `is_multilingual`).
 const MULTILINGUAL_VOCAB: usize = 51_865;
+/// The most context tokens a prompt carries (OpenAI's `n_text_ctx // 2 - 1`).
+pub(crate) const MAX_CONTEXT: usize = 223;
 
 /// The vocabulary and its special tokens.
 #[derive(Debug)]
@@ -15,6 +17,12 @@ pub(crate) struct Vocabulary {
     pub(crate) eot: u32,
     pub(crate) sot: u32,
     pub(crate) no_timestamps: u32,
+    /// `<|startofprev|>`: what comes before it is context, the text before this audio.
+    pub(crate) start_of_prev: Option<u32>,
+    /// Text tokens by their byte-level form, for [`Vocabulary::encode`].
+    ids: HashMap<String, u32>,
+    /// The longest text token, in characters.
+    longest: usize,
     /// `<|en|>` and `<|transcribe|>` on multilingual models.
     pub(crate) english: Option<(u32, u32)>,
 }
@@ -54,8 +62,18 @@ impl Vocabulary {
             (Ok(en), Ok(tr)) if tokens.len() >= MULTILINGUAL_VOCAB => Some((en, tr)),
             _ => None,
         };
+        let eot = id("<|endoftext|>")?;
+        let ids: HashMap<String, u32> = tokens[..eot as usize]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let longest = ids.keys().map(|t| t.chars().count()).max().unwrap_or(1);
         Ok(Vocabulary {
-            eot: id("<|endoftext|>")?,
+            start_of_prev: id("<|startofprev|>").ok(),
+            ids,
+            longest,
+            eot,
             sot: id("<|startoftranscript|>")?,
             no_timestamps: id("<|notimestamps|>")?,
             english,
@@ -73,6 +91,50 @@ impl Vocabulary {
         }
         p.push(self.no_timestamps);
         p
+    }
+
+    /// The decoder's prompt after `context` (text tokens from [`Vocabulary::encode`]):
+    /// `<|startofprev|>`, the context, then [`Vocabulary::prompt`]. Whisper takes what
+    /// follows `<|startofprev|>` as the text spoken before this audio, and leans towards its
+    /// words and spelling. Only the last [`MAX_CONTEXT`] tokens are kept (OpenAI's limit).
+    pub(crate) fn prompt_after(&self, context: &[u32]) -> Vec<u32> {
+        let mut p = Vec::new();
+        if let (Some(prev), false) = (self.start_of_prev, context.is_empty()) {
+            p.push(prev);
+            p.extend(&context[context.len().saturating_sub(MAX_CONTEXT)..]);
+        }
+        p.extend(self.prompt());
+        p
+    }
+
+    /// `text` as text tokens: GPT-2's byte-level form, cut greedily into the longest tokens
+    /// the vocabulary has (the vocabulary file carries no merge rules, so this is not always
+    /// the tokenization BPE would pick, but it decodes to the same text).
+    pub(crate) fn encode(&self, text: &str) -> Vec<u32> {
+        let forward: HashMap<u8, char> = self.bytes.iter().map(|(&c, &b)| (b, c)).collect();
+        let chars: Vec<char> = text
+            .bytes()
+            .filter_map(|b| forward.get(&b).copied())
+            .collect();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < chars.len() {
+            let found = (1..=self.longest.min(chars.len() - at))
+                .rev()
+                .find_map(|n| {
+                    let piece: String = chars[at..at + n].iter().collect();
+                    self.ids.get(&piece).map(|&id| (id, n))
+                });
+            match found {
+                Some((id, n)) => {
+                    out.push(id);
+                    at += n;
+                }
+                // Every byte is a token in a byte-level vocabulary; skip one that is not.
+                None => at += 1,
+            }
+        }
+        out
     }
 
     /// Whether `id` is text (not a special or timestamp token).
@@ -109,6 +171,27 @@ mod tests {
         assert_eq!(vocab.prompt(), vec![5, 6]);
         assert_eq!(vocab.decode(&[0, 1, 2, 3, 4]), "Hello world café");
         assert!(Vocabulary::parse("a\nb\n").is_err());
+        // No `<|startofprev|>`: context is left out.
+        assert_eq!(vocab.prompt_after(&[0]), vec![5, 6]);
+    }
+
+    #[test]
+    fn text_encodes_to_the_longest_tokens_and_back() {
+        let vocab = Vocabulary::parse(
+            "H\ne\nl\no\nĠ\nw\nr\nd\nHel\nHello\nĠwor\nĠworld\nc\na\nf\nÃ\n©\n<|endoftext|>\n<|startoftranscript|>\n<|notimestamps|>\n<|startofprev|>\n",
+        )
+        .expect("vocab");
+        assert_eq!(vocab.encode("Hello world"), vec![9, 11]);
+        assert_eq!(
+            vocab.decode(&vocab.encode("Hello world café")),
+            "Hello world café"
+        );
+        assert_eq!(vocab.encode("Hel"), vec![8]);
+        let prev = vocab.start_of_prev.expect("startofprev");
+        assert_eq!(vocab.prompt_after(&[9]), vec![prev, 9, 18, 19]);
+        assert_eq!(vocab.prompt_after(&[]), vec![18, 19]);
+        let long: Vec<u32> = (0..300).map(|i| i % 10).collect();
+        assert_eq!(vocab.prompt_after(&long).len(), 1 + MAX_CONTEXT + 2);
     }
 
     /// A vocabulary of `n` tokens with Whisper's special tokens where OpenAI's put them.
