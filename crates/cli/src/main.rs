@@ -118,6 +118,10 @@ struct TokenArgs {
     /// Private metadata (a JSON object) echoed in welcome, e.g. iceServers.
     #[arg(long)]
     metadata: Option<String>,
+    /// Ask for this agent in every channel the holder joins (the `parlorAgent` claim; the
+    /// server's `[agents]` dispatches it, docs/dispatch.md).
+    #[arg(long)]
+    agent: Option<String>,
 }
 
 fn json_object(flag: &str, text: Option<String>) -> anyhow::Result<Option<Box<RawValue>>> {
@@ -153,6 +157,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         peer_metadata: json_object("peer-metadata", args.peer_metadata)?,
         metadata: json_object("metadata", args.metadata)?,
         job: None,
+        agent: args.agent,
         account: None,
     };
     let jwt = mint_token(&args.secret, &args.kid, &claims).map_err(anyhow::Error::msg)?;

@@ -9,7 +9,9 @@
 //! The connection to the server is redialled with backoff when it drops; running agents go
 //! on meanwhile (their room connections are their own). SIGTERM or Ctrl-C drains: no new
 //! jobs, and the process exits once its running jobs have ended (or after `--drain-secs`);
-//! a second signal exits at once.
+//! a second signal exits at once. Its load, reported every 5 s and whenever a job starts or
+//! ends, is the larger of its jobs over `--capacity` and its CPU share of the machine, so a
+//! worker whose calls are heavy gets no more offers past the server's `load_threshold`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,7 +76,12 @@ struct Worker {
     jobs: HashMap<String, oneshot::Sender<()>>,
     news_tx: mpsc::Sender<JobNews>,
     draining: bool,
+    /// The process's CPU share of the machine over the last [`LOAD_EVERY`] (0..1).
+    cpu: f32,
 }
+
+/// How often the worker measures its CPU and reports its load.
+const LOAD_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let secret = std::env::var("PARLOR_WORKER_SECRET")
@@ -110,6 +117,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         jobs: HashMap::new(),
         news_tx,
         draining: false,
+        cpu: 0.0,
     };
     let mut signals = Signals::new()?;
     let mut backoff = Duration::from_millis(250);
@@ -175,6 +183,9 @@ impl Worker {
         )
         .await?;
         self.send_status(&mut ws).await?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut measure = tokio::time::interval(LOAD_EVERY);
+        let (mut cpu_at, mut wall_at) = (crate::bench::cpu_seconds(), std::time::Instant::now());
         loop {
             let deadline = async {
                 match drain_deadline {
@@ -216,6 +227,15 @@ impl Worker {
                         return Ok(Some(()));
                     }
                 }
+                _ = measure.tick() => {
+                    let (cpu, wall) = (crate::bench::cpu_seconds(), std::time::Instant::now());
+                    let span = wall.duration_since(wall_at).as_secs_f64();
+                    if span > 0.5 {
+                        self.cpu = ((cpu - cpu_at) / (span * cores)).clamp(0.0, 1.0) as f32;
+                        (cpu_at, wall_at) = (cpu, wall);
+                        self.send_status(&mut ws).await?;
+                    }
+                }
                 _ = deadline => {
                     println!("worker: drain time over with {} jobs running; leaving", self.jobs.len());
                     return Ok(Some(()));
@@ -224,8 +244,9 @@ impl Worker {
         }
     }
 
+    /// Report the load: the larger of the share of its capacity in use and its CPU share.
     async fn send_status(&self, ws: &mut Socket) -> anyhow::Result<()> {
-        let load = self.jobs.len() as f32 / self.args.capacity as f32;
+        let load = (self.jobs.len() as f32 / self.args.capacity as f32).max(self.cpu);
         send(
             ws,
             &ToServer::Status {

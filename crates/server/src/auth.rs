@@ -64,6 +64,9 @@ pub struct Grant {
     /// The dispatch job this connection is the agent of (a job token, minted by this server
     /// for a worker: [`Authenticator::mint_job_token`]); `None` for everyone else.
     pub job: Option<Arc<str>>,
+    /// The agent this human's token asks for in each channel it joins (the `parlorAgent`
+    /// claim; dispatch must be on, see `docs/dispatch.md`).
+    pub agent: Option<Arc<str>>,
 }
 
 impl Grant {
@@ -125,6 +128,14 @@ pub struct Claims {
     /// the dispatch job whose agent this is.
     #[serde(rename = "parlorJob", default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// Ask for this agent (a worker's agent name) in every channel the token's holder joins:
+    /// explicit dispatch without an admin call. Ignored in job tokens.
+    #[serde(
+        rename = "parlorAgent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub agent: Option<String>,
     /// Job tokens only: the tenant of the job's channel.
     #[serde(
         rename = "parlorAccount",
@@ -330,6 +341,7 @@ impl Authenticator {
             ),
             metadata: None,
             job: Some(job.to_owned()),
+            agent: None,
             account: Some(account.to_owned()),
         };
         jsonwebtoken::encode(&header, &claims, key).ok()
@@ -346,6 +358,7 @@ impl Authenticator {
             expires_at: None,
             turn: k.turn,
             job: None,
+            agent: None,
         })
     }
 
@@ -407,6 +420,11 @@ impl Authenticator {
             Some(_) => return Err(invalid("metadata must be an object")),
             None => None,
         };
+        let agent = match claims.agent {
+            Some(a) if crate::dispatch::valid_agent_name(&a) => Some(Arc::from(a)),
+            Some(_) => return Err(invalid("parlorAgent must be an agent name")),
+            None => None,
+        };
         Ok(Grant {
             account: secret.account.clone(),
             channels: claims
@@ -419,6 +437,7 @@ impl Authenticator {
             expires_at: Some(claims.exp),
             turn: secret.turn,
             job: None,
+            agent,
         })
     }
 
@@ -457,6 +476,7 @@ impl Authenticator {
             expires_at: Some(claims.exp),
             turn: true,
             job: Some(job.into()),
+            agent: None,
         })
     }
 }
@@ -502,6 +522,7 @@ account = "acme"
             peer_metadata: None,
             metadata: None,
             job: None,
+            agent: None,
             account: None,
         }
     }

@@ -771,16 +771,31 @@ impl Dispatcher {
             return;
         };
         self.jobs.remove(&c.job.id);
-        if let Some(w) = c.worker {
-            if let Some(worker) = self.workers.get_mut(&w) {
-                worker.jobs.remove(&c.job.id);
+        match c.worker {
+            Some(w) => {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.jobs.remove(&c.job.id);
+                }
+                if cancel {
+                    self.out.push_back(Command::Cancel {
+                        worker: w,
+                        job: c.job.id,
+                    });
+                }
             }
-            if cancel {
-                self.out.push_back(Command::Cancel {
-                    worker: w,
-                    job: c.job.id,
-                });
+            // Its worker cannot be told (its link dropped while the agent ran on): the
+            // agent itself is shown out, so it never stays in an empty room.
+            None if cancel => {
+                let mut agents: Vec<Arc<str>> = c.agents.into_iter().collect();
+                agents.sort();
+                for peer in agents {
+                    self.out.push_back(Command::Evict {
+                        account: key.account.clone(),
+                        peer,
+                    });
+                }
             }
+            None => {}
         }
     }
 
@@ -1059,6 +1074,29 @@ mod tests {
         d.worker_gone(w2, t + s(30));
         let (w3, _) = offer(&drain(&mut d));
         assert_eq!(w3, 3);
+    }
+
+    #[test]
+    fn an_agent_whose_worker_cannot_be_told_is_evicted_when_its_room_ends() {
+        let (mut d, t) = setup();
+        d.member_joined("acct", "support-1", "h", Role::Human, t);
+        let (w, job) = offer(&drain(&mut d));
+        d.accepted(w, &job.id, t);
+        d.member_joined("acct", "support-1", "a1", agent_of(&job), t);
+        // The worker's link drops (its process lives on, and so does its agent).
+        d.worker_gone(w, t + s(1));
+        assert!(drain(&mut d).is_empty());
+        // The human leaves: after the grace, the agent is shown out by the server.
+        d.member_left("acct", "support-1", "h", t + s(2));
+        d.tick(t + s(12));
+        assert_eq!(
+            drain(&mut d),
+            vec![Command::Evict {
+                account: "acct".into(),
+                peer: "a1".into()
+            }]
+        );
+        assert!(d.rooms().is_empty());
     }
 
     #[test]

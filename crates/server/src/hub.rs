@@ -557,6 +557,26 @@ impl Hub {
                 None => Role::Human,
             };
             d.member_joined(&c.grant.account, &channel, &c.peer_id, role, self.now_ms);
+            // A token that asks for an agent: this channel gets it, rule or no rule.
+            if let (None, Some(agent)) = (&c.grant.job, &c.grant.agent) {
+                let humans: Vec<Arc<str>> = self
+                    .tenants
+                    .get(&c.grant.account)
+                    .and_then(|t| t.channels.get(&channel))
+                    .into_iter()
+                    .flat_map(|ch| ch.members.keys())
+                    .filter_map(|id| self.conns.get(id))
+                    .filter(|m| m.grant.job.is_none())
+                    .map(|m| m.peer_id.clone())
+                    .collect();
+                d.request(
+                    &c.grant.account,
+                    &channel,
+                    agent,
+                    humans.iter().map(|h| &**h),
+                    self.now_ms,
+                );
+            }
             self.wake_dispatch();
         }
         // Other nodes learn of the member after its ack and snapshot are queued here, so
@@ -1166,6 +1186,7 @@ quota_window_secs = 1
             welcome_metadata: None,
             turn: true,
             job: None,
+            agent: None,
             expires_at: None,
         }
     }

@@ -366,3 +366,27 @@ async fn the_admin_api_shows_rooms_and_requests_an_agent_for_any_channel() {
     assert_eq!(v["rooms"][0]["worker"], worker.id);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_token_that_asks_for_an_agent_gets_one_in_any_channel() {
+    let server = Server::start(&jwt_config(&agents_config(""))).await;
+    let mut worker = Worker::register(&server, 1).await;
+    let exp = now_secs() + 600;
+    // A bad agent name in the claim: the token is refused.
+    let bad = mint(json!({"exp": exp, "parlorAgent": "not a name"}));
+    let mut ws = raw(&server.url(&format!("token={bad}"))).await;
+    expect_close(&mut ws, 4001).await;
+    // No rule names "support-1": the token's claim asks for the agent.
+    let token = mint(json!({"exp": exp, "parlorAgent": "voice"}));
+    let mut human = Client::connect(&server.url(&format!("token={token}"))).await;
+    human.subscribe("support-1").await;
+    let offer = worker.expect("offer").await;
+    assert_eq!(offer["account"], "acme");
+    assert_eq!(offer["channel"], "support-1");
+    // A token without the claim asks for nothing.
+    let plain = mint(json!({"exp": exp}));
+    let mut other = Client::connect(&server.url(&format!("token={plain}"))).await;
+    other.subscribe("support-2").await;
+    worker.expect_silence(Duration::from_millis(400)).await;
+    server.shutdown().await;
+}

@@ -6,9 +6,12 @@
 //!   beside nats-server; `direct`; `churn`; `reconnect-storm`;
 //! * [`network`]: what a lossy, jittery link does to what the agent hears (simulated link,
 //!   the receiver now and before, Whisper's word error rate);
-//! * [`setup`]: call setup with a signalling round-trip time, pipelined and stop-and-wait.
+//! * [`setup`]: call setup with a signalling round-trip time, pipelined and stop-and-wait;
+//! * [`calls`]: many calls through agent dispatch to a real `parlor worker`, and the worker's
+//!   memory, descriptors and threads through them (a leak's slope).
 
 mod audio;
+mod calls;
 mod load;
 mod network;
 mod setup;
@@ -39,6 +42,9 @@ pub(crate) enum BenchCommand {
     Churn(load::ChurnArgs),
     /// Restart the server under N subscribed clients: time until all have rejoined.
     ReconnectStorm(load::ReconnectStormArgs),
+    /// Calls through agent dispatch to a `parlor worker` child: answers heard, failures, and
+    /// the worker's RSS, fds and threads per call (a leak's slope).
+    Calls(calls::CallsArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -52,6 +58,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Direct(args) => load::direct(args).await,
         BenchCommand::Churn(args) => load::churn(args).await,
         BenchCommand::ReconnectStorm(args) => load::reconnect_storm(args).await,
+        BenchCommand::Calls(args) => calls::calls(args).await,
     }
 }
 

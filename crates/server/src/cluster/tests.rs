@@ -52,6 +52,7 @@ fn grant(account: &str, meta: Option<&str>) -> Grant {
         welcome_metadata: None,
         turn: true,
         job: None,
+        agent: None,
         expires_at: None,
     }
 }
