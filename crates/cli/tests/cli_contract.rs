@@ -667,6 +667,36 @@ fn demo_refuses_a_bad_stt_window() {
 }
 
 #[test]
+fn worker_refuses_bad_input_before_loading_anything_and_never_shows_its_secret() {
+    let run = |args: &[&str], secret: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("worker")
+            .args(args)
+            .env_remove("PARLOR_WORKER_SECRET");
+        if let Some(s) = secret {
+            cmd.env("PARLOR_WORKER_SECRET", s);
+        }
+        let out = cmd.output().expect("run");
+        assert!(!out.status.success(), "{args:?} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let secret = "ws_cli_secret_0123456789";
+    assert!(run(&[], None).contains("PARLOR_WORKER_SECRET"));
+    for (args, want) in [
+        (&["--agent", "no spaces"][..], "--agent must be"),
+        (&["--capacity", "0"][..], "--capacity must be"),
+        (
+            &["--server", "http://127.0.0.1:1"][..],
+            "--server must be a ws:// or wss:// URL",
+        ),
+    ] {
+        let err = run(args, Some(secret));
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains(secret), "the secret in an error: {err}");
+    }
+}
+
+#[test]
 fn bench_network_refuses_bad_links_before_loading_anything() {
     for (args, says) in [
         (&["--models", "gilbert"][..], "is not a loss model"),

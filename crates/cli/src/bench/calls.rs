@@ -184,6 +184,7 @@ grace_secs = 0
     );
     let first = sample(pid, 0);
     let started = Instant::now();
+    let cpu_at_start = super::stat_cpu(&format!("/proc/{pid}/stat"));
     let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let mut results: Vec<CallResult> = Vec::new();
@@ -214,6 +215,7 @@ grace_secs = 0
         samples.push(sample(pid, done));
     }
     let wall = started.elapsed().as_secs_f64();
+    let worker_cpu = super::stat_cpu(&format!("/proc/{pid}/stat")) - cpu_at_start;
     // Let the last agents leave, then a final look.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let last = sample(pid, done);
@@ -265,6 +267,11 @@ grace_secs = 0
         percentile(&mut answer, 0.95),
     );
     println!(
+        "worker CPU: {:.2} s per call, {:.0} % of one core on average over the run",
+        worker_cpu / done.max(1) as f64,
+        100.0 * worker_cpu / wall
+    );
+    println!(
         "slope over the second half: RSS {rss_slope:+.1} kB per call, fds {fd_slope:+.3} per call, \
          threads {thread_slope:+.3} per call"
     );
@@ -274,7 +281,7 @@ grace_secs = 0
     if let Some(path) = args.json {
         let v = json!({
             "calls": args.calls, "concurrency": args.concurrency, "engines": args.engines,
-            "ok": results.len(), "failed": failures.len(), "wall_s": wall,
+            "ok": results.len(), "failed": failures.len(), "wall_s": wall, "worker_cpu_s": worker_cpu,
             "rss_kb_per_call": rss_slope, "fds_per_call": fd_slope, "threads_per_call": thread_slope,
             "samples": samples.iter().map(|s| json!({"call": s.call, "rss_mb": s.rss_mb, "fds": s.fds, "threads": s.threads})).collect::<Vec<_>>(),
         });
