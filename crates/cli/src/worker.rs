@@ -141,7 +141,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = &mut pause => break,
                 Some(n) = news.recv() => w.on_news(n, None).await,
-                s = signals.next() => if w.on_signal(s, &mut drain_deadline) { return Ok(()) },
+                _ = signals.next() => if w.on_signal(&mut drain_deadline) { return Ok(()) },
             }
             if w.draining && w.jobs.is_empty() {
                 return Ok(());
@@ -217,8 +217,8 @@ impl Worker {
                         return Ok(Some(()));
                     }
                 }
-                s = signals.next() => {
-                    if self.on_signal(s, drain_deadline) {
+                _ = signals.next() => {
+                    if self.on_signal(drain_deadline) {
                         return Ok(Some(()));
                     }
                     self.send_status(&mut ws).await?;
@@ -258,7 +258,7 @@ impl Worker {
     }
 
     /// A signal: true to exit now (the second one).
-    fn on_signal(&mut self, _: (), drain_deadline: &mut Option<tokio::time::Instant>) -> bool {
+    fn on_signal(&mut self, drain_deadline: &mut Option<tokio::time::Instant>) -> bool {
         if self.draining {
             println!("worker: second signal; leaving now");
             return true;

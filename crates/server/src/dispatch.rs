@@ -35,7 +35,7 @@
 //! Every collection here is bounded by what feeds it: rooms by the hub's channels, workers by
 //! connections, commands by two per room per input (the driver drains them after each call).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -353,7 +353,7 @@ struct Room {
     leave_at: Option<u64>,
     current: Option<Current>,
     /// Workers that failed this room (refused, timed out, went away) since its last running
-    /// job: not offered again until every candidate has been tried.
+    /// job: not offered it again until every candidate has failed and the backoff is over.
     tried: HashSet<WorkerId>,
     /// No worker could take it: try again at this time (or when a worker frees up).
     retry_at: Option<u64>,
@@ -367,7 +367,9 @@ pub struct Dispatcher {
     rules: Vec<DispatchRule>,
     opts: DispatchOptions,
     workers: HashMap<WorkerId, Worker>,
-    rooms: HashMap<AgentRoom, Room>,
+    /// Ordered by tenant, channel, agent: a channel's rooms are one range
+    /// ([`Dispatcher::rooms_of`]), so a member joining or leaving costs O(log rooms).
+    rooms: BTreeMap<AgentRoom, Room>,
     /// Job id → its room.
     jobs: HashMap<Arc<str>, AgentRoom>,
     next_job: u64,
@@ -393,7 +395,7 @@ impl Dispatcher {
             rules,
             opts,
             workers: HashMap::new(),
-            rooms: HashMap::new(),
+            rooms: BTreeMap::new(),
             jobs: HashMap::new(),
             next_job: 0,
             out: VecDeque::new(),
@@ -422,8 +424,7 @@ impl Dispatcher {
 
     /// Each room's state, sorted by tenant, channel and agent.
     pub fn rooms(&self) -> Vec<RoomStatus> {
-        let mut v: Vec<RoomStatus> = self
-            .rooms
+        self.rooms
             .iter()
             .map(|(k, r)| RoomStatus {
                 room: k.clone(),
@@ -438,9 +439,7 @@ impl Dispatcher {
                     (c.job.id.clone(), c.worker, phase)
                 }),
             })
-            .collect();
-        v.sort_by(|a, b| a.room.cmp(&b.room));
-        v
+            .collect()
     }
 
     // ------------------------------------------------------------------ members
@@ -474,12 +473,7 @@ impl Dispatcher {
                     self.serve(&key, now_ms);
                 }
                 // Explicitly requested rooms of this channel count the human too.
-                let requested: Vec<AgentRoom> = self
-                    .rooms
-                    .keys()
-                    .filter(|k| &*k.account == account && &*k.channel == channel)
-                    .cloned()
-                    .collect();
+                let requested = self.rooms_of(account, channel);
                 for key in requested {
                     if let Some(room) = self.rooms.get_mut(&key)
                         && room.humans.insert(peer.into())
@@ -517,12 +511,7 @@ impl Dispatcher {
 
     /// `peer` left `channel` of `account` (or its connection closed).
     pub fn member_left(&mut self, account: &str, channel: &str, peer: &str, now_ms: u64) {
-        let keys: Vec<AgentRoom> = self
-            .rooms
-            .keys()
-            .filter(|k| &*k.account == account && &*k.channel == channel)
-            .cloned()
-            .collect();
+        let keys = self.rooms_of(account, channel);
         for key in keys {
             let Some(room) = self.rooms.get_mut(&key) else {
                 continue;
@@ -727,12 +716,31 @@ impl Dispatcher {
                 continue;
             }
             if room.current.is_none() && room.retry_at.is_some_and(|t| t <= now_ms) {
+                // A new round: every worker is a candidate again.
+                if let Some(room) = self.rooms.get_mut(&key) {
+                    room.tried.clear();
+                }
                 self.serve(&key, now_ms);
             }
         }
     }
 
     // ------------------------------------------------------------------ inside
+
+    /// The rooms (one per agent) of `channel` of `account`.
+    fn rooms_of(&self, account: &str, channel: &str) -> Vec<AgentRoom> {
+        let from = AgentRoom {
+            account: account.into(),
+            channel: channel.into(),
+            agent: "".into(),
+        };
+        self.rooms
+            .range(from..)
+            .map(|(k, _)| k)
+            .take_while(|k| &*k.account == account && &*k.channel == channel)
+            .cloned()
+            .collect()
+    }
 
     fn room_mut(&mut self, key: &AgentRoom, grace: Duration) -> &mut Room {
         self.rooms.entry(key.clone()).or_insert_with(|| Room {
@@ -837,13 +845,13 @@ impl Dispatcher {
                 .map(|(id, _)| *id)
         };
         let Some(worker) = pick(&room.tried) else {
-            // No worker, or every candidate failed this room once: wait (a worker that
-            // registers or reports room ends the wait), then start a new round with all.
+            // No worker, or every candidate failed this room once: wait. A worker that has
+            // not failed it (a new one, or one that reports room) ends the wait; the ones
+            // that failed get it again only in the next round, after the backoff (`tick`).
             let backoff = Duration::from_millis(500 * 2u64.pow(room.failures.min(16)))
                 .min(self.opts.max_backoff);
             if let Some(room) = self.rooms.get_mut(key) {
                 room.retry_at = Some(now_ms + ms(backoff));
-                room.tried.clear();
             }
             return;
         };

@@ -551,33 +551,8 @@ impl Hub {
                 self.push_to(conn, frame);
             }
         }
-        if joined && let (Some(d), Some(c)) = (self.dispatch.as_mut(), self.conns.get(&conn)) {
-            let role = match &c.grant.job {
-                Some(job) => Role::Agent { job: job.clone() },
-                None => Role::Human,
-            };
-            d.member_joined(&c.grant.account, &channel, &c.peer_id, role, self.now_ms);
-            // A token that asks for an agent: this channel gets it, rule or no rule.
-            if let (None, Some(agent)) = (&c.grant.job, &c.grant.agent) {
-                let humans: Vec<Arc<str>> = self
-                    .tenants
-                    .get(&c.grant.account)
-                    .and_then(|t| t.channels.get(&channel))
-                    .into_iter()
-                    .flat_map(|ch| ch.members.keys())
-                    .filter_map(|id| self.conns.get(id))
-                    .filter(|m| m.grant.job.is_none())
-                    .map(|m| m.peer_id.clone())
-                    .collect();
-                d.request(
-                    &c.grant.account,
-                    &channel,
-                    agent,
-                    humans.iter().map(|h| &**h),
-                    self.now_ms,
-                );
-            }
-            self.wake_dispatch();
+        if joined {
+            self.dispatch_joined(conn, &channel);
         }
         // Other nodes learn of the member after its ack and snapshot are queued here, so
         // whatever they send in reaction reaches it after its snapshot (spec §1.8.3).
@@ -588,6 +563,31 @@ impl Hub {
                 p: (*c.peer_id).into(),
             });
         }
+    }
+
+    /// Tell the dispatcher (if on) that `conn` joined `channel`; a token that asks for an
+    /// agent gets it in this channel, rule or no rule.
+    fn dispatch_joined(&mut self, conn: ConnId, channel: &str) {
+        let (Some(c), true) = (self.conns.get(&conn), self.dispatch.is_some()) else {
+            return;
+        };
+        let (account, peer) = (c.grant.account.clone(), c.peer_id.clone());
+        let (role, asks) = match (&c.grant.job, &c.grant.agent) {
+            (Some(job), _) => (Role::Agent { job: job.clone() }, None),
+            (None, agent) => (Role::Human, agent.clone()),
+        };
+        let humans = match asks {
+            Some(_) => self.humans(&account, channel),
+            None => Vec::new(),
+        };
+        let now = self.now_ms;
+        if let Some(d) = self.dispatch.as_mut() {
+            d.member_joined(&account, channel, &peer, role, now);
+            if let Some(agent) = asks {
+                d.request(&account, channel, &agent, humans.iter().map(|h| &**h), now);
+            }
+        }
+        self.wake_dispatch();
     }
 
     /// The full roster of `channel` for `conn`, excluding itself: one frame, bounded by the

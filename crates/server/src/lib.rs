@@ -388,12 +388,7 @@ async fn worker_upgrade(
     let Some(agents) = &app.config.agents else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !ct_eq(given.as_bytes(), agents.worker_secret.as_bytes()) {
+    if !bearer_is(headers.get(header::AUTHORIZATION), &agents.worker_secret) {
         let client = http::client_address(peer, &headers, &app.config.trusted_proxies);
         tracing::info!(%client, "worker refused: wrong or missing secret");
         return StatusCode::UNAUTHORIZED.into_response();
@@ -429,17 +424,21 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether an `Authorization` header is `Bearer <secret>` (compared in constant time).
+fn bearer_is(authorization: Option<&axum::http::HeaderValue>, secret: &str) -> bool {
+    let given = authorization
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    ct_eq(given.as_bytes(), secret.as_bytes())
+}
+
 /// `Authorization: Bearer <admin_secret>`; the API does not exist without a secret.
 fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), StatusCode> {
     let Some(secret) = app.config.admin_secret.as_deref() else {
         return Err(StatusCode::NOT_FOUND);
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if ct_eq(given.as_bytes(), secret.as_bytes()) {
+    if bearer_is(headers.get(header::AUTHORIZATION), secret) {
         Ok(())
     } else {
         Err(StatusCode::UNAUTHORIZED)

@@ -300,7 +300,7 @@ fn agents_config_is_checked() {
     assert!(!e.contains(WORKER_SECRET), "{e}");
 }
 
-/// An HTTP/1.1 request with a body over a raw socket: (status, body).
+/// An admin request with a JSON body: (status, body).
 async fn http_body(
     addr: std::net::SocketAddr,
     method: &str,
@@ -308,28 +308,12 @@ async fn http_body(
     auth: &str,
     body: &str,
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("http timeout")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (
-        status,
-        text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    )
+    let bearer = format!("Bearer {auth}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    http_with_body(addr, method, path, &headers, body).await
 }
 
 #[tokio::test]
