@@ -412,13 +412,6 @@ impl Config {
         }
         if let Some(a) = &self.agents {
             a.validate().map_err(ConfigError::Invalid)?;
-            if self.cluster.is_some() {
-                return bad(
-                    "[agents] and [cluster] together are not supported yet: dispatch runs on \
-                     one node"
-                        .into(),
-                );
-            }
         }
         if self
             .secrets

@@ -9,7 +9,13 @@
 //! ([`AgentsConfig`]): the hub feeds it members joining and leaving, workers connect to
 //! `/v1/worker` (the `worker` module, which also drives the commands), and each job's
 //! agent joins with a job token the server mints ([`crate::auth::Authenticator::mint_job_token`]).
-//! One node only for now: with `[cluster]` the configuration is refused.
+//!
+//! In a cluster every node keeps a dispatcher fed with every member (its own and the other
+//! nodes', from their presence events) and every worker (its own, and the others' from
+//! their nodes' announcements), but only the leader's is [active](Dispatcher::activate):
+//! it alone decides, so a room is dispatched once however many nodes its humans are on.
+//! A node that takes over adopts the jobs workers hold ([`HeldJob`]) and the job agents it
+//! finds in the channels instead of dispatching those rooms again.
 //!
 //! The rules:
 //! * A channel matching a [`DispatchRule`] wants that rule's agent while a human is in it
@@ -361,6 +367,9 @@ struct Room {
     jobs_started: u32,
 }
 
+/// (tenant, channel).
+type ChannelKey = (Arc<str>, Arc<str>);
+
 /// The dispatch state of one server (see the module docs).
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -373,7 +382,29 @@ pub struct Dispatcher {
     /// Job id → its room.
     jobs: HashMap<Arc<str>, AgentRoom>,
     next_job: u64,
+    /// Job ids are this plus a counter (`j_` alone on one node; a cluster's nodes add their
+    /// id so a dispatcher that takes over never reuses one).
+    job_prefix: String,
+    /// Whether this dispatcher decides (offers, cancels, evicts). In a cluster only the
+    /// leader's does; the others keep the rooms and workers up to date, ready to take over.
+    active: bool,
+    /// Every job agent in every channel: (tenant, channel) → peer → job. What a dispatcher
+    /// that takes over adopts.
+    agents_in: HashMap<ChannelKey, HashMap<Arc<str>, Arc<str>>>,
     out: VecDeque<Command>,
+}
+
+/// A job a worker holds (offered or accepted and not ended), as the worker's node announces
+/// it in a cluster: what a dispatcher taking over ([`Dispatcher::activate`]) adopts instead
+/// of dispatching the room a second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldJob {
+    /// The job's id.
+    pub job: Arc<str>,
+    /// The worker holding it.
+    pub worker: WorkerId,
+    /// Its room.
+    pub room: AgentRoom,
 }
 
 /// One room's dispatch state, for the admin API and tests.
@@ -398,7 +429,175 @@ impl Dispatcher {
             rooms: BTreeMap::new(),
             jobs: HashMap::new(),
             next_job: 0,
+            job_prefix: "j_".into(),
+            active: true,
+            agents_in: HashMap::new(),
             out: VecDeque::new(),
+        }
+    }
+
+    /// Job ids start with `prefix` (default `j_`); a cluster node makes it unique to itself.
+    pub fn set_job_prefix(&mut self, prefix: impl Into<String>) {
+        self.job_prefix = prefix.into();
+    }
+
+    /// Whether this dispatcher decides (see [`activate`](Self::activate)).
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Stop deciding (another node leads now): forget every job without cancelling it (the
+    /// new leader adopts them) and drop commands not yet taken. Rooms, members and workers
+    /// stay tracked.
+    pub fn deactivate(&mut self) {
+        self.active = false;
+        for room in self.rooms.values_mut() {
+            room.current = None;
+            room.retry_at = None;
+            room.tried.clear();
+            room.failures = 0;
+        }
+        self.jobs.clear();
+        for w in self.workers.values_mut() {
+            w.jobs.clear();
+        }
+        self.out.clear();
+    }
+
+    /// Start deciding (this node leads now). The jobs workers hold (`held`, from their
+    /// nodes' announcements) are adopted where their room still wants its agent, and
+    /// cancelled where it does not (or where the room already adopted another); a job agent
+    /// in a channel whose job no worker holds any more (its worker's link is gone, the
+    /// process lives) is adopted as running without a worker when its channel has one
+    /// waiting room, else evicted. Then every room still waiting is served.
+    pub fn activate(&mut self, held: impl IntoIterator<Item = HeldJob>, now_ms: u64) {
+        if self.active {
+            return;
+        }
+        self.active = true;
+        let join = ms(self.opts.join_timeout);
+        let mut adopted: HashSet<Arc<str>> = HashSet::new();
+        for h in held {
+            let wants = self.rooms.get(&h.room).is_some_and(|r| {
+                r.current.is_none() && (!r.humans.is_empty() || r.leave_at.is_some())
+            });
+            if !self.workers.contains_key(&h.worker) {
+                continue;
+            }
+            if !wants {
+                self.out.push_back(Command::Cancel {
+                    worker: h.worker,
+                    job: h.job,
+                });
+                continue;
+            }
+            let present = self.present_agents(&h.room, &h.job);
+            self.adopt(
+                &h.room,
+                h.job.clone(),
+                Some(h.worker),
+                present,
+                now_ms + join,
+            );
+            adopted.insert(h.job);
+        }
+        let mut orphans: Vec<(ChannelKey, Arc<str>, Arc<str>)> = self
+            .agents_in
+            .iter()
+            .flat_map(|(k, peers)| {
+                peers
+                    .iter()
+                    .filter(|(_, job)| !adopted.contains(*job))
+                    .map(move |(p, job)| (k.clone(), p.clone(), job.clone()))
+            })
+            .collect();
+        orphans.sort();
+        for ((account, channel), peer, job) in orphans {
+            if adopted.contains(&job) {
+                if let Some(c) = self
+                    .jobs
+                    .get(&job)
+                    .cloned()
+                    .and_then(|k| self.rooms.get_mut(&k))
+                    .and_then(|r| r.current.as_mut())
+                {
+                    c.agents.insert(peer);
+                }
+                continue;
+            }
+            let waiting = self.rooms_of(&account, &channel).into_iter().find(|k| {
+                self.rooms.get(k).is_some_and(|r| {
+                    r.current.is_none() && (!r.humans.is_empty() || r.leave_at.is_some())
+                })
+            });
+            match waiting {
+                Some(key) => {
+                    let present = self.present_agents(&key, &job);
+                    self.adopt(&key, job.clone(), None, present, now_ms + join);
+                    adopted.insert(job);
+                }
+                None => self.out.push_back(Command::Evict {
+                    account: account.clone(),
+                    peer,
+                }),
+            }
+        }
+        let waiting: Vec<AgentRoom> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.current.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in waiting {
+            self.serve(&key, now_ms);
+        }
+    }
+
+    /// The peers in `room`'s channel that joined as the agent of `job`.
+    fn present_agents(&self, room: &AgentRoom, job: &Arc<str>) -> HashSet<Arc<str>> {
+        self.agents_in
+            .get(&(room.account.clone(), room.channel.clone()))
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|(_, j)| *j == job)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Make `job` the current job of `key`: running if its agent is there, else starting
+    /// (its agent must join by `join_by`).
+    fn adopt(
+        &mut self,
+        key: &AgentRoom,
+        job: Arc<str>,
+        worker: Option<WorkerId>,
+        agents: HashSet<Arc<str>>,
+        join_by: u64,
+    ) {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        let (phase, deadline) = if agents.is_empty() {
+            (Phase::Starting, Some(join_by))
+        } else {
+            (Phase::Running, None)
+        };
+        room.current = Some(Current {
+            job: Job {
+                id: job.clone(),
+                room: key.clone(),
+                attempt: room.jobs_started,
+            },
+            worker,
+            phase,
+            deadline,
+            agents,
+        });
+        room.jobs_started += 1;
+        room.retry_at = None;
+        self.jobs.insert(job.clone(), key.clone());
+        if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+            w.jobs.insert(job);
         }
     }
 
@@ -484,6 +683,13 @@ impl Dispatcher {
                 }
             }
             Role::Agent { job } => {
+                self.agents_in
+                    .entry((account.into(), channel.into()))
+                    .or_default()
+                    .insert(peer.into(), job.clone());
+                if !self.active {
+                    return;
+                }
                 let key = self
                     .jobs
                     .get(&job)
@@ -511,6 +717,13 @@ impl Dispatcher {
 
     /// `peer` left `channel` of `account` (or its connection closed).
     pub fn member_left(&mut self, account: &str, channel: &str, peer: &str, now_ms: u64) {
+        let ch: ChannelKey = (account.into(), channel.into());
+        if let Some(m) = self.agents_in.get_mut(&ch)
+            && m.remove(peer).is_some()
+            && m.is_empty()
+        {
+            self.agents_in.remove(&ch);
+        }
         let keys = self.rooms_of(account, channel);
         for key in keys {
             let Some(room) = self.rooms.get_mut(&key) else {
@@ -821,6 +1034,9 @@ impl Dispatcher {
 
     /// Offer the room a job if it wants one and has none.
     fn serve(&mut self, key: &AgentRoom, now_ms: u64) {
+        if !self.active {
+            return;
+        }
         let Some(room) = self.rooms.get(key) else {
             return;
         };
@@ -860,7 +1076,7 @@ impl Dispatcher {
             return;
         };
         let job = Job {
-            id: format!("j_{}", self.next_job).into(),
+            id: format!("{}{}", self.job_prefix, self.next_job).into(),
             room: key.clone(),
             attempt: room.jobs_started,
         };
@@ -1165,6 +1381,187 @@ mod tests {
             vec![Command::Evict {
                 account: "a".into(),
                 peer: "intruder".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_inactive_dispatcher_tracks_but_never_commands_and_a_takeover_adopts_what_runs() {
+        // Two nodes' dispatchers fed the same members and workers; only the leader acts.
+        let (mut leader, t) = setup();
+        let (mut standby, _) = setup();
+        standby.deactivate();
+        standby.set_job_prefix("j_b_");
+        for d in [&mut leader, &mut standby] {
+            d.worker_registered(2, ["voice".to_string()], 4, t);
+            d.member_joined("acct", "support-1", "h1", Role::Human, t);
+            d.member_joined("acct", "support-2", "h2", Role::Human, t);
+            d.member_joined("acct", "support-3", "h3", Role::Human, t);
+        }
+        assert!(
+            drain(&mut standby).is_empty(),
+            "the standby decides nothing"
+        );
+        let offers = drain(&mut leader);
+        assert_eq!(offers.len(), 3);
+        let jobs: Vec<(WorkerId, Job)> = offers
+            .iter()
+            .map(|c| offer(std::slice::from_ref(c)))
+            .collect();
+        // Room 1 runs (agent in the channel), room 2's job is accepted but its agent has
+        // not joined, room 3's offer is unanswered and its human left.
+        for (w, j) in &jobs[..2] {
+            leader.accepted(*w, &j.id, t);
+        }
+        for d in [&mut leader, &mut standby] {
+            d.member_joined("acct", "support-1", "a1", agent_of(&jobs[0].1), t + 10);
+        }
+        for d in [&mut leader, &mut standby] {
+            d.member_left("acct", "support-3", "h3", t + 20);
+        }
+        assert!(
+            drain(&mut standby).is_empty(),
+            "no eviction of agents it does not know"
+        );
+        // The leader dies; the standby takes over with what the workers' nodes announce.
+        let held: Vec<HeldJob> = jobs
+            .iter()
+            .map(|(w, j)| HeldJob {
+                job: j.id.clone(),
+                worker: *w,
+                room: j.room.clone(),
+            })
+            .collect();
+        standby.activate(held, t + 100);
+        assert!(standby.is_active());
+        assert!(
+            drain(&mut standby).is_empty(),
+            "nothing dispatched twice: every held job adopted"
+        );
+        let phases: Vec<Option<&str>> = standby
+            .rooms()
+            .iter()
+            .map(|r| r.job.as_ref().map(|j| j.2))
+            .collect();
+        assert_eq!(
+            phases,
+            [Some("running"), Some("starting"), Some("starting")]
+        );
+        // Room 3 had nobody left: its job ends with the grace, cancelled at its worker.
+        standby.tick(t + 20 + s(10));
+        assert!(drain(&mut standby).contains(&Command::Cancel {
+            worker: jobs[2].0,
+            job: jobs[2].1.id.clone()
+        }));
+        // Room 2's agent never joins: the join timeout moves it on, with the new prefix.
+        standby.tick(t + 100 + s(15));
+        let cmds = drain(&mut standby);
+        assert!(
+            cmds.contains(&Command::Cancel {
+                worker: jobs[1].0,
+                job: jobs[1].1.id.clone()
+            }),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds.iter().any(|c| matches!(c, Command::Offer { job, .. } if job.id.starts_with("j_b_") && &*job.room.channel == "support-2")),
+            "{cmds:?}"
+        );
+        // Room 1 ends normally under the new leader: cancelled at the worker that runs it.
+        standby.member_left("acct", "support-1", "h1", t + s(60));
+        standby.tick(t + s(70));
+        let cmds = drain(&mut standby);
+        assert!(cmds.contains(&cancel(jobs[0].0, &jobs[0].1)[0]), "{cmds:?}");
+    }
+
+    #[test]
+    fn a_takeover_cancels_unwanted_and_duplicate_jobs_and_adopts_an_orphaned_agent() {
+        let (mut d, t) = setup();
+        d.deactivate();
+        d.member_joined("acct", "support-1", "h1", Role::Human, t);
+        d.member_joined("acct", "support-2", "h2", Role::Human, t);
+        // An agent whose worker's link is gone (no node announces its job) runs in room 2.
+        d.member_joined(
+            "acct",
+            "support-2",
+            "a2",
+            Role::Agent {
+                job: "j_x_7".into(),
+            },
+            t,
+        );
+        // And a stray agent in a channel that wants none.
+        d.member_joined(
+            "acct",
+            "lobby",
+            "a9",
+            Role::Agent {
+                job: "j_x_9".into(),
+            },
+            t,
+        );
+        let room = |c: &str| AgentRoom {
+            account: "acct".into(),
+            channel: c.into(),
+            agent: "voice".into(),
+        };
+        let held = vec![
+            HeldJob {
+                job: "j_x_1".into(),
+                worker: 1,
+                room: room("support-1"),
+            },
+            HeldJob {
+                job: "j_x_2".into(),
+                worker: 1,
+                room: room("support-1"),
+            },
+            HeldJob {
+                job: "j_x_3".into(),
+                worker: 1,
+                room: room("support-9"),
+            },
+            HeldJob {
+                job: "j_x_4".into(),
+                worker: 77,
+                room: room("support-1"),
+            },
+        ];
+        d.activate(held, t + 1);
+        let cmds = drain(&mut d);
+        assert_eq!(
+            cmds,
+            vec![
+                Command::Cancel {
+                    worker: 1,
+                    job: "j_x_2".into()
+                },
+                Command::Cancel {
+                    worker: 1,
+                    job: "j_x_3".into()
+                },
+                Command::Evict {
+                    account: "acct".into(),
+                    peer: "a9".into()
+                },
+            ]
+        );
+        let jobs: Vec<_> = d.rooms().into_iter().map(|r| r.job).collect();
+        assert_eq!(
+            jobs,
+            vec![
+                Some(("j_x_1".into(), Some(1), "starting")),
+                Some(("j_x_7".into(), None, "running")),
+            ]
+        );
+        // The orphaned agent's room empties: the agent is shown out (no worker to tell).
+        d.member_left("acct", "support-2", "h2", t + 2);
+        d.tick(t + 2 + s(10));
+        assert_eq!(
+            drain(&mut d),
+            vec![Command::Evict {
+                account: "acct".into(),
+                peer: "a2".into()
             }]
         );
     }

@@ -180,6 +180,7 @@ pub async fn serve_with_ready(
         hub.enable_dispatch(
             dispatch::Dispatcher::new(a.rules(), a.options()),
             dispatch_wake.clone(),
+            unix_ms(),
         );
     }
     let app = Arc::new(App {
@@ -189,7 +190,7 @@ pub async fn serve_with_ready(
         config,
         active: AtomicUsize::new(0),
         idle: Notify::new(),
-        workers: worker::Workers::default(),
+        workers: worker::Workers::new(node.as_ref().map_or(0, cluster::Node::me)),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let dispatcher = app.config.agents.is_some().then(|| {
@@ -490,11 +491,17 @@ async fn admin_dispatch(State(app): State<Arc<App>>, headers: HeaderMap) -> Resp
             })
         })
         .collect();
-    axum::Json(serde_json::json!({
-        "workers": app.workers.count(),
+    let hub = app.hub();
+    let mut body = serde_json::json!({
+        "workers": hub.dispatch_workers().unwrap_or_else(|| app.workers.count()),
+        "leads": hub.dispatch_leads(),
         "rooms": rooms,
-    }))
-    .into_response()
+    });
+    if let Some((leader, me)) = hub.dispatch_leader() {
+        body["node"] = cluster::wire::node_str(me).into();
+        body["leader"] = leader.map(cluster::wire::node_str).into();
+    }
+    axum::Json(body).into_response()
 }
 
 /// An explicit dispatch request: an agent for a channel no rule names (or before anyone
@@ -535,17 +542,8 @@ async fn admin_dispatch_request(
         )
             .into_response();
     }
-    let mut hub = app.hub();
-    let humans = hub.humans(&req.account, &req.channel);
-    hub.with_dispatch(unix_ms(), |d, now| {
-        d.request(
-            &req.account,
-            &req.channel,
-            &req.agent,
-            humans.iter().map(|h| &**h),
-            now,
-        )
-    });
+    app.hub()
+        .dispatch_request(&req.account, &req.channel, &req.agent, unix_ms());
     StatusCode::ACCEPTED.into_response()
 }
 

@@ -21,7 +21,9 @@ use parlor_protocol::worker::{
 };
 
 use crate::App;
-use crate::dispatch::{Command, WorkerId, valid_agent_name};
+use crate::cluster::wire::JobAnswer;
+use crate::dispatch::{Command, Job, WorkerId, valid_agent_name};
+use crate::hub::Routed;
 
 /// Frames queued to one worker before it counts as stuck.
 pub(crate) const QUEUE: usize = 64;
@@ -33,11 +35,26 @@ const RATE_PER_SEC: f64 = 50.0;
 /// The connected workers' queues.
 #[derive(Debug, Default)]
 pub(crate) struct Workers {
+    /// Worker ids are unique across a cluster: 20 bits of the node id above a 32-bit
+    /// counter (52 bits: exact in JavaScript numbers too). 0 on a single node.
+    prefix: u64,
     next: AtomicU64,
     queues: Mutex<HashMap<WorkerId, mpsc::Sender<ToWorker>>>,
 }
 
 impl Workers {
+    /// The workers of node `node` (0 outside a cluster).
+    pub(crate) fn new(node: u64) -> Workers {
+        Workers {
+            prefix: (node & 0xF_FFFF) << 32,
+            ..Workers::default()
+        }
+    }
+
+    fn next_id(&self) -> WorkerId {
+        self.prefix | ((self.next.fetch_add(1, Ordering::Relaxed) + 1) & 0xFFFF_FFFF)
+    }
+
     fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, mpsc::Sender<ToWorker>>> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -80,7 +97,16 @@ pub(crate) async fn drive(app: Arc<App>, wake: Arc<Notify>, mut stopping: watch:
             (hub.take_dispatch(now), hub.dispatch_deadline())
         };
         for c in commands {
-            carry_out(&app, c);
+            match c {
+                Routed::Local(c, token) => carry_out(&app, c, token),
+                Routed::Remote(node, c) => {
+                    let token = match &c {
+                        Command::Offer { job, .. } => mint(&app, job),
+                        _ => None,
+                    };
+                    app.hub().send_remote(node, &c, token.as_deref());
+                }
+            }
         }
         let wait = deadline.map_or(Duration::from_secs(60), |d| {
             Duration::from_millis(d.saturating_sub(crate::unix_ms()))
@@ -93,16 +119,20 @@ pub(crate) async fn drive(app: Arc<App>, wake: Arc<Notify>, mut stopping: watch:
     }
 }
 
-fn carry_out(app: &App, c: Command) {
-    let (worker, frame) = match c {
+fn mint(app: &App, job: &Job) -> Option<String> {
+    app.auth.mint_job_token(
+        &job.id,
+        &job.room.account,
+        &job.room.channel,
+        crate::unix_ms() / 1000,
+    )
+}
+
+/// Send a command to one of this node's workers (`token`: already minted by the leader).
+fn carry_out(app: &App, c: Command, token: Option<String>) {
+    let (worker, frame, job) = match c {
         Command::Offer { worker, job } => {
-            let token = app.auth.mint_job_token(
-                &job.id,
-                &job.room.account,
-                &job.room.channel,
-                crate::unix_ms() / 1000,
-            );
-            let Some(token) = token else {
+            let Some(token) = token.or_else(|| mint(app, &job)) else {
                 return;
             };
             tracing::info!(
@@ -122,15 +152,17 @@ fn carry_out(app: &App, c: Command) {
                 attempt: job.attempt,
                 token,
             };
-            (worker, frame)
+            (worker, frame, Some(job))
         }
         Command::Cancel { worker, job } => {
             tracing::info!(worker, %job, "cancelling a job");
+            app.hub().worker_job_done(worker, &job);
             (
                 worker,
                 ToWorker::Cancel {
                     job: job.to_string(),
                 },
+                None,
             )
         }
         // The hub carries out evictions itself.
@@ -138,8 +170,9 @@ fn carry_out(app: &App, c: Command) {
     };
     if !app.workers.send(worker, frame) {
         tracing::warn!(worker, "worker gone or not reading its queue: counted gone");
-        app.hub()
-            .with_dispatch(crate::unix_ms(), |d, now| d.worker_gone(worker, now));
+        app.hub().worker_down(worker, crate::unix_ms());
+    } else if let Some(job) = job {
+        app.hub().worker_job(worker, &job);
     }
 }
 
@@ -190,7 +223,7 @@ pub(crate) async fn run(app: Arc<App>, socket: WebSocket, mut stopping: watch::R
         Ok(r) => r,
         Err(e) => return close(&mut sink, e).await,
     };
-    let id = app.workers.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = app.workers.next_id();
     let (tx, mut rx) = mpsc::channel(QUEUE);
     app.workers.queues().insert(id, tx);
     let registered = serde_json::to_string(&ToWorker::Registered { worker: id });
@@ -201,9 +234,7 @@ pub(crate) async fn run(app: Arc<App>, socket: WebSocket, mut stopping: watch::R
         return;
     }
     tracing::info!(worker = id, ?agents, capacity, "worker registered");
-    app.hub().with_dispatch(crate::unix_ms(), |d, now| {
-        d.worker_registered(id, agents, capacity, now)
-    });
+    app.hub().worker_up(id, agents, capacity, crate::unix_ms());
 
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut last_heard = tokio::time::Instant::now();
@@ -237,20 +268,20 @@ pub(crate) async fn run(app: Arc<App>, socket: WebSocket, mut stopping: watch::R
                 let now = crate::unix_ms();
                 match serde_json::from_str::<ToServer>(&text) {
                     Ok(ToServer::Status { load, draining }) => {
-                        app.hub().with_dispatch(now, |d, now| d.worker_status(id, load, draining, now));
+                        app.hub().worker_status(id, load, draining, now);
                     }
                     Ok(ToServer::Accept { job }) => {
                         tracing::info!(worker = id, %job, "job accepted");
-                        app.hub().with_dispatch(now, |d, now| d.accepted(id, &job, now));
+                        app.hub().worker_answer(id, &job, JobAnswer::Accept, now);
                     }
                     Ok(ToServer::Refuse { job, reason }) => {
                         let reason: String = reason.unwrap_or_default().chars().take(200).collect();
                         tracing::info!(worker = id, %job, reason, "job refused");
-                        app.hub().with_dispatch(now, |d, now| d.refused(id, &job, now));
+                        app.hub().worker_answer(id, &job, JobAnswer::Refuse, now);
                     }
                     Ok(ToServer::Ended { job }) => {
                         tracing::info!(worker = id, %job, "job ended at the worker");
-                        app.hub().with_dispatch(now, |d, now| d.job_ended(id, &job, now));
+                        app.hub().worker_answer(id, &job, JobAnswer::Ended, now);
                     }
                     Ok(ToServer::Register { .. }) => {
                         close(&mut sink, "already registered".into()).await;
@@ -292,8 +323,7 @@ pub(crate) async fn run(app: Arc<App>, socket: WebSocket, mut stopping: watch::R
     };
     app.workers.queues().remove(&id);
     tracing::info!(worker = id, why, "worker gone");
-    app.hub()
-        .with_dispatch(crate::unix_ms(), |d, now| d.worker_gone(id, now));
+    app.hub().worker_down(id, crate::unix_ms());
 }
 
 #[cfg(test)]

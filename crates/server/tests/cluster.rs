@@ -3,93 +3,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
 use common::*;
-
-/// nats-server on a free loopback port, killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-}
-
-impl Nats {
-    async fn start() -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(program)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian package nats-server; scripts/system-deps.sh installs it)");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Nats { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `timeout_ms`: how long a silent node lingers in the others' presence.
-fn node_config(nats: &Nats, extra: &str, timeout_ms: u64) -> String {
-    format!(
-        "{extra}\n[cluster]\nnats_url = \"{}\"\nname = \"t\"\nheartbeat_ms = 200\nnode_timeout_ms = {timeout_ms}\n",
-        nats.url()
-    )
-}
-
-async fn cluster_nodes(addr: SocketAddr) -> u64 {
-    let (_, body) = http(addr, "GET", "/metrics", &[]).await;
-    body.lines()
-        .find_map(|l| l.strip_prefix("parlor_cluster_nodes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Start `n` nodes and wait until each is in sync with all the others.
-async fn nodes(nats: &Nats, n: usize, extra: &str, timeout_ms: u64) -> Vec<Server> {
-    let mut servers = Vec::new();
-    for _ in 0..n {
-        servers.push(Server::start(&node_config(nats, extra, timeout_ms)).await);
-    }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for s in &servers {
-        while cluster_nodes(s.addr).await != (n - 1) as u64 {
-            assert!(tokio::time::Instant::now() < deadline, "nodes never synced");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    servers
-}
 
 /// Follow `c`'s presence for `channel` from its snapshot until its roster is `want`
 /// (a member that subscribed on another node a moment ago arrives as a delta instead).

@@ -5,114 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use common::*;
-
-const WORKER_SECRET: &str = "ws_test_0123456789abcdef";
-
-fn agents_config(extra: &str) -> String {
-    format!(
-        r#"
-[agents]
-worker_secret = "{WORKER_SECRET}"
-offer_timeout_ms = 1000
-join_timeout_ms = 1500
-rejoin_window_ms = 500
-{extra}
-
-[[agents.rules]]
-channels = ["call-*"]
-agent = "voice"
-grace_secs = 1
-"#
-    )
-}
-
-async fn worker_socket(server: &Server, secret: &str) -> Result<Ws, u16> {
-    let mut req = format!("ws://{}/v1/worker", server.addr)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {secret}").parse().expect("header"),
-    );
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("worker connect: {e}"),
-    }
-}
-
-struct Worker {
-    ws: Ws,
-    id: u64,
-}
-
-impl Worker {
-    async fn register(server: &Server, capacity: u32) -> Worker {
-        let mut ws = worker_socket(server, WORKER_SECRET).await.expect("upgrade");
-        send(
-            &mut ws,
-            json!({"type":"register","agents":["voice"],"capacity":capacity}),
-        )
-        .await;
-        let f = frame(&mut ws).await;
-        assert_eq!(f["type"], "registered", "{f}");
-        Worker {
-            ws,
-            id: f["worker"].as_u64().expect("worker id"),
-        }
-    }
-
-    async fn next(&mut self) -> Value {
-        frame(&mut self.ws).await
-    }
-
-    async fn expect(&mut self, ty: &str) -> Value {
-        let f = self.next().await;
-        assert_eq!(f["type"], ty, "worker {} got {f}", self.id);
-        f
-    }
-
-    async fn send(&mut self, v: Value) {
-        send(&mut self.ws, v).await;
-    }
-
-    async fn expect_silence(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("worker {}: expected silence, got {other:?}", self.id),
-            }
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
-}
-
-async fn frame(ws: &mut Ws) -> Value {
-    match next_inbound(ws).await {
-        Inbound::Frame(f) => f,
-        other => panic!("expected a frame, got {other:?}"),
-    }
-}
-
-/// The agent of an offered job, joining with its token.
-async fn agent_joins(server: &Server, offer: &Value) -> Client {
-    let token = offer["token"].as_str().expect("token");
-    let mut agent = Client::connect(&server.url(&format!("token={token}"))).await;
-    let channel = offer["channel"].as_str().expect("channel");
-    agent.subscribe(channel).await;
-    agent
-}
 
 #[tokio::test]
 async fn a_human_in_a_matching_channel_gets_one_agent_which_is_cancelled_after_the_grace() {
@@ -298,22 +193,6 @@ fn agents_config_is_checked() {
         "[agents]\nworker_secret = \"{WORKER_SECRET}\"\noffer_timeout_ms = 1"
     ));
     assert!(!e.contains(WORKER_SECRET), "{e}");
-}
-
-/// An admin request with a JSON body: (status, body).
-async fn http_body(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    auth: &str,
-    body: &str,
-) -> (u16, String) {
-    let bearer = format!("Bearer {auth}");
-    let headers = [
-        ("Authorization", bearer.as_str()),
-        ("Content-Type", "application/json"),
-    ];
-    http_with_body(addr, method, path, &headers, body).await
 }
 
 #[tokio::test]

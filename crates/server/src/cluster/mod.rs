@@ -3,6 +3,7 @@
 //!
 //! * [`wire`]: the events nodes exchange (JSON batches on NATS subjects);
 //! * [`replica`]: what a node knows of the others (pure state → effects, unit tested);
+//! * [`dispatch`]: agent dispatch across nodes: who leads it, every node's workers (pure);
 //! * this file: the `[cluster]` configuration and the NATS driver, the only IO.
 //!
 //! Every node owns its connections and tells every other node, in order, about each
@@ -11,6 +12,7 @@
 //! sends another travels on that node's own subject from one NATS connection, so it arrives
 //! in the order the sender's hub produced it: that is what keeps spec §1.8.3 across nodes.
 
+pub mod dispatch;
 pub mod replica;
 pub mod wire;
 

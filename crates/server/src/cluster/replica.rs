@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use super::wire::{Event, NodeId};
+use super::wire::{Event, JobAnswer, NodeId, WorkerAd};
 
 /// What a received event asks the hub to do for its local connections.
 #[derive(Debug)]
@@ -22,8 +22,14 @@ pub enum Effect<'a> {
         t: Arc<str>,
         /// Channel.
         c: String,
+        /// The peer.
+        p: Arc<str>,
         /// The presence entry, `{"peerId":…,"metadata":…}`.
         entry: Arc<str>,
+        /// The job it is the agent of (dispatch).
+        job: Option<Arc<str>>,
+        /// The agent its token asks for (dispatch).
+        asks: Option<Arc<str>>,
     },
     /// Deliver a `left` delta for peer `p` to the local members of `t`/`c`.
     Left {
@@ -70,15 +76,74 @@ pub enum Effect<'a> {
         /// Destination node.
         to: NodeId,
     },
+    /// Dispatch: node `from` (started at `start`) has these workers now.
+    Workers {
+        /// The node.
+        from: NodeId,
+        /// When it started (ms).
+        start: u64,
+        /// Its workers, the whole list.
+        workers: &'a [WorkerAd],
+    },
+    /// Dispatch: node `from` and its workers are gone.
+    NodeGone {
+        /// The node.
+        node: NodeId,
+    },
+    /// Dispatch: offer a job to the local worker `w` (from the leader).
+    Offer {
+        /// The worker.
+        w: u64,
+        /// Job id.
+        j: &'a str,
+        /// Tenant.
+        t: &'a str,
+        /// Channel.
+        c: &'a str,
+        /// Agent.
+        a: &'a str,
+        /// Attempt.
+        n: u32,
+        /// Job token.
+        k: &'a str,
+    },
+    /// Dispatch: the local worker `w` ends job `j` (from the leader).
+    Cancel {
+        /// The worker.
+        w: u64,
+        /// Job id.
+        j: &'a str,
+    },
+    /// Dispatch: node `from`'s worker `w` answered about job `j` (to the leader).
+    Answer {
+        /// The worker.
+        w: u64,
+        /// Job id.
+        j: &'a str,
+        /// What it said.
+        r: JobAnswer,
+    },
+    /// Dispatch: an explicit request for agent `a` in `t`/`c`.
+    Request {
+        /// Tenant.
+        t: &'a str,
+        /// Channel.
+        c: &'a str,
+        /// Agent.
+        a: &'a str,
+    },
 }
 
 /// (tenant, peer id): a peer anywhere in the cluster.
 type PeerKey = (Arc<str>, Arc<str>);
 
+/// What a peer is for dispatch: the job it runs as an agent, the agent its token asks for.
+type Dispatchy = (Option<Arc<str>>, Option<Arc<str>>);
+
 #[derive(Debug, Default)]
 struct Dump {
-    /// (tenant, peer) → (entry, channels).
-    peers: HashMap<PeerKey, (Arc<str>, Vec<String>)>,
+    /// (tenant, peer) → (entry, channels, dispatch role).
+    peers: HashMap<PeerKey, (Arc<str>, Vec<String>, Dispatchy)>,
     usage: Vec<(Arc<str>, u64, u64)>,
 }
 
@@ -99,6 +164,7 @@ struct RemotePeer {
     node: NodeId,
     entry: Arc<str>,
     channels: HashSet<String>,
+    role: Dispatchy,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +234,11 @@ impl Replica {
     /// This node's id.
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// How long a silent node is still counted alive (ms).
+    pub fn node_timeout_ms(&self) -> u64 {
+        self.node_timeout_ms
     }
 
     /// Nodes whose full state this node holds.
@@ -300,6 +371,24 @@ impl Replica {
         })
     }
 
+    /// The remote members of `t`/`c` with the job each runs as an agent (dispatch).
+    pub fn members_with_jobs(&self, t: &str, c: &str) -> Vec<(Arc<str>, Option<Arc<str>>)> {
+        let Some(rt) = self.tenants.get(t) else {
+            return Vec::new();
+        };
+        rt.channels.get(c).map_or_else(Vec::new, |ch| {
+            ch.members
+                .keys()
+                .filter_map(|p| rt.peers.get(p).map(|rp| (p.clone(), rp.role.0.clone())))
+                .collect()
+        })
+    }
+
+    /// The nodes this node has heard from (synced or not).
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
     /// Remote channels of every tenant with their member peer ids (admin API).
     pub fn channel_members(&self) -> Vec<(Arc<str>, String, Vec<Arc<str>>)> {
         self.tenants
@@ -369,15 +458,15 @@ impl Replica {
         // A full state being received collects its events instead of applying them.
         if let Some(dump) = node.dump.as_mut() {
             match ev {
-                Event::Up { t, p, e } => {
+                Event::Up { t, p, e, j, g } => {
                     dump.peers.insert(
                         (Arc::from(&**t), Arc::from(&**p)),
-                        (Arc::from(e.get()), Vec::new()),
+                        (Arc::from(e.get()), Vec::new(), role(j, g)),
                     );
                     return;
                 }
                 Event::Join { t, c, p } => {
-                    if let Some((_, chans)) =
+                    if let Some((_, chans, _)) =
                         dump.peers.get_mut(&(Arc::from(&**t), Arc::from(&**p)))
                     {
                         chans.push(c.to_string());
@@ -403,6 +492,27 @@ impl Replica {
                 }
             }
             Event::DumpStart => node.dump = Some(Dump::default()),
+            // Dispatch commands go point to point, synced or not.
+            Event::Offer {
+                w,
+                j,
+                t,
+                c,
+                a,
+                n,
+                k,
+            } => effects.push(Effect::Offer {
+                w: *w,
+                j,
+                t,
+                c,
+                a,
+                n: *n,
+                k,
+            }),
+            Event::Cancel { w, j } => effects.push(Effect::Cancel { w: *w, j }),
+            Event::Answer { w, j, r } => effects.push(Effect::Answer { w: *w, j, r: *r }),
+            Event::Request { t, c, a } => effects.push(Effect::Request { t, c, a }),
             Event::DumpEnd => {
                 if let Some(dump) = node.dump.take() {
                     node.synced = true;
@@ -410,7 +520,9 @@ impl Replica {
                 }
             }
             _ if !node.synced => {} // live events before its full state: superseded by it
-            Event::Up { t, p, e } => self.add_peer(from, t, p, Arc::from(e.get())),
+            Event::Up { t, p, e, j, g } => {
+                self.add_peer(from, t, p, Arc::from(e.get()), role(j, g))
+            }
             Event::Down { t, p } => self.remove_peer(t, p, effects),
             Event::Join { t, c, p } => self.join(t, c, p, effects),
             Event::Leave { t, c, p } => self.leave(t, c, p, effects),
@@ -420,6 +532,11 @@ impl Replica {
                 self.tenant_mut(t).usage.insert(from, (*w, *n));
             }
             Event::Kick { p } => effects.push(Effect::Kick { p }),
+            Event::Dispatch { s, w } => effects.push(Effect::Workers {
+                from,
+                start: *s,
+                workers: w,
+            }),
         }
     }
 
@@ -429,7 +546,7 @@ impl Replica {
             .or_insert_with_key(|k| RemoteTenant::new(k.clone()))
     }
 
-    fn add_peer(&mut self, node: NodeId, t: &str, p: &str, entry: Arc<str>) {
+    fn add_peer(&mut self, node: NodeId, t: &str, p: &str, entry: Arc<str>, role: Dispatchy) {
         let rt = self.tenant_mut(t);
         if rt.peers.contains_key(p) {
             return; // a peer id is never reused; a duplicate announcement changes nothing
@@ -443,6 +560,7 @@ impl Replica {
                 node,
                 entry,
                 channels: HashSet::new(),
+                role,
             },
         );
         if let Some(n) = self.nodes.get_mut(&node) {
@@ -461,14 +579,18 @@ impl Replica {
             return; // already a member
         }
         let (pk, node, entry) = (peer.id.clone(), peer.node, peer.entry.clone());
+        let (job, asks) = peer.role.clone();
         let ch = rt.channels.entry(c.to_owned()).or_default();
-        ch.members.insert(pk, node);
+        ch.members.insert(pk.clone(), node);
         ch.roster_bytes += entry.len() + 1;
         *ch.nodes.entry(node).or_default() += 1;
         effects.push(Effect::Joined {
             t: rt.name.clone(),
             c: c.to_owned(),
+            p: pk,
             entry,
+            job,
+            asks,
         });
     }
 
@@ -534,7 +656,7 @@ impl Replica {
         for (t, p) in current {
             match dump.peers.get(&(t.clone(), p.clone())) {
                 None => self.remove_peer(&t, &p, effects),
-                Some((_, chans)) => {
+                Some((_, chans, _)) => {
                     let held: Vec<String> = self
                         .tenants
                         .get(&t)
@@ -547,8 +669,8 @@ impl Replica {
                 }
             }
         }
-        for ((t, p), (entry, chans)) in dump.peers {
-            self.add_peer(node, &t, &p, entry);
+        for ((t, p), (entry, chans, role)) in dump.peers {
+            self.add_peer(node, &t, &p, entry, role);
             for c in chans {
                 self.join(&t, &c, &p, effects);
             }
@@ -569,6 +691,7 @@ impl Replica {
         for (t, p) in state.peers {
             self.remove_peer(&t, &p, effects);
         }
+        effects.push(Effect::NodeGone { node });
         self.tenants.retain(|_, rt| {
             rt.usage.remove(&node);
             !(rt.peers.is_empty() && rt.channels.is_empty() && rt.usage.is_empty())
@@ -587,4 +710,8 @@ impl Replica {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+fn role(j: &Option<std::borrow::Cow<'_, str>>, g: &Option<std::borrow::Cow<'_, str>>) -> Dispatchy {
+    (j.as_deref().map(Arc::from), g.as_deref().map(Arc::from))
 }

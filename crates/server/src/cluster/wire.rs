@@ -32,7 +32,8 @@ pub enum Event<'a> {
     /// End of the full state: it replaces everything known about the sender.
     #[serde(rename = "de")]
     DumpEnd,
-    /// Peer `p` of tenant `t` connected to the sender; `e` is its presence entry.
+    /// Peer `p` of tenant `t` connected to the sender; `e` is its presence entry; `j` the
+    /// job it runs as an agent (its job token), `g` the agent its token asks for (dispatch).
     #[serde(rename = "up")]
     Up {
         #[serde(borrow)]
@@ -41,6 +42,10 @@ pub enum Event<'a> {
         p: Cow<'a, str>,
         #[serde(borrow)]
         e: &'a RawValue,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        j: Option<Cow<'a, str>>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        g: Option<Cow<'a, str>>,
     },
     /// Peer `p` disconnected.
     #[serde(rename = "down")]
@@ -112,6 +117,87 @@ pub enum Event<'a> {
         #[serde(borrow)]
         p: Cow<'a, str>,
     },
+    /// Dispatch: the sender's workers (the whole list, replacing the last one) and when the
+    /// sender started (`s`, ms; the oldest node leads dispatch).
+    #[serde(rename = "disp")]
+    Dispatch { s: u64, w: Vec<WorkerAd> },
+    /// Dispatch, leader → the worker's node: offer job `j` (room `t`/`c`/`a`, attempt `n`,
+    /// job token `k`) to worker `w`.
+    #[serde(rename = "offer")]
+    Offer {
+        w: u64,
+        #[serde(borrow)]
+        j: Cow<'a, str>,
+        #[serde(borrow)]
+        t: Cow<'a, str>,
+        #[serde(borrow)]
+        c: Cow<'a, str>,
+        #[serde(borrow)]
+        a: Cow<'a, str>,
+        n: u32,
+        #[serde(borrow)]
+        k: Cow<'a, str>,
+    },
+    /// Dispatch, leader → the worker's node: worker `w` ends job `j`.
+    #[serde(rename = "cancel")]
+    Cancel {
+        w: u64,
+        #[serde(borrow)]
+        j: Cow<'a, str>,
+    },
+    /// Dispatch, the worker's node → the leader: worker `w` answered about job `j`.
+    #[serde(rename = "ans")]
+    Answer {
+        w: u64,
+        #[serde(borrow)]
+        j: Cow<'a, str>,
+        r: JobAnswer,
+    },
+    /// Dispatch, to every node: an explicit request for agent `a` in `t`/`c` (admin API).
+    #[serde(rename = "req")]
+    Request {
+        #[serde(borrow)]
+        t: Cow<'a, str>,
+        #[serde(borrow)]
+        c: Cow<'a, str>,
+        #[serde(borrow)]
+        a: Cow<'a, str>,
+    },
+}
+
+/// A worker connected to a node, as the node announces it ([`Event::Dispatch`]).
+#[allow(missing_docs)] // short names: id, agents, capacity, load, draining, jobs
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerAd {
+    pub id: u64,
+    pub a: Vec<String>,
+    pub c: u32,
+    pub l: f32,
+    pub d: bool,
+    /// The jobs it holds: offered to it or accepted, not yet refused, ended or cancelled.
+    pub j: Vec<JobAd>,
+}
+
+/// A job a worker holds: id, tenant, channel, agent.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAd {
+    pub j: String,
+    pub t: String,
+    pub c: String,
+    pub a: String,
+}
+
+/// What a worker said about a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobAnswer {
+    /// It took the job.
+    Accept,
+    /// It turned the job down (or is gone).
+    Refuse,
+    /// The job ended at the worker.
+    Ended,
 }
 
 impl Event<'_> {

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
@@ -283,4 +284,206 @@ pub async fn http_with_body(
         .expect("status line");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
+}
+
+// ---- cluster mode: a real nats-server and several nodes ----
+
+/// nats-server on a free loopback port, killed on drop.
+pub struct Nats {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = std::process::Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; scripts/system-deps.sh installs it)");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Nats { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `timeout_ms`: how long a silent node lingers in the others' presence.
+pub fn node_config(nats: &Nats, extra: &str, timeout_ms: u64) -> String {
+    format!(
+        "{extra}\n[cluster]\nnats_url = \"{}\"\nname = \"t\"\nheartbeat_ms = 200\nnode_timeout_ms = {timeout_ms}\n",
+        nats.url()
+    )
+}
+
+pub async fn cluster_nodes(addr: SocketAddr) -> u64 {
+    let (_, body) = http(addr, "GET", "/metrics", &[]).await;
+    body.lines()
+        .find_map(|l| l.strip_prefix("parlor_cluster_nodes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Start `n` nodes and wait until each is in sync with all the others.
+pub async fn nodes(nats: &Nats, n: usize, extra: &str, timeout_ms: u64) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        servers.push(Server::start(&node_config(nats, extra, timeout_ms)).await);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for s in &servers {
+        while cluster_nodes(s.addr).await != (n - 1) as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "nodes never synced");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    servers
+}
+
+// ---- agent dispatch: workers on /v1/worker ----
+
+pub const WORKER_SECRET: &str = "ws_test_0123456789abcdef";
+
+pub fn agents_config(extra: &str) -> String {
+    format!(
+        r#"
+[agents]
+worker_secret = "{WORKER_SECRET}"
+offer_timeout_ms = 1000
+join_timeout_ms = 1500
+rejoin_window_ms = 500
+{extra}
+
+[[agents.rules]]
+channels = ["call-*"]
+agent = "voice"
+grace_secs = 1
+"#
+    )
+}
+
+pub async fn worker_socket(server: &Server, secret: &str) -> Result<Ws, u16> {
+    let mut req = format!("ws://{}/v1/worker", server.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {secret}").parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("worker connect: {e}"),
+    }
+}
+
+pub struct Worker {
+    pub ws: Ws,
+    pub id: u64,
+}
+
+impl Worker {
+    pub async fn register(server: &Server, capacity: u32) -> Worker {
+        let mut ws = worker_socket(server, WORKER_SECRET).await.expect("upgrade");
+        send(
+            &mut ws,
+            json!({"type":"register","agents":["voice"],"capacity":capacity}),
+        )
+        .await;
+        let f = frame(&mut ws).await;
+        assert_eq!(f["type"], "registered", "{f}");
+        Worker {
+            ws,
+            id: f["worker"].as_u64().expect("worker id"),
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        frame(&mut self.ws).await
+    }
+
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        let f = self.next().await;
+        assert_eq!(f["type"], ty, "worker {} got {f}", self.id);
+        f
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        send(&mut self.ws, v).await;
+    }
+
+    pub async fn expect_silence(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("worker {}: expected silence, got {other:?}", self.id),
+            }
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+pub async fn frame(ws: &mut Ws) -> Value {
+    match next_inbound(ws).await {
+        Inbound::Frame(f) => f,
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+/// The agent of an offered job, joining with its token.
+pub async fn agent_joins(server: &Server, offer: &Value) -> Client {
+    let token = offer["token"].as_str().expect("token");
+    let mut agent = Client::connect(&server.url(&format!("token={token}"))).await;
+    let channel = offer["channel"].as_str().expect("channel");
+    agent.subscribe(channel).await;
+    agent
+}
+
+/// An admin request with a JSON body: (status, body).
+pub async fn http_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: &str,
+) -> (u16, String) {
+    let bearer = format!("Bearer {auth}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    http_with_body(addr, method, path, &headers, body).await
 }
