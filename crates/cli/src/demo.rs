@@ -178,6 +178,38 @@ pub(crate) enum Engines {
     Neural,
     /// PocketSphinx, eSpeak NG, an energy detector.
     Basic,
+    /// Silero VAD alone: the agent hears when a human speaks and where each utterance ends,
+    /// and transcribes and says nothing (what a listening session costs; `parlor bench
+    /// agent`).
+    Listen,
+}
+
+/// The recognizer of [`Engines::Listen`]: counts utterances, recognizes nothing.
+#[derive(Debug, Default)]
+pub(crate) struct ListenOnly {
+    /// Utterances the agents' VAD cut, every stream together.
+    pub(crate) utterances: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl parlor_agent::SpeechToText for ListenOnly {
+    fn recognizer(&self) -> Result<Box<dyn parlor_agent::Recognizer>, parlor_agent::HookError> {
+        Ok(Box::new(ListenOnlyStream(self.utterances.clone())))
+    }
+}
+
+struct ListenOnlyStream(Arc<std::sync::atomic::AtomicU64>);
+
+impl parlor_agent::Recognizer for ListenOnlyStream {
+    fn start(&mut self) -> Result<(), parlor_agent::HookError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn feed(&mut self, _pcm: &[i16]) -> Result<Option<String>, parlor_agent::HookError> {
+        Ok(None)
+    }
+    fn finish(&mut self) -> Result<String, parlor_agent::HookError> {
+        Ok(String::new())
+    }
 }
 
 /// A switch given as `on` or `off`.
@@ -197,6 +229,8 @@ pub(crate) struct Loaded {
     pub(crate) activity: Option<parlor_voice::silero::SileroActivity>,
     pub(crate) end_of_turn: Option<Arc<parlor_voice::smart_turn::SmartTurn>>,
     pub(crate) names: serde_json::Value,
+    /// With [`Engines::Listen`]: utterances heard by every agent so far.
+    pub(crate) utterances: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Loaded {
@@ -259,7 +293,26 @@ pub(crate) fn load_engines(
             names: serde_json::json!({
                 "stt": "PocketSphinx", "tts": "eSpeak NG", "turn": "500 ms of silence",
             }),
+            utterances: None,
         }),
+        Engines::Listen => {
+            let cache = ModelCache::from_env()?;
+            crate::models::fetch(&cache, &[Model::OnnxRuntime, Model::SileroVad])?;
+            let vad = parlor_voice::silero::SileroVad::load(&cache).context("Silero VAD")?;
+            let listen = ListenOnly::default();
+            let utterances = listen.utterances.clone();
+            Ok(Loaded {
+                stt: Arc::new(listen),
+                tts: Arc::new(EspeakTts::new().context("text-to-speech (eSpeak NG)")?),
+                activity: Some(parlor_voice::silero::SileroActivity(vad)),
+                end_of_turn: None,
+                names: serde_json::json!({
+                    "stt": "none (listening only)", "tts": "none (listening only)",
+                    "turn": "Silero VAD",
+                }),
+                utterances: Some(utterances),
+            })
+        }
         Engines::Neural => {
             let cache = ModelCache::from_env()?;
             // The first run fetches the models (a few hundred MB, pinned by sha256).
@@ -298,6 +351,7 @@ pub(crate) fn load_engines(
                     "tts": "Piper (en_US joe)",
                     "turn": "Silero VAD and smart-turn v3.2",
                 }),
+                utterances: None,
             })
         }
     }

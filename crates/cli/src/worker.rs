@@ -344,7 +344,13 @@ impl Worker {
             }
             ToWorker::Cancel { job } => {
                 if let Some(cancel) = self.jobs.remove(&job) {
-                    println!("worker: job {job} cancelled");
+                    match &self.engines.utterances {
+                        Some(n) => println!(
+                            "worker: job {job} cancelled ({} utterances heard by all jobs so far)",
+                            n.load(std::sync::atomic::Ordering::Relaxed)
+                        ),
+                        None => println!("worker: job {job} cancelled"),
+                    }
                     let _ = cancel.send(());
                 }
                 self.send_status(ws).await?;
@@ -357,9 +363,10 @@ impl Worker {
     }
 
     fn options(&self) -> AgentOptions {
+        let listening = self.engines.utterances.is_some();
         AgentOptions {
-            greeting: self.args.greeting.clone(),
-            preemptive: self.preemptive,
+            greeting: self.args.greeting.clone().filter(|_| !listening),
+            preemptive: self.preemptive && !listening,
             turn: self.engines.turn_options(),
             ..AgentOptions::default()
         }

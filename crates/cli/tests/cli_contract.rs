@@ -765,3 +765,58 @@ fn bench_call_setup_times_calls_through_a_delayed_signalling_path() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--calls must be at least 1"));
 }
+
+#[test]
+fn bench_agent_measures_listening_sessions_and_refuses_bad_input() {
+    for (args, says) in [
+        (&["--sessions", "0"][..], "--sessions must be 1-500"),
+        (&["--pause-secs", "0"][..], "--pause-secs must be 0.2-30"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["bench", "agent"])
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?} was taken");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // The listening engines need Silero VAD (fetched by `parlor models fetch`).
+    if std::env::var("PARLOR_REQUIRE_MODELS").as_deref() != Ok("1") {
+        eprintln!("skipped the run: set PARLOR_REQUIRE_MODELS=1 with the models fetched");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("parlor-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (json, wav) = (dir.join("agent.json"), dir.join("question.wav"));
+    let out = Command::new(BIN)
+        .args(["bench", "agent", "--engines", "listen", "--sessions", "2"])
+        .args(["--secs", "3", "--warmup-secs", "1", "--json"])
+        .arg(&json)
+        .arg("--wav")
+        .arg(&wav)
+        .env("PARLOR_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parse");
+    assert_eq!(v["sessions"], 2);
+    assert!(v["worker_cpu_s"].as_f64().is_some_and(|c| c > 0.0), "{v}");
+    // Every question begun was heard by its agent's VAD (one may be cut by the stop).
+    let (spoken, heard) = (
+        v["spoken"].as_u64().expect("spoken"),
+        v["heard"].as_u64().expect("heard"),
+    );
+    assert!(spoken >= 2 && heard + 2 >= spoken && heard <= spoken, "{v}");
+    let audio = std::fs::read(&wav).expect("wav");
+    assert!(
+        audio.starts_with(b"RIFF") && audio.len() > 44_000,
+        "the humans' audio as a WAV"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,8 +8,11 @@
 //!   the receiver now and before, Whisper's word error rate);
 //! * [`setup`]: call setup with a signalling round-trip time, pipelined and stop-and-wait;
 //! * [`calls`]: many calls through agent dispatch to a real `parlor worker`, and the worker's
-//!   memory, descriptors and threads through them (a leak's slope).
+//!   memory, descriptors and threads through them (a leak's slope);
+//! * [`agent`]: N sessions at once on a real `parlor worker`: CPU per session (listening, or
+//!   answering with voice-to-voice measured), beside Pipecat with `bench/agent_capacity.py`.
 
+mod agent;
 mod audio;
 mod calls;
 mod load;
@@ -45,6 +48,9 @@ pub(crate) enum BenchCommand {
     /// Calls through agent dispatch to a `parlor worker` child: answers heard, failures, and
     /// the worker's RSS, fds and threads per call (a leak's slope).
     Calls(calls::CallsArgs),
+    /// N humans at once, each with a dispatched agent on a `parlor worker` child: the
+    /// worker's CPU per session and sessions per core (listening, or answering).
+    Agent(agent::AgentArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -59,6 +65,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Churn(args) => load::churn(args).await,
         BenchCommand::ReconnectStorm(args) => load::reconnect_storm(args).await,
         BenchCommand::Calls(args) => calls::calls(args).await,
+        BenchCommand::Agent(args) => agent::agent(args).await,
     }
 }
 
