@@ -205,3 +205,37 @@ async fn an_explicit_request_on_a_follower_is_served_by_the_leader() {
     assert_eq!(offer["channel"], "lobby");
     worker.expect_silence(Duration::from_millis(400)).await;
 }
+
+#[tokio::test]
+async fn a_draining_worker_on_a_follower_gets_no_new_rooms_and_keeps_its_calls() {
+    let nats = Nats::start().await;
+    let (a, b) = two_nodes(&nats).await;
+    let mut wb = Worker::register(&b, 4).await;
+    settled(&a, &[&a, &b], 1).await;
+    let mut human = Client::dev(&b).await;
+    human.subscribe("call-5").await;
+    let offer = wb.expect("offer").await;
+    let job = offer["job"].as_str().expect("job").to_owned();
+    wb.send(json!({"type":"accept","job":job})).await;
+    let _agent = agent_joins(&b, &offer).await;
+
+    // It drains (SIGTERM in `parlor worker`): the leader learns it through b's announcement.
+    wb.send(json!({"type":"status","load":0.1,"draining":true}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut human2 = Client::dev(&a).await;
+    human2.subscribe("call-6").await;
+    // No offer to the draining worker, and its running call is left alone; the new room
+    // waits for a worker.
+    wb.expect_silence(Duration::from_millis(800)).await;
+    let mut wa = Worker::register(&a, 4).await;
+    let offer2 = wa.expect("offer").await;
+    assert_eq!(
+        offer2["channel"], "call-6",
+        "the new room goes to the new worker"
+    );
+    drop(human);
+    let cancel = wb.expect("cancel").await;
+    assert_eq!(cancel["job"], job);
+    drop(human2);
+}

@@ -35,6 +35,9 @@ pub(crate) struct CallsArgs {
     /// demo's, fetched into the cache on first use).
     #[arg(long, default_value = "basic", value_parser = ["basic", "neural"])]
     engines: String,
+    /// Stop starting calls after this many minutes (a soak: `--calls` is then a ceiling).
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Give up on a call after this many seconds.
     #[arg(long, default_value_t = 30)]
     call_timeout_secs: u64,
@@ -191,8 +194,14 @@ grace_secs = 0
     let mut failures: Vec<String> = Vec::new();
     let mut samples = vec![first];
     let mut done = 0usize;
+    let until = args
+        .minutes
+        .map(|m| started + Duration::from_secs_f64(m.max(0.0) * 60.0));
     for i in 0..args.calls {
         let permit = limit.clone().acquire_owned().await?;
+        if until.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
         let (url, question) = (url.clone(), question.clone());
         let timeout = Duration::from_secs(args.call_timeout_secs);
         tasks.spawn(async move {
@@ -280,7 +289,7 @@ grace_secs = 0
     }
     if let Some(path) = args.json {
         let v = json!({
-            "calls": args.calls, "concurrency": args.concurrency, "engines": args.engines,
+            "calls": done, "minutes": args.minutes, "concurrency": args.concurrency, "engines": args.engines,
             "ok": results.len(), "failed": failures.len(), "wall_s": wall, "worker_cpu_s": worker_cpu,
             "rss_kb_per_call": rss_slope, "fds_per_call": fd_slope, "threads_per_call": thread_slope,
             "samples": samples.iter().map(|s| json!({"call": s.call, "rss_mb": s.rss_mb, "fds": s.fds, "threads": s.threads})).collect::<Vec<_>>(),
