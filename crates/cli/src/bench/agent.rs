@@ -252,6 +252,7 @@ grace_secs = 0
         .lock()
         .map(|l| l.clone())
         .unwrap_or_default();
+    let answered = lat.len();
     let (p50, p95) = (
         percentile(&mut lat.clone(), 0.5),
         percentile(&mut lat, 0.95),
@@ -300,7 +301,7 @@ grace_secs = 0
             "sessions_per_core": 100.0 / per_session, "worker_rss_mb": rss_mb,
             "humans_cpu_s": own_cpu, "questions": asked,
             "spoken": spoken, "heard": heard.load(Ordering::Relaxed),
-            "v2v_p50_ms": p50, "v2v_p95_ms": p95,
+            "v2v_p50_ms": p50, "v2v_p95_ms": p95, "answered": answered,
             "unanswered": shared.unanswered.load(Ordering::Relaxed),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
