@@ -68,6 +68,19 @@ class Busy:
         return s[len(s) // 2] if s else float("nan")
 
 
+def measure(tmp, name, cmd):
+    """Run one side (`cmd` writes its JSON to `--json`), quiet; its results, with the
+    machine's CPU use while it ran."""
+    out = os.path.join(tmp, f"{name}.json")
+    print(f"{name} sessions…", file=sys.stderr)
+    busy = Busy()
+    subprocess.run(cmd + ["--json", out], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "PARLOR_LOG": "warn"})
+    res = json.load(open(out))
+    res["machine_busy_pct"] = busy.done()
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", default="4,8,16")
@@ -92,30 +105,15 @@ def main():
     wav = os.path.join(tmp, "question.wav")
     rows = []
     for n in counts:
-        out = os.path.join(tmp, f"parlor-{n}.json")
-        print(f"parlor: {n} listening sessions…", file=sys.stderr)
-        busy = Busy()
-        subprocess.run([a.parlor, "bench", "agent", "--engines", "listen", "--sessions", str(n),
-                        "--secs", str(int(a.secs)), "--warmup-secs", str(int(a.warmup_secs)),
-                        "--wav", wav, "--json", out],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "PARLOR_LOG": "warn"})
-        p = json.load(open(out))
-        p["machine_busy_pct"] = busy.done()
-        row = {"sessions": n, "parlor": p}
+        row = {"sessions": n}
+        row["parlor"] = measure(tmp, f"parlor-{n}", [a.parlor, "bench", "agent", "--engines", "listen",
+                                "--sessions", str(n), "--secs", str(int(a.secs)),
+                                "--warmup-secs", str(int(a.warmup_secs)), "--wav", wav])
         if py:
-            out = os.path.join(tmp, f"pipecat-{n}.json")
-            print(f"pipecat: {n} listening sessions…", file=sys.stderr)
-            busy = Busy()
-            subprocess.run([py, os.path.join(HERE, "pipecat/listen.py"), "run", "--sessions", str(n),
-                            "--secs", str(a.secs), "--warmup-secs", str(a.warmup_secs),
-                            "--wav", wav, "--json", out],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            q = json.load(open(out))
-            q["machine_busy_pct"] = busy.done()
-            row["pipecat"] = q
+            row["pipecat"] = measure(tmp, f"pipecat-{n}", [py, os.path.join(HERE, "pipecat/listen.py"), "run",
+                                     "--sessions", str(n), "--secs", str(a.secs),
+                                     "--warmup-secs", str(a.warmup_secs), "--wav", wav])
         rows.append(row)
-
     print()
     print(f"listening sessions (Silero VAD on every human's audio), {a.secs:.0f} s measured after "
           f"{a.warmup_secs:.0f} s of warm-up; {os.cpu_count()} cores")
@@ -155,22 +153,16 @@ def talk(a, counts, py):
                                 check=True, capture_output=True, text=True).stdout.split()
     rows = []
     for n in counts:
-        out = os.path.join(tmp, f"parlor-{n}.json")
-        print(f"parlor: {n} answering sessions…", file=sys.stderr)
-        subprocess.run([a.parlor, "bench", "agent", "--engines", "neural", "--sessions", str(n),
-                        "--secs", str(int(a.secs)), "--warmup-secs", str(int(a.warmup_secs)),
-                        "--pause-secs", "1.5", "--wav", wav, "--json", out],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "PARLOR_LOG": "warn"})
-        row = {"sessions": n, "parlor": json.load(open(out))}
+        row = {"sessions": n}
+        row["parlor"] = measure(tmp, f"parlor-{n}", [a.parlor, "bench", "agent", "--engines", "neural",
+                                "--sessions", str(n), "--secs", str(int(a.secs)),
+                                "--warmup-secs", str(int(a.warmup_secs)), "--pause-secs", "1.5",
+                                "--wav", wav])
         if py:
-            out = os.path.join(tmp, f"pipecat-{n}.json")
-            print(f"pipecat: {n} answering sessions…", file=sys.stderr)
-            subprocess.run([py, os.path.join(HERE, "pipecat/talk.py"), "run", "--sessions", str(n),
-                            "--secs", str(a.secs), "--warmup-secs", str(a.warmup_secs), "--wav", wav,
-                            "--whisper", models[0], "--piper", models[1], "--json", out],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            row["pipecat"] = json.load(open(out))
+            row["pipecat"] = measure(tmp, f"pipecat-{n}", [py, os.path.join(HERE, "pipecat/talk.py"), "run",
+                                     "--sessions", str(n), "--secs", str(a.secs),
+                                     "--warmup-secs", str(a.warmup_secs), "--wav", wav,
+                                     "--whisper", models[0], "--piper", models[1]])
         rows.append(row)
     print()
     print(f"answering sessions (a question, its answer, 1.5 s, again), {a.secs:.0f} s measured after "

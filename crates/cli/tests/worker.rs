@@ -237,6 +237,12 @@ async fn workers_serve_rooms_fail_over_when_killed_and_drain_on_sigterm() {
     std::fs::create_dir_all(&dir).expect("dir");
     let (serve, url) = server(&dir);
     let mut a = worker("worker-a", &url);
+    // It restarted itself with two malloc arenas (same process).
+    let env = std::fs::read(format!("/proc/{}/environ", a.child.id())).expect("environ");
+    assert!(
+        env.split(|b| *b == 0).any(|v| v == b"MALLOC_ARENA_MAX=2"),
+        "the worker runs with MALLOC_ARENA_MAX=2"
+    );
 
     // A human in a matching room: worker a's agent joins and greets them.
     let (h1, mic1, mut heard1) = human(&url, "call-1").await;

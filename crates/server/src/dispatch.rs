@@ -514,16 +514,7 @@ impl Dispatcher {
         orphans.sort();
         for ((account, channel), peer, job) in orphans {
             if adopted.contains(&job) {
-                if let Some(c) = self
-                    .jobs
-                    .get(&job)
-                    .cloned()
-                    .and_then(|k| self.rooms.get_mut(&k))
-                    .and_then(|r| r.current.as_mut())
-                {
-                    c.agents.insert(peer);
-                }
-                continue;
+                continue; // another peer of the same job: adopted with it (`present_agents`)
             }
             let waiting = self.rooms_of(&account, &channel).into_iter().find(|k| {
                 self.rooms.get(k).is_some_and(|r| {

@@ -54,18 +54,7 @@ pub(crate) struct AgentArgs {
     wav: Option<std::path::PathBuf>,
 }
 
-const SECRET: &str = "ws_bench_agent_0123456789";
 const KEY: &str = "pk_bench_agent";
-
-/// The worker process, killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What every human shares.
 struct Shared {
@@ -93,56 +82,12 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         (0.2..=30.0).contains(&args.pause_secs),
         "--pause-secs must be 0.2-30"
     );
-    let mut config = parlor_server::config::Config::from_toml(&format!(
-        r#"
-[[keys]]
-key = "{KEY}"
-account = "bench"
-
-[agents]
-worker_secret = "{SECRET}"
-load_threshold = 1.0
-
-[[agents.rules]]
-channels = ["call-*"]
-agent = "voice"
-grace_secs = 0
-"#
-    ))?;
-    config.limits.max_channel_members = 16;
-    let server = parlor_server::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, config)?;
-    let url = server.url();
-
-    let exe = std::env::current_exe().context("this binary's path")?;
-    let child = std::process::Command::new(exe)
-        .arg("worker")
-        .args(["--server", &url, "--engines", &args.engines])
-        .args(["--capacity", &(args.sessions + 1).to_string()])
-        .env("PARLOR_WORKER_SECRET", SECRET)
-        .env(
-            "PARLOR_LOG",
-            std::env::var("PARLOR_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .context("cannot start parlor worker")?;
-    let mut worker = Child(child);
-    let pid = worker.0.id();
-    let stdout = worker.0.stdout.take().context("the worker's stdout")?;
-    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    // Every offer is taken (the worker's capacity bounds it), however busy the worker.
     let heard = Arc::new(AtomicU64::new(0));
     let heard_w = heard.clone();
-    // Read its lines (so it never blocks on a full pipe): its registration, and the
-    // utterances its agents heard (listening engines).
-    std::thread::spawn(move || {
-        let mut tx = Some(registered_tx);
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            if line.contains("registered as worker")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(());
-            }
+    let fleet =
+        super::fleet::Fleet::start(KEY, &args.engines, args.sessions + 1, 1.0, move |line| {
+            // The utterances its agents heard (listening engines), printed with each cancel.
             if let Some(n) = line
                 .split('(')
                 .nth(1)
@@ -151,12 +96,9 @@ grace_secs = 0
             {
                 heard_w.fetch_max(n, Ordering::Relaxed);
             }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(300), registered)
-        .await
-        .context("the worker did not register within 300 s")?
-        .context("the worker exited before registering")?;
+        })
+        .await?;
+    let (url, pid) = (fleet.url.clone(), fleet.pid);
 
     // The question: eSpeak speech, then the pause.
     let tts = EspeakTts::with_voice("en-us", 150).context("eSpeak")?;
@@ -242,8 +184,7 @@ grace_secs = 0
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop(worker);
-    server.shutdown().await.ok();
+    fleet.stop().await;
 
     let per_session = 100.0 * worker_cpu / wall / args.sessions as f64;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -46,18 +46,7 @@ pub(crate) struct CallsArgs {
     json: Option<std::path::PathBuf>,
 }
 
-const SECRET: &str = "ws_bench_calls_0123456789";
 const KEY: &str = "pk_bench_calls";
-
-/// The worker process, killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What one call measured.
 struct CallResult {
@@ -115,59 +104,10 @@ pub(crate) async fn calls(args: CallsArgs) -> anyhow::Result<()> {
         args.calls > 0 && args.concurrency > 0,
         "--calls and --concurrency must be > 0"
     );
-    let mut config = parlor_server::config::Config::from_toml(&format!(
-        r#"
-[[keys]]
-key = "{KEY}"
-account = "bench"
-
-[agents]
-worker_secret = "{SECRET}"
-
-[[agents.rules]]
-channels = ["call-*"]
-agent = "voice"
-grace_secs = 0
-"#
-    ))?;
-    config.limits.max_channel_members = 16;
-    let server = parlor_server::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, config)?;
-    let url = server.url();
-
-    // The worker: this binary, as a child process.
-    let exe = std::env::current_exe().context("this binary's path")?;
-    let child = std::process::Command::new(exe)
-        .arg("worker")
-        .args(["--server", &url, "--engines", &args.engines])
-        .args(["--capacity", &(args.concurrency + 1).to_string()])
-        .env("PARLOR_WORKER_SECRET", SECRET)
-        .env(
-            "PARLOR_LOG",
-            std::env::var("PARLOR_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .context("cannot start parlor worker")?;
-    let mut worker = Child(child);
-    let pid = worker.0.id();
-    let stdout = worker.0.stdout.take().context("the worker's stdout")?;
-    let (registered_tx, registered) = tokio::sync::oneshot::channel();
-    // Read its lines (so it never blocks on a full pipe), noting its registration.
-    std::thread::spawn(move || {
-        let mut tx = Some(registered_tx);
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            if line.contains("registered as worker")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(120), registered)
-        .await
-        .context("the worker did not register within 120 s")?
-        .context("the worker exited before registering")?;
+    // The server's default load threshold: a worker busy past it gets no offers.
+    let fleet =
+        super::fleet::Fleet::start(KEY, &args.engines, args.concurrency + 1, 0.8, |_| {}).await?;
+    let (url, pid) = (fleet.url.clone(), fleet.pid);
 
     // The question: eSpeak speech, then 1.5 s of silence for the turn to end.
     let tts = EspeakTts::with_voice("en-us", 150).context("eSpeak")?;
@@ -229,8 +169,7 @@ grace_secs = 0
     tokio::time::sleep(Duration::from_secs(2)).await;
     let last = sample(pid, done);
     samples.push(last);
-    drop(worker);
-    server.shutdown().await.ok();
+    fleet.stop().await;
 
     let half: Vec<&Sample> = samples.iter().filter(|s| s.call >= done / 2).collect();
     let fit = |f: fn(&Sample) -> f64| {

@@ -15,6 +15,7 @@
 mod agent;
 mod audio;
 mod calls;
+mod fleet;
 mod load;
 mod network;
 mod setup;

@@ -384,11 +384,6 @@ impl Replica {
         })
     }
 
-    /// The nodes this node has heard from (synced or not).
-    pub fn node_ids(&self) -> Vec<NodeId> {
-        self.nodes.keys().copied().collect()
-    }
-
     /// Remote channels of every tenant with their member peer ids (admin API).
     pub fn channel_members(&self) -> Vec<(Arc<str>, String, Vec<Arc<str>>)> {
         self.tenants
