@@ -58,6 +58,15 @@ pub(crate) struct DemoArgs {
     /// are used).
     #[arg(long, default_value = "none")]
     stt_prompt: String,
+    /// Words Whisper's decoder leans towards (their tokens' logits raised by
+    /// `--stt-boost-by` while decoding): `rules` (the rule reply's keywords; the default
+    /// with the rule reply), `none` (the default with an OpenAI-compatible model), or
+    /// comma-separated words.
+    #[arg(long)]
+    stt_boost: Option<String>,
+    /// The bonus `--stt-boost` gives its words, in logits (0–10).
+    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
+    stt_boost_by: f32,
     /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -256,18 +265,53 @@ impl Loaded {
     }
 }
 
-/// The text `--stt-prompt` names.
-pub(crate) fn stt_prompt(arg: &str) -> String {
-    match arg {
-        "none" => String::new(),
-        "rules" => RuleReply::vocabulary(),
-        text => text.to_owned(),
+/// What Whisper is given besides the audio: `--stt-prompt` and `--stt-boost`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SttHints {
+    /// Text as what came before each turn (empty: none).
+    pub prompt: String,
+    /// Words the decoder leans towards (empty: none), and by how much.
+    pub boost: Vec<String>,
+    pub boost_by: f32,
+}
+
+impl SttHints {
+    /// The hints the flags name: `rules`, `none` or text (the prompt) or comma-separated
+    /// words (the boost).
+    pub(crate) fn from_args(prompt: &str, boost: &str, boost_by: f32) -> anyhow::Result<SttHints> {
+        anyhow::ensure!(
+            boost_by.is_finite() && (0.0..=10.0).contains(&boost_by),
+            "--stt-boost-by must be between 0 and 10 (logits)"
+        );
+        let prompt = match prompt {
+            "none" => String::new(),
+            "rules" => RuleReply::vocabulary(),
+            text => text.to_owned(),
+        };
+        let boost = match boost {
+            "none" => Vec::new(),
+            "rules" => RuleReply::keywords()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            words => words
+                .split(',')
+                .map(|w| w.trim().to_owned())
+                .filter(|w| !w.is_empty())
+                .collect(),
+        };
+        Ok(SttHints {
+            prompt,
+            boost,
+            boost_by,
+        })
     }
 }
 
 /// The reply hook: an OpenAI-compatible model when `PARLOR_LLM_BASE_URL` is set, else the
-/// rules; with its name for the page and whether replies are prepared in pauses by default
-/// (not for a paid model, which would be asked for replies never said).
+/// rules; with its name for the page and whether it is the rules (which have replies
+/// prepared in pauses and Whisper leaning towards their keywords by default; a paid model
+/// would be asked for replies never said, and answers any words).
 pub(crate) fn reply_hook() -> (Arc<dyn Llm>, &'static str, bool) {
     match OpenAiLlm::from_env() {
         Some(llm) => {
@@ -282,7 +326,7 @@ pub(crate) fn load_engines(
     engines: Engines,
     stt: &str,
     stt_window: f32,
-    prompt: &str,
+    hints: &SttHints,
 ) -> anyhow::Result<Loaded> {
     match engines {
         Engines::Basic => Ok(Loaded {
@@ -327,10 +371,18 @@ pub(crate) fn load_engines(
                 Model::WhisperBase => "Whisper base",
                 _ => "Whisper tiny.en",
             };
+            let mut stt_label = stt_name.to_owned();
+            if !hints.prompt.is_empty() {
+                stt_label.push_str(", prompted");
+            }
+            if !hints.boost.is_empty() && hints.boost_by > 0.0 {
+                stt_label.push_str(", keywords boosted");
+            }
             let stt = parlor_voice::whisper::WhisperModel::load(&cache, whisper)
                 .map(|m| {
                     parlor_voice::whisper::WhisperStt::new(m.with_min_window(stt_window))
-                        .with_prompt(prompt)
+                        .with_prompt(&hints.prompt)
+                        .with_boost(&hints.boost, hints.boost_by)
                 })
                 .with_context(|| format!("speech-to-text ({stt_name})"))?;
             let tts = parlor_voice::piper::PiperTts::joe(&cache, threads)
@@ -347,7 +399,7 @@ pub(crate) fn load_engines(
                 activity: Some(parlor_voice::silero::SileroActivity(vad)),
                 end_of_turn: Some(Arc::new(eot)),
                 names: serde_json::json!({
-                    "stt": if prompt.is_empty() { stt_name.to_owned() } else { format!("{stt_name}, prompted") },
+                    "stt": stt_label,
                     "tts": "Piper (en_US joe)",
                     "turn": "Silero VAD and smart-turn v3.2",
                 }),
@@ -377,6 +429,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.stt_window.is_finite() && (0.0..=30.0).contains(&args.stt_window),
         "--stt-window must be between 0 and 30 (seconds)"
     );
+    // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
+    let (llm, reply_name, rules) = reply_hook();
+    let boost = args
+        .stt_boost
+        .as_deref()
+        .unwrap_or(if rules { "rules" } else { "none" });
+    let hints = SttHints::from_args(&args.stt_prompt, boost, args.stt_boost_by)?;
     let web = args.web.clone().unwrap_or_else(default_web);
     anyhow::ensure!(
         web.join("index.html").exists(),
@@ -392,15 +451,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     // The engines load first, so a missing package or model fails before anything listens.
     let (engines, stt, window) = (args.engines, args.stt.clone(), args.stt_window);
-    let prompt = stt_prompt(&args.stt_prompt);
-    if !prompt.is_empty() {
-        tracing::info!(prompt, "Whisper is prompted");
+    if !hints.prompt.is_empty() {
+        tracing::info!(prompt = hints.prompt, "Whisper is prompted");
+    }
+    if !hints.boost.is_empty() {
+        tracing::info!(words = ?hints.boost, by = hints.boost_by, "Whisper leans towards words");
     }
     let loaded =
-        tokio::task::spawn_blocking(move || load_engines(engines, &stt, window, &prompt)).await??;
-    // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
-    let (llm, reply_name, preemptive) = reply_hook();
-    let preemptive = args.preemptive.map_or(preemptive, |o| o == OnOff::On);
+        tokio::task::spawn_blocking(move || load_engines(engines, &stt, window, &hints)).await??;
+    let preemptive = args.preemptive.map_or(rules, |o| o == OnOff::On);
     let mut names = loaded.names.clone();
     names["reply"] = reply_name.into();
 

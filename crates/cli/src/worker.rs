@@ -28,7 +28,7 @@ use parlor_agent::{AgentOptions, Llm};
 use parlor_peer::{ReconnectOptions, RoomPeer, SignallingClient};
 use parlor_protocol::worker::{PATH, ToServer, ToWorker};
 
-use crate::demo::{Engines, Loaded, load_engines, reply_hook, stt_prompt};
+use crate::demo::{Engines, Loaded, SttHints, load_engines, reply_hook};
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
@@ -50,6 +50,13 @@ pub(crate) struct WorkerArgs {
     /// Whisper's prompt (as in `parlor demo`): `rules`, `none` or any text.
     #[arg(long, default_value = "none")]
     stt_prompt: String,
+    /// Words Whisper leans towards (as in `parlor demo`): `rules` (the default with the rule
+    /// reply), `none` (the default with an OpenAI-compatible model) or comma-separated words.
+    #[arg(long)]
+    stt_boost: Option<String>,
+    /// The bonus `--stt-boost` gives its words, in logits (0–10).
+    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
+    stt_boost_by: f32,
     /// What the agent says when a human's audio arrives.
     #[arg(long)]
     greeting: Option<String>,
@@ -100,10 +107,15 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.server.starts_with("ws://") || args.server.starts_with("wss://"),
         "--server must be a ws:// or wss:// URL"
     );
-    let (engines, stt, prompt) = (args.engines, args.stt.clone(), stt_prompt(&args.stt_prompt));
-    let loaded =
-        tokio::task::spawn_blocking(move || load_engines(engines, &stt, 0.0, &prompt)).await??;
     let (llm, reply_name, preemptive) = reply_hook();
+    let boost = args
+        .stt_boost
+        .as_deref()
+        .unwrap_or(if preemptive { "rules" } else { "none" });
+    let hints = SttHints::from_args(&args.stt_prompt, boost, args.stt_boost_by)?;
+    let (engines, stt) = (args.engines, args.stt.clone());
+    let loaded =
+        tokio::task::spawn_blocking(move || load_engines(engines, &stt, 0.0, &hints)).await??;
     println!(
         "worker: engines loaded ({}; replies from {reply_name}); serving agent {:?} for {}",
         loaded.names, args.agent, args.server

@@ -667,6 +667,24 @@ fn demo_refuses_a_bad_stt_window() {
 }
 
 #[test]
+fn demo_refuses_a_bad_stt_boost() {
+    for bad in ["11", "-1", "NaN", "inf"] {
+        let out = Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .arg(format!("--stt-boost-by={bad}"))
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "--stt-boost-by {bad} was taken");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("--stt-boost-by must be between 0 and 10 (logits)"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn worker_refuses_bad_input_before_loading_anything_and_never_shows_its_secret() {
     let run = |args: &[&str], secret: Option<&str>| {
         let mut cmd = Command::new(BIN);

@@ -113,7 +113,7 @@ describe("parlor demo: the page in Chromium talks to the voice agent", () => {
     assert.ok(line, `a human transcript with "weather": ${JSON.stringify(humanLines(heard, /./))}`);
     assert.equal(line.peerId, me, `the transcript is tagged with our peer id: ${JSON.stringify(line)}`);
     const engines = await page.evaluate(() => window.demo.engines);
-    assert.equal(engines.stt, "Whisper tiny.en", `the page names the engines: ${JSON.stringify(engines)}`);
+    assert.equal(engines.stt, "Whisper tiny.en, keywords boosted", `the page names the engines: ${JSON.stringify(engines)}`);
     const finalLine = await poll(human.state, (s) => humanLines(s, /weather/i).some((x) => x.final), "the final weather transcript", left());
     const words = (x) => x.toLowerCase().replace(/[^a-z' ]/g, "").split(/\s+/).filter(Boolean).join(" ");
     const said = humanLines(finalLine, /weather/i).find((x) => x.final).text;

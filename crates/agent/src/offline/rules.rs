@@ -18,17 +18,22 @@ impl RuleReply {
     /// line ("Weather, rain, …"), as `parlor demo --stt-prompt rules` gives
     /// Whisper (`WhisperStt::with_prompt`), so a voice it mishears still lands on them.
     pub fn vocabulary() -> String {
-        // Two-letter words and "bye" (in "goodbye") would only pull Whisper towards them.
-        let words: Vec<&str> = [WEATHER, TIME, NAME, HELLO, BYE]
-            .concat()
-            .into_iter()
-            .filter(|w| w.len() > 2 && *w != "bye")
-            .collect();
-        let line = words.join(", ");
+        let line = RuleReply::keywords().join(", ");
         let mut c = line.chars();
         c.next()
             .map(|f| f.to_uppercase().chain(c).collect::<String>() + ".")
             .unwrap_or_default()
+    }
+
+    /// The words the rules answer to, for a recognizer to lean towards (as
+    /// `parlor demo --stt-boost rules` does): two-letter words and "bye" (in "goodbye") left
+    /// out, which would only pull it towards them.
+    pub fn keywords() -> Vec<&'static str> {
+        [WEATHER, TIME, NAME, HELLO, BYE]
+            .concat()
+            .into_iter()
+            .filter(|w| w.len() > 2 && *w != "bye")
+            .collect()
     }
 
     /// The reply to `said`, as sentences.

@@ -37,6 +37,8 @@ pub const TOKENS_PER_SEC: f32 = 8.0;
 pub const INTERIM_EVERY_SECS: f32 = 1.0;
 /// The longest audio one pass takes (Whisper's window); longer utterances keep their end.
 pub const MAX_SECS: usize = 30;
+/// The bonus `parlor demo --stt-boost` gives a word (logits; see [`Boost`]).
+pub const DEFAULT_BOOST: f32 = 2.0;
 
 #[derive(Debug, serde::Deserialize)]
 struct ModelConfig {
@@ -155,8 +157,50 @@ impl WhisperModel {
         }
     }
 
+    /// `words` as a [`Boost`] of `by` (in logits, added to each word's next token while
+    /// decoding): each word as it would start a later word (" rain", " Rain") or the
+    /// transcript ("rain", "Rain"). Empty words are skipped; a `by` that is not finite or
+    /// not positive gives no boost.
+    pub fn boost<S: AsRef<str>>(&self, words: &[S], by: f32) -> Boost {
+        if !(by.is_finite() && by > 0.0) {
+            return Boost::default();
+        }
+        let (mut spaced, mut initial) = (Vec::new(), Vec::new());
+        for w in words {
+            let w = w.as_ref().trim();
+            let mut c = w.chars();
+            let Some(first) = c.next() else { continue };
+            let capital: String = first.to_uppercase().chain(c).collect();
+            for form in [w.to_lowercase(), capital] {
+                spaced.push(self.vocab.encode(&format!(" {form}")));
+                initial.push(self.vocab.encode(&form));
+            }
+        }
+        for list in [&mut spaced, &mut initial] {
+            list.retain(|seq| !seq.is_empty());
+            list.sort();
+            list.dedup();
+        }
+        Boost {
+            spaced: spaced.into(),
+            initial: initial.into(),
+            by,
+        }
+    }
+
     /// The text of `pcm` with `prompt` as the text that came before it.
     pub fn transcribe_after(&self, pcm: &[i16], prompt: &Prompt) -> Result<String, EngineError> {
+        self.transcribe_with(pcm, prompt, &Boost::default())
+    }
+
+    /// The text of `pcm` with `prompt` as the text that came before it, and the decoder
+    /// leaning towards `boost`'s words.
+    pub fn transcribe_with(
+        &self,
+        pcm: &[i16],
+        prompt: &Prompt,
+        boost: &Boost,
+    ) -> Result<String, EngineError> {
         let pcm = &pcm[pcm.len().saturating_sub(MAX_SECS * SAMPLE_RATE)..];
         if pcm.is_empty() {
             return Ok(String::new());
@@ -197,6 +241,7 @@ impl WhisperModel {
                     }
                 }
             }
+            boost.apply(&out, &mut logits);
             // Only text, or the end: no timestamps or other special tokens.
             let next = logits
                 .iter()
@@ -305,11 +350,66 @@ impl Prompt {
     }
 }
 
+/// Words the decoder leans towards (contextual biasing, as in NeMo's word boosting): while
+/// decoding, the token that would begin one of them, or go on with one begun, gets `by` added
+/// to its logit. Unlike a [`Prompt`], it costs nothing per pass and teaches no style; too
+/// large a `by` puts the words where they were not said. Build one with
+/// [`WhisperModel::boost`].
+#[derive(Debug, Clone, Default)]
+pub struct Boost {
+    /// Each word's tokens as it starts a later word (with its leading space).
+    spaced: Arc<[Vec<u32>]>,
+    /// Each word's tokens as it starts the transcript.
+    initial: Arc<[Vec<u32>]>,
+    by: f32,
+}
+
+impl Boost {
+    /// Whether it boosts nothing.
+    pub fn is_empty(&self) -> bool {
+        self.spaced.is_empty()
+    }
+
+    /// The bonus, in logits.
+    pub fn by(&self) -> f32 {
+        self.by
+    }
+
+    /// Adds the bonus to the logit of each token that begins a word or goes on with one
+    /// `out` ends in (once per token, however many words want it).
+    fn apply(&self, out: &[u32], logits: &mut [f32]) {
+        if self.is_empty() {
+            return;
+        }
+        let mut next: Vec<u32> = Vec::new();
+        for seq in self.spaced.iter() {
+            next.extend(
+                (0..seq.len())
+                    .filter(|&k| out.ends_with(&seq[..k]))
+                    .map(|k| seq[k]),
+            );
+        }
+        for seq in self.initial.iter() {
+            if let Some(&id) = seq.get(out.len()).filter(|_| seq.starts_with(out)) {
+                next.push(id);
+            }
+        }
+        next.sort_unstable();
+        next.dedup();
+        for id in next {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += self.by;
+            }
+        }
+    }
+}
+
 /// Whisper as the agent's [`SpeechToText`] hook.
 #[derive(Debug, Clone)]
 pub struct WhisperStt {
     model: Arc<WhisperModel>,
     prompt: Prompt,
+    boost: Boost,
 }
 
 impl WhisperStt {
@@ -323,12 +423,20 @@ impl WhisperStt {
         WhisperStt {
             model: Arc::new(model),
             prompt: Prompt::default(),
+            boost: Boost::default(),
         }
     }
 
     /// Every recognizer prompted with `text` (see [`Prompt`]); empty for none.
     pub fn with_prompt(mut self, text: &str) -> WhisperStt {
         self.prompt = self.model.prompt(text);
+        self
+    }
+
+    /// Every recognizer's decoder leaning towards `words` by `by` logits (see [`Boost`]);
+    /// no words for none. [`DEFAULT_BOOST`] is the bonus measured in docs/performance.md.
+    pub fn with_boost<S: AsRef<str>>(mut self, words: &[S], by: f32) -> WhisperStt {
+        self.boost = self.model.boost(words, by);
         self
     }
 
@@ -343,6 +451,7 @@ impl SpeechToText for WhisperStt {
         Ok(Box::new(WhisperRecognizer {
             model: self.model.clone(),
             prompt: self.prompt.clone(),
+            boost: self.boost.clone(),
             pcm: Vec::new(),
             interim_at: 0,
         }))
@@ -352,6 +461,7 @@ impl SpeechToText for WhisperStt {
 struct WhisperRecognizer {
     model: Arc<WhisperModel>,
     prompt: Prompt,
+    boost: Boost,
     pcm: Vec<i16>,
     /// Samples at the last interim hypothesis.
     interim_at: usize,
@@ -371,12 +481,16 @@ impl Recognizer for WhisperRecognizer {
             return Ok(None);
         }
         self.interim_at = self.pcm.len();
-        let text = self.model.transcribe_after(&self.pcm, &self.prompt)?;
+        let text = self
+            .model
+            .transcribe_with(&self.pcm, &self.prompt, &self.boost)?;
         Ok((!text.is_empty()).then_some(text))
     }
 
     fn finish(&mut self) -> Result<String, HookError> {
-        let text = self.model.transcribe_after(&self.pcm, &self.prompt)?;
+        let text = self
+            .model
+            .transcribe_with(&self.pcm, &self.prompt, &self.boost)?;
         self.pcm.clear();
         self.interim_at = 0;
         Ok(text)
@@ -385,14 +499,41 @@ impl Recognizer for WhisperRecognizer {
     fn provisional(&mut self) -> Option<Transcription> {
         // It stands in for the next interim hypothesis too.
         self.interim_at = self.pcm.len();
-        let (model, pcm, prompt) = (self.model.clone(), self.pcm.clone(), self.prompt.clone());
-        Some(Box::new(move || Ok(model.transcribe_after(&pcm, &prompt)?)))
+        let (model, pcm) = (self.model.clone(), self.pcm.clone());
+        let (prompt, boost) = (self.prompt.clone(), self.boost.clone());
+        Some(Box::new(move || {
+            Ok(model.transcribe_with(&pcm, &prompt, &boost)?)
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boost_raises_each_words_next_token_once() {
+        let boost = Boost {
+            spaced: vec![vec![5, 6], vec![5, 7], vec![9]].into(),
+            initial: vec![vec![3, 4]].into(),
+            by: 2.0,
+        };
+        let raised = |out: &[u32]| {
+            let mut logits = vec![0.0f32; 10];
+            boost.apply(out, &mut logits);
+            (0..10u32)
+                .filter(|&i| logits[i as usize] != 0.0)
+                .inspect(|&i| assert_eq!(logits[i as usize], 2.0))
+                .collect::<Vec<_>>()
+        };
+        // At the start: every word's first token, the transcript's own form too.
+        assert_eq!(raised(&[]), [3, 5, 9]);
+        // A word begun goes on (6 and 7 after 5); any word may still begin.
+        assert_eq!(raised(&[1, 5]), [5, 6, 7, 9]);
+        assert_eq!(raised(&[3]), [4, 5, 9]);
+        assert_eq!(raised(&[1, 3]), [5, 9]);
+        assert!(Boost::default().is_empty());
+    }
 
     #[test]
     fn a_transcript_that_starts_over_keeps_its_first_telling() {
