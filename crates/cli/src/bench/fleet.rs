@@ -50,7 +50,19 @@ grace_secs = 0
             parlor_server::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, config)?;
         let url = server.url();
         let exe = std::env::current_exe().context("this binary's path")?;
-        let mut worker = std::process::Command::new(exe)
+        // A diagnostic wrapper (a heap profiler: `PARLOR_BENCH_WORKER_WRAPPER=heaptrack`); the
+        // pid read for RSS is then the wrapper's.
+        let wrapper = std::env::var("PARLOR_BENCH_WORKER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = std::process::Command::new(program);
+                c.args(words).arg(exe);
+                c
+            }
+            None => std::process::Command::new(exe),
+        };
+        let mut worker = command
             .arg("worker")
             .args(["--server", &url, "--engines", engines])
             .args(["--capacity", &capacity.to_string()])
