@@ -354,7 +354,9 @@ impl Prompt {
 /// decoding, the token that would begin one of them, or go on with one begun, gets `by` added
 /// to its logit. Unlike a [`Prompt`], it costs nothing per pass and teaches no style; too
 /// large a `by` puts the words where they were not said. Build one with
-/// [`WhisperModel::boost`].
+/// [`WhisperModel::boost`]. A word the vocabulary holds as one token (most short words) is
+/// boosted exactly; a longer one along its split into the longest tokens the vocabulary has,
+/// which may not be the split Whisper would write.
 #[derive(Debug, Clone, Default)]
 pub struct Boost {
     /// Each word's tokens as it starts a later word (with its leading space).
