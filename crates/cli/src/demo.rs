@@ -277,8 +277,14 @@ pub(crate) struct SttHints {
 
 impl SttHints {
     /// The hints the flags name: `rules`, `none` or text (the prompt) or comma-separated
-    /// words (the boost).
-    pub(crate) fn from_args(prompt: &str, boost: &str, boost_by: f32) -> anyhow::Result<SttHints> {
+    /// words (the boost). With no `--stt-boost`, the rule reply's keywords are boosted when
+    /// `rules` answer (an OpenAI-compatible model answers any words: no boost).
+    pub(crate) fn from_args(
+        prompt: &str,
+        boost: Option<&str>,
+        boost_by: f32,
+        rules: bool,
+    ) -> anyhow::Result<SttHints> {
         anyhow::ensure!(
             boost_by.is_finite() && (0.0..=10.0).contains(&boost_by),
             "--stt-boost-by must be between 0 and 10 (logits)"
@@ -288,7 +294,7 @@ impl SttHints {
             "rules" => RuleReply::vocabulary(),
             text => text.to_owned(),
         };
-        let boost = match boost {
+        let boost = match boost.unwrap_or(if rules { "rules" } else { "none" }) {
             "none" => Vec::new(),
             "rules" => RuleReply::keywords()
                 .into_iter()
@@ -431,11 +437,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
     let (llm, reply_name, rules) = reply_hook();
-    let boost = args
-        .stt_boost
-        .as_deref()
-        .unwrap_or(if rules { "rules" } else { "none" });
-    let hints = SttHints::from_args(&args.stt_prompt, boost, args.stt_boost_by)?;
+    let hints = SttHints::from_args(
+        &args.stt_prompt,
+        args.stt_boost.as_deref(),
+        args.stt_boost_by,
+        rules,
+    )?;
     let web = args.web.clone().unwrap_or_else(default_web);
     anyhow::ensure!(
         web.join("index.html").exists(),

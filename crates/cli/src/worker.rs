@@ -107,12 +107,13 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.server.starts_with("ws://") || args.server.starts_with("wss://"),
         "--server must be a ws:// or wss:// URL"
     );
-    let (llm, reply_name, preemptive) = reply_hook();
-    let boost = args
-        .stt_boost
-        .as_deref()
-        .unwrap_or(if preemptive { "rules" } else { "none" });
-    let hints = SttHints::from_args(&args.stt_prompt, boost, args.stt_boost_by)?;
+    let (llm, reply_name, rules) = reply_hook();
+    let hints = SttHints::from_args(
+        &args.stt_prompt,
+        args.stt_boost.as_deref(),
+        args.stt_boost_by,
+        rules,
+    )?;
     let (engines, stt) = (args.engines, args.stt.clone());
     let loaded =
         tokio::task::spawn_blocking(move || load_engines(engines, &stt, 0.0, &hints)).await??;
@@ -126,7 +127,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         secret,
         engines: Arc::new(loaded),
         llm,
-        preemptive,
+        preemptive: rules,
         jobs: HashMap::new(),
         news_tx,
         draining: false,
