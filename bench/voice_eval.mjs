@@ -11,7 +11,7 @@
 //     still said to its end.
 // Writes tests/conformance/out/voice-eval-<label>.json.
 //
-//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS] [--stt-prompt none|rules|TEXT] [--stt-boost none|rules|WORDS] [--stt-boost-by LOGITS]
+//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS] [--stt-prompt none|rules|TEXT] [--stt-boost none|rules|WORDS] [--stt-boost-by LOGITS] [--stt-beams N]
 //       [--voices espeak,espeak-f3,festival,piper,piper-fast,piper-noise] [--gap 7] [--label x]
 //       [--limit N: the first N questions, paused questions and backchannels only]
 //       [--only question,paused,held-out,backchannel: these lists only]
@@ -38,6 +38,7 @@ const STT_WINDOW = Number(arg("stt-window", 0)); // parlor demo --stt-window
 const STT_PROMPT = arg("stt-prompt", "none"); // parlor demo --stt-prompt (none, rules or text)
 const STT_BOOST = arg("stt-boost", null); // parlor demo --stt-boost (none, rules or words); unset: the demo's default
 const STT_BOOST_BY = arg("stt-boost-by", null); // parlor demo --stt-boost-by (logits)
+const STT_BEAMS = arg("stt-beams", null); // parlor demo --stt-beams (hypotheses)
 const GAP = Number(arg("gap", 7));
 const VOICES = arg("voices", "espeak,espeak-f3,festival,piper,piper-fast,piper-noise").split(",");
 const LABEL = arg("label", ENGINES === "basic" ? "basic" : STT);
@@ -233,7 +234,8 @@ writeWav(wavFile, RATE, Buffer.concat(bufs));
 // ------------------------------------------------------------------ the run
 mkdirSync(OUT_DIR, { recursive: true });
 const extra = ENGINES === "basic" ? ["--engines", "basic"] : ["--engines", ENGINES, "--stt", STT, "--stt-window", String(STT_WINDOW), "--stt-prompt", STT_PROMPT,
-  ...(STT_BOOST === null ? [] : ["--stt-boost", STT_BOOST]), ...(STT_BOOST_BY === null ? [] : ["--stt-boost-by", STT_BOOST_BY])];
+  ...(STT_BOOST === null ? [] : ["--stt-boost", STT_BOOST]), ...(STT_BOOST_BY === null ? [] : ["--stt-boost-by", STT_BOOST_BY]),
+  ...(STT_BEAMS === null ? [] : ["--stt-beams", STT_BEAMS])];
 const demo = await startDemo(`voice-eval-${LABEL}`, extra);
 const browser = await launchChromium([`--use-file-for-fake-audio-capture=${wavFile}%noloop`]);
 let human;
@@ -324,4 +326,4 @@ if (bcs.length) console.log(`false interruptions (during the weather reply): ` +
   `${x.backchannel} → ${x.replyCompleted ? "reply said to its end" : "reply lost"} (holds ${x.bargeIns}, resumed ${x.resumed})`).join("; "));
 console.log(`\nper item:`);
 for (const x of items) console.log(`  ${x.kind.padEnd(11)} ${x.voice.padEnd(11)} ${JSON.stringify(x.text)} → ${JSON.stringify(x.heard)} [${x.topic ?? "no reply"}${x.topic === x.intent ? "" : " ≠ " + x.intent}] ${x.metrics ? x.metrics.eouToFirstAudioMs + " ms " + x.metrics.endedBy + (x.metrics.prepared ? " (prepared)" : "") : ""}`);
-writeFileSync(path.join(OUT_DIR, `voice-eval-${LABEL}.json`), JSON.stringify({ label: LABEL, engines: ENGINES, stt: STT, sttPrompt: STT_PROMPT, sttBoost: STT_BOOST, sttBoostBy: STT_BOOST_BY, rows, items }, null, 1));
+writeFileSync(path.join(OUT_DIR, `voice-eval-${LABEL}.json`), JSON.stringify({ label: LABEL, engines: ENGINES, stt: STT, sttPrompt: STT_PROMPT, sttBoost: STT_BOOST, sttBoostBy: STT_BOOST_BY, sttBeams: STT_BEAMS, rows, items }, null, 1));

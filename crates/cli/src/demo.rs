@@ -67,6 +67,10 @@ pub(crate) struct DemoArgs {
     /// The bonus `--stt-boost` gives its words, in logits (0–10).
     #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
     stt_boost_by: f32,
+    /// Hypotheses Whisper's decoder keeps (a beam search; 1: greedy). Each is a row of
+    /// the same batch: more cost decoder time per pass (1–8).
+    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BEAMS)]
+    stt_beams: usize,
     /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -265,7 +269,7 @@ impl Loaded {
     }
 }
 
-/// What Whisper is given besides the audio: `--stt-prompt` and `--stt-boost`.
+/// How Whisper is run besides the model: `--stt-prompt`, `--stt-boost` and `--stt-beams`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SttHints {
     /// Text as what came before each turn (empty: none).
@@ -273,6 +277,8 @@ pub(crate) struct SttHints {
     /// Words the decoder leans towards (empty: none), and by how much.
     pub boost: Vec<String>,
     pub boost_by: f32,
+    /// Hypotheses the decoder keeps (1: greedy).
+    pub beams: usize,
 }
 
 impl SttHints {
@@ -283,11 +289,16 @@ impl SttHints {
         prompt: &str,
         boost: Option<&str>,
         boost_by: f32,
+        beams: usize,
         rules: bool,
     ) -> anyhow::Result<SttHints> {
         anyhow::ensure!(
             boost_by.is_finite() && (0.0..=10.0).contains(&boost_by),
             "--stt-boost-by must be between 0 and 10 (logits)"
+        );
+        anyhow::ensure!(
+            (1..=8).contains(&beams),
+            "--stt-beams must be between 1 and 8 (hypotheses)"
         );
         let prompt = match prompt {
             "none" => String::new(),
@@ -310,6 +321,7 @@ impl SttHints {
             prompt,
             boost,
             boost_by,
+            beams,
         })
     }
 }
@@ -384,9 +396,13 @@ pub(crate) fn load_engines(
             if !hints.boost.is_empty() && hints.boost_by > 0.0 {
                 stt_label.push_str(", keywords boosted");
             }
+            if hints.beams > 1 {
+                stt_label.push_str(&format!(", beam of {}", hints.beams));
+            }
             let stt = parlor_voice::whisper::WhisperModel::load(&cache, whisper)
                 .map(|m| {
-                    parlor_voice::whisper::WhisperStt::new(m.with_min_window(stt_window))
+                    let m = m.with_min_window(stt_window).with_beams(hints.beams);
+                    parlor_voice::whisper::WhisperStt::new(m)
                         .with_prompt(&hints.prompt)
                         .with_boost(&hints.boost, hints.boost_by)
                 })
@@ -441,6 +457,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &args.stt_prompt,
         args.stt_boost.as_deref(),
         args.stt_boost_by,
+        args.stt_beams,
         rules,
     )?;
     let web = args.web.clone().unwrap_or_else(default_web);

@@ -57,6 +57,9 @@ pub(crate) struct WorkerArgs {
     /// The bonus `--stt-boost` gives its words, in logits (0–10).
     #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
     stt_boost_by: f32,
+    /// Hypotheses Whisper's decoder keeps (as in `parlor demo`; 1: greedy, up to 8).
+    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BEAMS)]
+    stt_beams: usize,
     /// What the agent says when a human's audio arrives.
     #[arg(long)]
     greeting: Option<String>,
@@ -112,6 +115,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         &args.stt_prompt,
         args.stt_boost.as_deref(),
         args.stt_boost_by,
+        args.stt_beams,
         rules,
     )?;
     let (engines, stt) = (args.engines, args.stt.clone());

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p parlor-voice --example transcribe -- [--model whisper-base] \
-//!     [--window SECS] [--f32] [--prompt TEXT] [--boost WORD,WORD --by LOGITS] FILE.wav...
+//!     [--window SECS] [--f32] [--prompt TEXT] [--boost WORD,WORD --by LOGITS] [--beams N] \
+//!     FILE.wav...
 //! ```
 //!
 //! Each file (mono 16-bit PCM, any rate) is brought to 16 kHz and
@@ -10,7 +11,8 @@
 //! fewest seconds the encoder sees (default: the audio plus 1 s; Whisper's own is 30);
 //! `--f32` keeps the decoder's weights in f32 instead of 8 bits; `--prompt` gives Whisper text
 //! as what was said before (the domain's words); `--boost` makes the decoder lean towards
-//! words (by `--by` logits, default 2).
+//! words (by `--by` logits, default 2); `--beams` decodes with a beam of N hypotheses
+//! (default 1: greedy).
 //! Models come from the cache `parlor models fetch` fills.
 
 use std::time::Instant;
@@ -25,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt = String::new();
     let (mut boost, mut by) = (String::new(), parlor_voice::whisper::DEFAULT_BOOST);
     let mut weights = parlor_voice::whisper::DecoderWeights::Q8;
+    let mut beams = 1;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--model" => {
@@ -34,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--prompt" => prompt = args.next().ok_or("--prompt needs text")?,
             "--boost" => boost = args.next().ok_or("--boost needs words")?,
             "--by" => by = args.next().ok_or("--by needs logits")?.parse()?,
+            "--beams" => beams = args.next().ok_or("--beams needs a count")?.parse()?,
             "--f32" => weights = parlor_voice::whisper::DecoderWeights::F32,
             "--window" => window = Some(args.next().ok_or("--window needs seconds")?.parse()?),
             _ => files.push(a),
@@ -43,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: transcribe [--model NAME] [--window SECS] FILE.wav...".into());
     }
     let cache = ModelCache::from_env()?;
-    let mut whisper = WhisperModel::load_with(&cache, model, weights)?;
+    let mut whisper = WhisperModel::load_with(&cache, model, weights)?.with_beams(beams);
     if let Some(secs) = window {
         whisper = whisper.with_min_window(secs);
     }

@@ -221,4 +221,26 @@ fn whisper_transcribes_espeak_and_piper_speech() {
     eprintln!("whisper, prompted: {heard:?}");
     assert_eq!(words(&heard), words(question), "{heard:?}");
     assert_eq!(whisper.transcribe_after(&[], &prompt).expect("empty"), "");
+
+    // A beam of four hypotheses, decoded as one batch, with and without a boost: the same
+    // words (and nothing from an empty utterance).
+    let whisper = whisper.with_beams(4);
+    assert_eq!(whisper.beams(), 4);
+    let t0 = std::time::Instant::now();
+    let heard = whisper.transcribe(&espeak).expect("beam");
+    eprintln!(
+        "whisper, beam of 4: {:.3} s: {heard:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(words(&heard), words(question), "{heard:?}");
+    let boost = whisper.boost(&["weather", "time"], 2.0);
+    let heard = whisper
+        .transcribe_with(&pcm16, &Default::default(), &boost)
+        .expect("beam, boosted");
+    assert_eq!(
+        words(&heard),
+        words("Could you tell me the time, please?"),
+        "{heard:?}"
+    );
+    assert_eq!(whisper.transcribe(&[]).expect("empty"), "");
 }

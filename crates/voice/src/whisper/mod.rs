@@ -6,8 +6,9 @@
 //! with the tail) costs about a tenth of what 30 s would (see
 //! `docs/decisions/whisper-engine.md` for the measured accuracy and speed). A short window
 //! tempts greedy decoding to start the sentence over instead of ending it: two guards stop
-//! that (a phrase repeated a third time; a sentence whose words came before). Decoding is greedy, timestamps off, the model's own suppressed
-//! tokens masked, at most [`TOKENS_PER_SEC`] tokens per second of audio (a runaway guard).
+//! that (a phrase repeated a third time; a sentence whose words came before). Decoding is
+//! greedy or a beam search ([`WhisperModel::with_beams`]), timestamps off, the model's own
+//! suppressed tokens masked, at most [`TOKENS_PER_SEC`] tokens per second of audio (a runaway guard).
 //!
 //! The model is loaded once and shared: [`WhisperStt::recognizer`] gives each stream a
 //! [`Recognizer`] that buffers its utterance, offers an interim hypothesis every
@@ -39,6 +40,8 @@ pub const INTERIM_EVERY_SECS: f32 = 1.0;
 pub const MAX_SECS: usize = 30;
 /// The bonus `parlor demo --stt-boost` gives a word (logits; see [`Boost`]).
 pub const DEFAULT_BOOST: f32 = 2.0;
+/// The hypotheses `parlor demo --stt-beams` keeps (see [`WhisperModel::with_beams`]).
+pub const DEFAULT_BEAMS: usize = 1;
 
 #[derive(Debug, serde::Deserialize)]
 struct ModelConfig {
@@ -58,6 +61,8 @@ pub struct WhisperModel {
     name: Model,
     /// The fewest mel frames a pass encodes (the window's floor).
     min_frames: usize,
+    /// Hypotheses a beam search keeps (1: greedy).
+    beams: usize,
 }
 
 impl std::fmt::Debug for WhisperModel {
@@ -125,6 +130,7 @@ impl WhisperModel {
             mel: Mutex::new(LogMel::new()),
             name: which,
             min_frames: 0,
+            beams: 1,
         };
         // The first pass lays out the 8-bit weights for the CPU's kernels and sizes the
         // buffers (~0.5 s): pay it here, not on the first human's first turn.
@@ -138,6 +144,20 @@ impl WhisperModel {
         let frames = (secs.clamp(0.0, MAX_SECS as f32) * SAMPLE_RATE as f32) as usize / HOP;
         self.min_frames = (frames + frames % 2).min(2 * self.model.max_source_positions);
         self
+    }
+
+    /// Decode with a beam of `n` hypotheses (OpenAI's and faster-whisper's default is 5)
+    /// instead of greedily (`n` = 1, the default). A beam keeps a word the greedy pass would
+    /// drop for a likelier first token; each step costs more, the hypotheses decoded as one
+    /// batch. `n` is clamped to 1–8.
+    pub fn with_beams(mut self, n: usize) -> WhisperModel {
+        self.beams = n.clamp(1, 8);
+        self
+    }
+
+    /// Hypotheses the decoder keeps (1: greedy).
+    pub fn beams(&self) -> usize {
+        self.beams
     }
 
     /// Which model this is.
@@ -201,6 +221,17 @@ impl WhisperModel {
         prompt: &Prompt,
         boost: &Boost,
     ) -> Result<String, EngineError> {
+        self.pass(pcm, prompt, boost, self.beams)
+    }
+
+    /// One pass over `pcm`, decoding with a beam of `beams` (1: greedy).
+    fn pass(
+        &self,
+        pcm: &[i16],
+        prompt: &Prompt,
+        boost: &Boost,
+        beams: usize,
+    ) -> Result<String, EngineError> {
         let pcm = &pcm[pcm.len().saturating_sub(MAX_SECS * SAMPLE_RATE)..];
         if pcm.is_empty() {
             return Ok(String::new());
@@ -221,54 +252,15 @@ impl WhisperModel {
         let enc_ms = t_enc.elapsed().as_secs_f64() * 1e3;
         let t_dec = std::time::Instant::now();
         let prompt = self.vocab.prompt_after(&prompt.tokens);
-        let mut logits = self.model.step(&mut d, &prompt).map_err(runtime)?;
+        let logits = self.model.step(&mut d, &prompt).map_err(runtime)?;
         let secs = audio.len() as f32 / SAMPLE_RATE as f32;
         let budget = ((secs * TOKENS_PER_SEC) as usize + 8)
             .min(self.model.max_target_positions - prompt.len() - 1);
-        let mut out: Vec<u32> = Vec::new();
-        // Where the sentence being decoded began in `out`.
-        let mut sentence = 0;
-        for i in 0..budget {
-            for &id in &self.suppress {
-                if let Some(l) = logits.get_mut(id as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-            if i == 0 {
-                for &id in &self.suppress_begin {
-                    if let Some(l) = logits.get_mut(id as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            boost.apply(&out, &mut logits);
-            // Only text, or the end: no timestamps or other special tokens.
-            let next = logits
-                .iter()
-                .enumerate()
-                .filter(|(id, _)| {
-                    let id = *id as u32;
-                    self.vocab.is_text(id) || id == self.vocab.eot
-                })
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(self.vocab.eot, |(id, _)| id as u32);
-            if next == self.vocab.eot || repeats(&out, next) {
-                break;
-            }
-            out.push(next);
-            if self.hallucinating(&out, sentence) {
-                out.truncate(sentence);
-                break;
-            }
-            let piece = self.vocab.decode(&[next]);
-            if piece.trim_end().ends_with(['.', '?', '!']) {
-                sentence = out.len();
-            }
-            logits = self.model.step(&mut d, &[next]).map_err(runtime)?;
-        }
-        if self.hallucinating(&out, sentence) {
-            out.truncate(sentence);
-        }
+        let out = if beams > 1 {
+            self.beam_search(&mut d, logits, budget, boost, beams)?
+        } else {
+            self.greedy(&mut d, logits, budget, boost)?
+        };
         tracing::debug!(
             frames,
             enc_ms,
@@ -281,6 +273,179 @@ impl WhisperModel {
 }
 
 impl WhisperModel {
+    /// The model's suppressed tokens masked out of `logits` (and those it may not begin with,
+    /// on the first step), `boost` applied for a hypothesis that has `out` so far.
+    fn shape_logits(&self, logits: &mut [f32], first: bool, boost: &Boost, out: &[u32]) {
+        let begin: &[u32] = if first { &self.suppress_begin } else { &[] };
+        for &id in self.suppress.iter().chain(begin) {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        boost.apply(out, logits);
+    }
+
+    /// Whether the decoder may write `id`: text, or the end (no timestamps or other
+    /// special tokens).
+    fn writable(&self, id: u32) -> bool {
+        self.vocab.is_text(id) || id == self.vocab.eot
+    }
+
+    /// The likeliest token at each step, until the end, a repeat or the budget.
+    fn greedy(
+        &self,
+        d: &mut model::Decoding,
+        mut logits: Vec<f32>,
+        budget: usize,
+        boost: &Boost,
+    ) -> Result<Vec<u32>, EngineError> {
+        let mut out: Vec<u32> = Vec::new();
+        // Where the sentence being decoded began in `out`.
+        let mut sentence = 0;
+        for i in 0..budget {
+            self.shape_logits(&mut logits, i == 0, boost, &out);
+            let next = logits
+                .iter()
+                .enumerate()
+                .filter(|(id, _)| self.writable(*id as u32))
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(self.vocab.eot, |(id, _)| id as u32);
+            if next == self.vocab.eot || repeats(&out, next) {
+                break;
+            }
+            out.push(next);
+            if self.hallucinating(&out, sentence) {
+                out.truncate(sentence);
+                break;
+            }
+            sentence = self.sentence_after(&out, sentence);
+            logits = self.model.step(d, &[next]).map_err(runtime)?;
+        }
+        if self.hallucinating(&out, sentence) {
+            out.truncate(sentence);
+        }
+        Ok(out)
+    }
+
+    /// Where the sentence being decoded begins once `out`'s last token is written: after
+    /// it, when it ends a sentence.
+    fn sentence_after(&self, out: &[u32], sentence: usize) -> usize {
+        let last = out.last().map(|&t| self.vocab.decode(&[t]));
+        match last {
+            Some(piece) if piece.trim_end().ends_with(['.', '?', '!']) => out.len(),
+            _ => sentence,
+        }
+    }
+
+    /// Beam search over `k` hypotheses, as OpenAI's and CTranslate2's Whisper
+    /// decode: each step every hypothesis proposes its likeliest next tokens, the best
+    /// `k` continuations go on, and a continuation that ends (the end token, a third
+    /// repeat, a sentence said again) is set aside; decoding stops once `k` have ended.
+    /// The transcript is the ended hypothesis with the best log-probability per token.
+    fn beam_search(
+        &self,
+        d: &mut model::Decoding,
+        first: Vec<f32>,
+        budget: usize,
+        boost: &Boost,
+        k: usize,
+    ) -> Result<Vec<u32>, EngineError> {
+        let mut beams = vec![Hypothesis::default()];
+        let mut logits = vec![first];
+        let mut ended: Vec<Hypothesis> = Vec::new();
+        for i in 0..budget {
+            // (parent, token, log-probability of the whole continuation)
+            let mut next: Vec<(usize, u32, f32)> = Vec::with_capacity(beams.len() * (k + 1));
+            for (p, (h, lg)) in beams.iter().zip(logits.iter_mut()).enumerate() {
+                self.shape_logits(lg, i == 0, boost, &h.tokens);
+                let max = lg
+                    .iter()
+                    .enumerate()
+                    .filter(|(id, _)| self.writable(*id as u32))
+                    .map(|(_, l)| *l)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                if !max.is_finite() {
+                    continue;
+                }
+                let sum: f32 = lg
+                    .iter()
+                    .enumerate()
+                    .filter(|(id, _)| self.writable(*id as u32))
+                    .map(|(_, l)| (l - max).exp())
+                    .sum();
+                let norm = max + sum.ln();
+                let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 2);
+                for (id, &l) in lg.iter().enumerate() {
+                    let id = id as u32;
+                    if !self.writable(id) || top.len() > k && l <= top[k].1 {
+                        continue;
+                    }
+                    let at = top.partition_point(|&(_, x)| x >= l);
+                    top.insert(at, (id, l));
+                    top.truncate(k + 1);
+                }
+                next.extend(top.into_iter().map(|(id, l)| (p, id, h.logprob + l - norm)));
+            }
+            next.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let mut going: Vec<Hypothesis> = Vec::with_capacity(k);
+            let mut parents: Vec<u32> = Vec::with_capacity(k);
+            for (p, id, logprob) in next {
+                let h = &beams[p];
+                if id == self.vocab.eot || repeats(&h.tokens, id) {
+                    ended.push(Hypothesis {
+                        logprob,
+                        ..h.clone()
+                    });
+                    continue;
+                }
+                let mut tokens = h.tokens.clone();
+                tokens.push(id);
+                if self.hallucinating(&tokens, h.sentence) {
+                    tokens.truncate(h.sentence);
+                    ended.push(Hypothesis {
+                        tokens,
+                        logprob,
+                        sentence: h.sentence,
+                    });
+                    continue;
+                }
+                let sentence = self.sentence_after(&tokens, h.sentence);
+                going.push(Hypothesis {
+                    tokens,
+                    logprob,
+                    sentence,
+                });
+                parents.push(p as u32);
+                if going.len() == k {
+                    break;
+                }
+            }
+            if ended.len() >= k || going.is_empty() {
+                break;
+            }
+            self.model.select(d, &parents).map_err(runtime)?;
+            let last: Vec<u32> = going
+                .iter()
+                .map(|h| h.tokens.last().copied().unwrap_or(self.vocab.eot))
+                .collect();
+            logits = self.model.step_beams(d, &last).map_err(runtime)?;
+            beams = going;
+        }
+        if ended.is_empty() {
+            ended = beams;
+        }
+        let score = |h: &Hypothesis| h.logprob / (h.tokens.len() + 1) as f32;
+        let best = ended
+            .into_iter()
+            .max_by(|a, b| score(a).total_cmp(&score(b)))
+            .unwrap_or_default();
+        let mut out = best.tokens;
+        if self.hallucinating(&out, best.sentence) {
+            out.truncate(best.sentence);
+        }
+        Ok(out)
+    }
+
     /// Whether the sentence being decoded (`out[sentence..]`) repeats what came before it:
     /// on a short window Whisper tends to start over instead of ending ("Could you tell me
     /// the time, please? Could you tell me…"). Words, not tokens, are compared, in lower case.
@@ -294,6 +459,15 @@ impl WhisperModel {
             && (current.len() >= 8 || before.ends_with(&current))
             && before.contains(&current)
     }
+}
+
+/// One hypothesis of a beam search: its tokens, their log-probability, and where its
+/// current sentence began.
+#[derive(Debug, Clone, Default)]
+struct Hypothesis {
+    tokens: Vec<u32>,
+    logprob: f32,
+    sentence: usize,
 }
 
 /// `text` without a trailing restart of itself: when the words from some point on repeat the
@@ -483,9 +657,9 @@ impl Recognizer for WhisperRecognizer {
             return Ok(None);
         }
         self.interim_at = self.pcm.len();
-        let text = self
-            .model
-            .transcribe_with(&self.pcm, &self.prompt, &self.boost)?;
+        // An interim hypothesis is only shown: greedy, whatever the beam (the final and
+        // provisional passes, whose text is answered, use it).
+        let text = self.model.pass(&self.pcm, &self.prompt, &self.boost, 1)?;
         Ok((!text.is_empty()).then_some(text))
     }
 

@@ -265,6 +265,8 @@ pub(crate) struct Decoding {
     cross: Vec<(Tensor, Tensor)>,
     cache: Vec<Option<(Tensor, Tensor)>>,
     length: usize,
+    /// Hypotheses decoded side by side (the batch of the self-attention cache).
+    beams: usize,
 }
 
 impl Whisper {
@@ -387,6 +389,7 @@ impl Whisper {
                 cross,
                 cache: self.decoder.iter().map(|_| None).collect(),
                 length: 0,
+                beams: 1,
             })
         };
         if frames == 0 || !frames.is_multiple_of(2) || frames / 2 > self.max_source_positions {
@@ -395,18 +398,73 @@ impl Whisper {
         run().map_err(err)
     }
 
-    /// Feed `tokens` (the prompt, or the last token) and return the logits for the next one.
+    /// Feed `tokens` (the prompt, or the last token) to a decoding of one hypothesis and
+    /// return the logits for the next one.
     pub(crate) fn step(&self, d: &mut Decoding, tokens: &[u32]) -> Result<Vec<f32>> {
+        if d.beams != 1 {
+            return Err(format!("step on {} hypotheses: use step_beams", d.beams));
+        }
         let t = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), (1, t), &Device::Cpu).map_err(err)?;
+        let mut logits = self.forward(d, &ids)?;
+        logits.pop().ok_or_else(|| "no logits".into())
+    }
+
+    /// Feed each hypothesis of a beam its next token (`tokens[i]` to hypothesis `i`, as
+    /// [`Whisper::select`] last arranged them) and return each one's logits for the token
+    /// after it. The hypotheses are one batch: the weights are read once for all of them.
+    pub(crate) fn step_beams(&self, d: &mut Decoding, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if tokens.len() != d.beams {
+            return Err(format!(
+                "{} tokens for {} hypotheses",
+                tokens.len(),
+                d.beams
+            ));
+        }
+        let ids =
+            Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &Device::Cpu).map_err(err)?;
+        self.forward(d, &ids)
+    }
+
+    /// Make the decoding's hypotheses `parents`: hypothesis `i` continues from what
+    /// hypothesis `parents[i]` was (the first step of a beam makes one into several).
+    pub(crate) fn select(&self, d: &mut Decoding, parents: &[u32]) -> Result<()> {
+        if parents.is_empty() || parents.iter().any(|&p| p as usize >= d.beams) {
+            return Err(format!("parents {parents:?} of {} hypotheses", d.beams));
+        }
+        if d.beams == 1 && parents.len() == 1 {
+            return Ok(());
+        }
+        let mut run = || -> candle_core::Result<()> {
+            let idx = Tensor::from_vec(parents.to_vec(), parents.len(), &Device::Cpu)?;
+            for c in d.cache.iter_mut() {
+                if let Some((k, v)) = c.take() {
+                    *c = Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?));
+                }
+            }
+            Ok(())
+        };
+        run().map_err(err)?;
+        d.beams = parents.len();
+        Ok(())
+    }
+
+    /// The decoder over `ids` (`[hypotheses, new tokens]`: one hypothesis with several
+    /// tokens, or several with one each): each hypothesis's logits after its last token.
+    fn forward(&self, d: &mut Decoding, ids: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let (b, t) = ids.dims2().map_err(err)?;
+        if b > 1 && t > 1 {
+            return Err("several hypotheses take one token each".into());
+        }
         if d.length + t > self.max_target_positions {
             return Err("the decoder is full".into());
         }
-        let mut run = || -> candle_core::Result<Vec<f32>> {
-            let ids = Tensor::from_vec(tokens.to_vec(), (1, t), &Device::Cpu)?;
+        let mut run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let d_model = self.embeddings.dim(1)?;
             let emb = self
                 .embeddings
                 .embedding(&ids.flatten_all()?)?
-                .unsqueeze(0)?;
+                .reshape((b, t, d_model))?;
             let pos = self.decoder_positions.narrow(0, d.length, t)?;
             let mut x = emb.broadcast_add(&pos)?;
             // Within the new tokens, each sees only itself and those before it.
@@ -433,18 +491,27 @@ impl Whisper {
                 };
                 x = (&x + layer.attn.attend(&h, &k, &v, mask.as_ref())?)?;
                 d.cache[i] = Some((k, v));
-                let h = layer.cross_ln.forward(&x)?;
+                // Every hypothesis attends over the same audio: as the queries of one batch
+                // row, against the encoder's keys and values held once.
+                let h = layer.cross_ln.forward(&x)?.reshape((1, b * t, d_model))?;
                 let (ck, cv) = &d.cross[i];
-                x = (&x + layer.cross.attend(&h, ck, cv, None)?)?;
+                let c = layer
+                    .cross
+                    .attend(&h, ck, cv, None)?
+                    .reshape((b, t, d_model))?;
+                x = (&x + c)?;
                 x = layer.mlp.forward(&x)?;
             }
-            let last = self.decoder_ln.forward(&x.narrow(1, t - 1, 1)?)?;
+            let last = self
+                .decoder_ln
+                .forward(&x.narrow(1, t - 1, 1)?)?
+                .reshape((b, d_model))?;
             let logits = match &self.logits {
-                // [vocab, d] × [d, 1]: the embeddings as they are stored, no transpose.
-                Dense::F32(l) => l.weight().matmul(&last.reshape((last.dim(2)?, 1))?)?,
+                // [vocab, d] × [d, b]: the embeddings as they are stored, no transpose.
+                Dense::F32(l) => l.weight().matmul(&last.t()?.contiguous()?)?.t()?,
                 q => q.forward(&last)?,
             };
-            logits.flatten_all()?.to_vec1::<f32>()
+            logits.contiguous()?.to_vec2::<f32>()
         };
         let logits = run().map_err(err)?;
         d.length += t;
