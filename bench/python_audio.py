@@ -90,6 +90,7 @@ async def main() -> None:
     tasks = []
     peers = []
     speakers = []  # the non-probe sources (underruns, on the parlor package)
+    late: list[float] = []  # how late each speaker's timer woke, in the measured window (ms)
 
     async def speak(src: AudioSource) -> None:
         pos = 0
@@ -99,6 +100,8 @@ async def main() -> None:
         while True:
             nxt += args.chunk_ms / 1000
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            if measuring:
+                late.append((time.monotonic() - nxt) * 1000)
             if pos + chunk > len(signal):
                 pos = 0
             await src.push(signal[pos:pos + chunk]); pos += chunk
@@ -183,6 +186,11 @@ async def main() -> None:
         "push_to_frame_ms_p50": pct(lat, 0.5),
         "push_to_frame_ms_p95": pct(lat, 0.95),
         "latency_samples": len(lat),
+        "push_late_ms_p50": pct(late, 0.5),
+        "push_late_ms_p99": pct(late, 0.99),
+        "push_late_ms_max": max(late) if late else None,
+        "pushes_late_over_20ms": sum(1 for x in late if x > 20),
+        "pushes": len(late),
         "join_to_first_audio_ms_p50": pct(firsts, 0.5),
         "join_to_first_audio_ms_max": max(firsts) if firsts else None,
         "conversations_with_audio": len(firsts),

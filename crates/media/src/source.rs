@@ -1,8 +1,9 @@
 //! `AudioSource`: PCM in at any rate, a paced Opus track out. `push` resamples to the encoder's
 //! rate ([`codec_rate_for`]: the smallest Opus rate keeping the input's bandwidth) and
 //! buffers (suspending at the cap); a pacer task encodes one 20 ms frame every 20 ms onto the
-//! source's [`LocalTrack`], sending silence on underrun so the track stays live, and
-//! re-anchoring its clock after a stall instead of bursting.
+//! source's [`LocalTrack`], sending silence on underrun so the track stays live (after
+//! waiting up to `LATE_GRACE`, 10 ms, for a producer a few ms late mid-stream), and re-anchoring
+//! its clock after a stall instead of bursting.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -190,6 +191,9 @@ struct Shared {
     state: Mutex<State>,
     /// Space in the buffer, or the source finished.
     space: Notify,
+    /// Audio pushed, or the source ending or finished (for a pacer waiting out
+    /// [`LATE_GRACE`]).
+    pushed: Notify,
     /// The source finished (drained after `end`, or stopped).
     done: Notify,
     input_channels: usize,
@@ -268,6 +272,7 @@ impl AudioSource {
                 frames: 0,
             }),
             space: Notify::new(),
+            pushed: Notify::new(),
             done: Notify::new(),
             input_channels,
             out_channels,
@@ -408,6 +413,7 @@ impl AudioSource {
             self.shared.out_channels,
         );
         st.buf.extend(out);
+        self.shared.pushed.notify_one();
         Ok(())
     }
 
@@ -437,6 +443,7 @@ impl AudioSource {
                 }
             }
             self.shared.space.notify_waiters();
+            self.shared.pushed.notify_one();
             notified.await;
         }
     }
@@ -480,6 +487,7 @@ fn finish(shared: &Shared, clear: bool) {
         }
     }
     shared.space.notify_waiters();
+    shared.pushed.notify_one();
     shared.done.notify_waiters();
 }
 
@@ -515,6 +523,16 @@ fn next_tick(now: tokio::time::Instant) -> tokio::time::Instant {
     epoch + Duration::from_nanos(u64::try_from(k * period).unwrap_or(u64::MAX))
 }
 
+/// How long the pacer waits, at a tick that finds less than a frame in the middle of a
+/// stream (the tick before had a whole one), for the producer's next push before it sends
+/// what there is padded with silence (an underrun). A producer a few ms late is common: an
+/// asyncio or GC pause, or a push that lands just after the tick it was meant for while the
+/// resampler still holds part of the last one (up to 10 ms of input, until the next push
+/// completes its chunk). The frame then leaves up to this late, with its RTP time
+/// unchanged (a jitter buffer absorbs it), instead of a gap that also leaves the rest of the
+/// stream a frame later. The clock's grid is kept: the next tick is the one after.
+const LATE_GRACE: Duration = Duration::from_millis(10);
+
 /// Frames between two looks at the far ends' loss reports (which come every few seconds).
 const LOSS_CHECK_FRAMES: u64 = 25;
 
@@ -528,6 +546,10 @@ async fn pace(
     let frame_len = encoder.frame_samples() * shared.out_channels;
     let mut pcm: Vec<i16> = Vec::with_capacity(frame_len);
     let mut ticks: u64 = 0;
+    // Whether the last tick sent a whole frame of audio (the stream is flowing).
+    let mut flowing = false;
+    // The tick whose frame waited out part of the grace: the next tick follows it.
+    let mut graced: Option<tokio::time::Instant> = None;
     loop {
         ticks += 1;
         if shared.fec && ticks.is_multiple_of(LOSS_CHECK_FRAMES) {
@@ -548,7 +570,32 @@ async fn pace(
                 }
             }
         }
-        tokio::time::sleep_until(next_tick(tokio::time::Instant::now())).await;
+        let now = tokio::time::Instant::now();
+        let base = match graced.take() {
+            Some(t) if now < t + FRAME_PERIOD => t,
+            _ => now,
+        };
+        let tick = next_tick(base);
+        tokio::time::sleep_until(tick).await;
+        if flowing {
+            let deadline = tick + LATE_GRACE;
+            loop {
+                let pushed = shared.pushed.notified();
+                tokio::pin!(pushed);
+                pushed.as_mut().enable();
+                let short = {
+                    let st = shared.lock();
+                    st.phase == Phase::Live && !st.paused && st.buf.len() < frame_len
+                };
+                if !short {
+                    break;
+                }
+                graced = Some(tick);
+                if tokio::time::timeout_at(deadline, pushed).await.is_err() {
+                    break;
+                }
+            }
+        }
         {
             let mut st = shared.lock();
             if st.phase == Phase::Done {
@@ -567,6 +614,7 @@ async fn pace(
                 finish(&shared, false);
                 return;
             }
+            flowing = have == frame_len;
             pcm.clear();
             pcm.extend(st.buf.drain(..have));
             pcm.resize(frame_len, 0);

@@ -380,3 +380,48 @@ async fn fec_follows_the_loss_the_listener_reports() {
     a.close().await;
     b.close().await;
 }
+
+/// Five sources, each fed 20 ms 5 ms before a tick and its next 20 ms `late_ms` after that
+/// was due (5 ms before the next tick); the underruns of all five.
+async fn underruns_with_a_push_late_by(late_ms: u64) -> u64 {
+    let mut underruns = 0;
+    for _ in 0..5 {
+        let src = AudioSource::new(AudioSourceOptions::new(48_000, Layout::Mono)).expect("source");
+        // The pacer ticks (and counts a frame) every 20 ms from the start, audio or not.
+        let sent = src.frames_sent();
+        while src.frames_sent() == sent {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(14)).await;
+        let due = tokio::time::Instant::now() + Duration::from_millis(20);
+        src.push(&sine_bytes(48_000, 440.0, 0, 960))
+            .await
+            .expect("push");
+        tokio::time::sleep_until(due + Duration::from_millis(late_ms)).await;
+        src.push(&sine_bytes(48_000, 440.0, 960, 960))
+            .await
+            .expect("push");
+        src.end().await; // the stream ends here (an ending source does not underrun)
+        underruns += src.underruns();
+    }
+    underruns
+}
+
+#[tokio::test]
+async fn a_push_a_few_ms_late_is_waited_for_not_padded_with_silence() {
+    // The second push lands ~1 ms after the tick it was meant for, when the buffer is empty
+    // mid-stream: the pacer waits for it (up to 10 ms) and sends it whole, instead of a
+    // frame of silence that would also leave the rest of the stream 20 ms later. Real time
+    // on a shared machine: one wake-up 9 ms late in five is allowed.
+    let waited = underruns_with_a_push_late_by(6).await;
+    assert!(
+        waited <= 1,
+        "{waited} underruns in 5 with the push 1 ms after the tick"
+    );
+    // Later than the grace, the frame goes out as silence, as before.
+    let late = underruns_with_a_push_late_by(18).await;
+    assert!(
+        late >= 4,
+        "{late} underruns in 5 with the push 13 ms after the tick"
+    );
+}
