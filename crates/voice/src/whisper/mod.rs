@@ -353,6 +353,8 @@ impl WhisperModel {
         let mut beams = vec![Hypothesis::default()];
         let mut logits = vec![first];
         let mut ended: Vec<Hypothesis> = Vec::new();
+        // Whether decoding stopped before the budget (enough ended, or nothing went on).
+        let mut stopped = false;
         for i in 0..budget {
             // (parent, token, log-probability of the whole continuation)
             let mut next: Vec<(usize, u32, f32)> = Vec::with_capacity(beams.len() * (k + 1));
@@ -421,6 +423,7 @@ impl WhisperModel {
                 }
             }
             if ended.len() >= k || going.is_empty() {
+                stopped = true;
                 break;
             }
             self.model.select(d, &parents).map_err(runtime)?;
@@ -431,8 +434,10 @@ impl WhisperModel {
             logits = self.model.step_beams(d, &last).map_err(runtime)?;
             beams = going;
         }
-        if ended.is_empty() {
-            ended = beams;
+        // At the budget, the hypotheses still going compete with those that ended (as the
+        // greedy pass keeps what it has when the budget runs out).
+        if !stopped || ended.is_empty() {
+            ended.extend(beams);
         }
         let score = |h: &Hypothesis| h.logprob / (h.tokens.len() + 1) as f32;
         let best = ended
