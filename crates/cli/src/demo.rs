@@ -45,32 +45,12 @@ pub(crate) struct DemoArgs {
     /// an energy detector; no download).
     #[arg(long, value_enum, default_value_t = Engines::Neural)]
     engines: Engines,
-    /// The Whisper model of the neural engines: `whisper-tiny.en` (75 MB) or `whisper-base`
-    /// (145 MB, fetched on first use; slower).
-    #[arg(long, default_value = "whisper-tiny.en", value_parser = ["whisper-tiny.en", "whisper-base"])]
-    stt: String,
+    #[command(flatten)]
+    stt: SttArgs,
     /// The fewest seconds of audio Whisper encodes per pass (a short turn is padded with
     /// silence to this; 0: the turn plus 1 s). Longer costs encoder time per pass.
     #[arg(long, default_value_t = 0.0)]
     stt_window: f32,
-    /// Text Whisper is given as what came before each turn, to lean it towards a domain's
-    /// words: `rules` (the rule reply's keywords), `none`, or any text (at most 223 tokens
-    /// are used).
-    #[arg(long, default_value = "none")]
-    stt_prompt: String,
-    /// Words Whisper's decoder leans towards (their tokens' logits raised by
-    /// `--stt-boost-by` while decoding): `rules` (the rule reply's keywords; the default
-    /// with the rule reply), `none` (the default with an OpenAI-compatible model), or
-    /// comma-separated words.
-    #[arg(long)]
-    stt_boost: Option<String>,
-    /// The bonus `--stt-boost` gives its words, in logits (0–10).
-    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
-    stt_boost_by: f32,
-    /// Hypotheses Whisper's decoder keeps (a beam search; 1: greedy). Each is a row of
-    /// the same batch: more cost decoder time per pass (1–8).
-    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BEAMS)]
-    stt_beams: usize,
     /// Serve https/wss with this certificate chain (PEM) instead of a generated one.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -269,6 +249,33 @@ impl Loaded {
     }
 }
 
+/// How Whisper runs, as `parlor demo` and `parlor worker` take it.
+#[derive(Args, Debug)]
+pub(crate) struct SttArgs {
+    /// The Whisper model of the neural engines: `whisper-tiny.en` (75 MB) or `whisper-base`
+    /// (145 MB, fetched on first use; slower).
+    #[arg(long = "stt", default_value = "whisper-tiny.en", value_parser = ["whisper-tiny.en", "whisper-base"])]
+    pub model: String,
+    /// Text Whisper is given as what came before each turn, to lean it towards a domain's
+    /// words: `rules` (the rule reply's keywords), `none`, or any text (at most 223 tokens
+    /// are used).
+    #[arg(long, default_value = "none")]
+    stt_prompt: String,
+    /// Words Whisper's decoder leans towards (their tokens' logits raised by
+    /// `--stt-boost-by` while decoding): `rules` (the rule reply's keywords; the default
+    /// with the rule reply), `none` (the default with an OpenAI-compatible model), or
+    /// comma-separated words.
+    #[arg(long)]
+    stt_boost: Option<String>,
+    /// The bonus `--stt-boost` gives its words, in logits (0–10).
+    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
+    stt_boost_by: f32,
+    /// Hypotheses Whisper's decoder keeps (a beam search; 1: greedy). Each is a row of
+    /// the same batch: more cost decoder time per pass (1–8).
+    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BEAMS)]
+    stt_beams: usize,
+}
+
 /// How Whisper is run besides the model: `--stt-prompt`, `--stt-boost` and `--stt-beams`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SttHints {
@@ -285,13 +292,8 @@ impl SttHints {
     /// The hints the flags name: `rules`, `none` or text (the prompt) or comma-separated
     /// words (the boost). With no `--stt-boost`, the rule reply's keywords are boosted when
     /// `rules` answer (an OpenAI-compatible model answers any words: no boost).
-    pub(crate) fn from_args(
-        prompt: &str,
-        boost: Option<&str>,
-        boost_by: f32,
-        beams: usize,
-        rules: bool,
-    ) -> anyhow::Result<SttHints> {
+    pub(crate) fn from_args(args: &SttArgs, rules: bool) -> anyhow::Result<SttHints> {
+        let (boost_by, beams) = (args.stt_boost_by, args.stt_beams);
         anyhow::ensure!(
             boost_by.is_finite() && (0.0..=10.0).contains(&boost_by),
             "--stt-boost-by must be between 0 and 10 (logits)"
@@ -300,12 +302,16 @@ impl SttHints {
             (1..=8).contains(&beams),
             "--stt-beams must be between 1 and 8 (hypotheses)"
         );
-        let prompt = match prompt {
+        let prompt = match args.stt_prompt.as_str() {
             "none" => String::new(),
             "rules" => RuleReply::vocabulary(),
             text => text.to_owned(),
         };
-        let boost = match boost.unwrap_or(if rules { "rules" } else { "none" }) {
+        let boost = match args
+            .stt_boost
+            .as_deref()
+            .unwrap_or(if rules { "rules" } else { "none" })
+        {
             "none" => Vec::new(),
             "rules" => RuleReply::keywords()
                 .into_iter()
@@ -453,13 +459,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     // An OpenAI-compatible model when PARLOR_LLM_BASE_URL is set, else the rules.
     let (llm, reply_name, rules) = reply_hook();
-    let hints = SttHints::from_args(
-        &args.stt_prompt,
-        args.stt_boost.as_deref(),
-        args.stt_boost_by,
-        args.stt_beams,
-        rules,
-    )?;
+    let hints = SttHints::from_args(&args.stt, rules)?;
     let web = args.web.clone().unwrap_or_else(default_web);
     anyhow::ensure!(
         web.join("index.html").exists(),
@@ -474,7 +474,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         web.display()
     );
     // The engines load first, so a missing package or model fails before anything listens.
-    let (engines, stt, window) = (args.engines, args.stt.clone(), args.stt_window);
+    let (engines, stt, window) = (args.engines, args.stt.model.clone(), args.stt_window);
     if !hints.prompt.is_empty() {
         tracing::info!(prompt = hints.prompt, "Whisper is prompted");
     }

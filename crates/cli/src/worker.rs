@@ -28,7 +28,7 @@ use parlor_agent::{AgentOptions, Llm};
 use parlor_peer::{ReconnectOptions, RoomPeer, SignallingClient};
 use parlor_protocol::worker::{PATH, ToServer, ToWorker};
 
-use crate::demo::{Engines, Loaded, SttHints, load_engines, reply_hook};
+use crate::demo::{Engines, Loaded, SttArgs, SttHints, load_engines, reply_hook};
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
@@ -44,22 +44,8 @@ pub(crate) struct WorkerArgs {
     /// The agent's engines (as in `parlor demo`).
     #[arg(long, value_enum, default_value_t = Engines::Neural)]
     engines: Engines,
-    /// The Whisper model of the neural engines.
-    #[arg(long, default_value = "whisper-tiny.en", value_parser = ["whisper-tiny.en", "whisper-base"])]
-    stt: String,
-    /// Whisper's prompt (as in `parlor demo`): `rules`, `none` or any text.
-    #[arg(long, default_value = "none")]
-    stt_prompt: String,
-    /// Words Whisper leans towards (as in `parlor demo`): `rules` (the default with the rule
-    /// reply), `none` (the default with an OpenAI-compatible model) or comma-separated words.
-    #[arg(long)]
-    stt_boost: Option<String>,
-    /// The bonus `--stt-boost` gives its words, in logits (0–10).
-    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BOOST)]
-    stt_boost_by: f32,
-    /// Hypotheses Whisper's decoder keeps (as in `parlor demo`; 1: greedy, up to 8).
-    #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BEAMS)]
-    stt_beams: usize,
+    #[command(flatten)]
+    stt: SttArgs,
     /// What the agent says when a human's audio arrives.
     #[arg(long)]
     greeting: Option<String>,
@@ -111,14 +97,8 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "--server must be a ws:// or wss:// URL"
     );
     let (llm, reply_name, rules) = reply_hook();
-    let hints = SttHints::from_args(
-        &args.stt_prompt,
-        args.stt_boost.as_deref(),
-        args.stt_boost_by,
-        args.stt_beams,
-        rules,
-    )?;
-    let (engines, stt) = (args.engines, args.stt.clone());
+    let hints = SttHints::from_args(&args.stt, rules)?;
+    let (engines, stt) = (args.engines, args.stt.model.clone());
     let loaded =
         tokio::task::spawn_blocking(move || load_engines(engines, &stt, 0.0, &hints)).await??;
     println!(

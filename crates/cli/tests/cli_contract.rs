@@ -668,33 +668,29 @@ fn demo_refuses_a_bad_stt_window() {
 
 #[test]
 fn demo_refuses_a_bad_stt_boost_or_beam() {
-    for bad in ["11", "-1", "NaN", "inf"] {
-        let out = Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0"])
-            .arg(format!("--stt-boost-by={bad}"))
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "--stt-boost-by {bad} was taken");
-        assert!(
-            String::from_utf8_lossy(&out.stderr)
-                .contains("--stt-boost-by must be between 0 and 10 (logits)"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for bad in ["0", "9"] {
-        let out = Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0"])
-            .arg(format!("--stt-beams={bad}"))
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "--stt-beams {bad} was taken");
-        assert!(
-            String::from_utf8_lossy(&out.stderr)
-                .contains("--stt-beams must be between 1 and 8 (hypotheses)"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let cases = [
+        (
+            "--stt-boost-by",
+            &["11", "-1", "NaN", "inf"][..],
+            "--stt-boost-by must be between 0 and 10 (logits)",
+        ),
+        (
+            "--stt-beams",
+            &["0", "9"][..],
+            "--stt-beams must be between 1 and 8 (hypotheses)",
+        ),
+    ];
+    for (flag, bad, says) in cases {
+        for value in bad {
+            let out = Command::new(BIN)
+                .args(["demo", "--listen", "127.0.0.1:0"])
+                .arg(format!("{flag}={value}"))
+                .output()
+                .expect("run");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{flag} {value} was taken");
+            assert!(stderr.contains(says), "{stderr}");
+        }
     }
 }
 
