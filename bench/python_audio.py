@@ -178,6 +178,7 @@ async def main() -> None:
     n = args.conversations
     print(json.dumps({
         "sdk": args.sdk,
+        "event_loop": EVENT_LOOP,
         "import_seconds": import_seconds,
         "underruns": None if u0 is None or u1 is None else u1 - u0,
         "conversations": n,
@@ -208,4 +209,14 @@ async def main() -> None:
 
 
 AudioSource = MeteredPeer = PeerJoined = Track = iter_frames = None  # set by main()
-asyncio.run(main())
+# BENCH_EVENT_LOOP=uvloop runs the program on uvloop (libuv; `pip install uvloop`), the event
+# loop many asyncio servers pick instead of the standard one; unset: asyncio's own.
+EVENT_LOOP = os.environ.get("BENCH_EVENT_LOOP", "asyncio")
+if EVENT_LOOP == "uvloop":
+    import uvloop
+
+    uvloop.run(main())
+elif EVENT_LOOP == "asyncio":
+    asyncio.run(main())
+else:
+    raise SystemExit(f"BENCH_EVENT_LOOP={EVENT_LOOP!r}: use asyncio or uvloop")
