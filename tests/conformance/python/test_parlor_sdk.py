@@ -558,6 +558,68 @@ def test_rust_log_shows_the_cores_log_lines_and_nothing_without_it(server) -> No
     assert KEY_ALL not in loud.stderr  # credentials never in logs
 
 
+UVLOOP_PROGRAM = """
+import array, asyncio, math, struct, sys
+import uvloop
+import parlor
+from parlor import AudioSource, Data, MediaStream, MeteredPeer, PeerJoined, Track, iter_frames
+
+def tone(seconds, rate=16_000):
+    return b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                    for i in range(int(seconds * rate)))
+
+def loud(frame):
+    raw = frame.to_bytes() if hasattr(frame, "to_bytes") else bytes(frame.planes[0])
+    channels = len(frame.layout.channels) if hasattr(frame.layout, "channels") else 1
+    a = array.array("h", raw[: frame.samples * 2 * channels])
+    return a and math.sqrt(sum(x * x for x in a) / len(a)) > 1000
+
+async def main(url, key):
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    a, b = MeteredPeer(api_key=key, url=url), MeteredPeer(api_key=key, url=url)
+    tracks, data = asyncio.Queue(), asyncio.Queue()
+
+    @b.on(PeerJoined)
+    def on_a(ev):
+        ev.peer.on(Track, tracks.put_nowait)
+
+    a.on(Data, data.put_nowait)
+    voice = AudioSource(input_rate=16_000)
+    a.add_track(voice, MediaStream(id="uv"))
+    await b.join("uv-room")
+    await a.join("uv-room")
+    await voice.push(tone(1.0))
+    ev = await asyncio.wait_for(tracks.get(), 20)
+    n = 0
+    async for frame in iter_frames(ev.track):
+        n += bool(loud(frame))
+        if n >= 10:
+            break
+    await b.send_to(a.peer_id, {"heard": n})
+    got = await asyncio.wait_for(data.get(), 20)
+    assert got.data == {"heard": 10}, got
+    voice.end()
+    await asyncio.wait_for(voice.drained(), 20)
+    await b.close()
+    await a.close()
+    print("ok")
+
+uvloop.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_the_package_runs_on_uvloop(server) -> None:
+    """A tone from one peer heard by the other through iter_frames, and a direct message
+    back, on uvloop's event loop (frames wake the loop through a descriptor,
+    `loop.add_reader`, which uvloop serves as asyncio does)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", UVLOOP_PROGRAM, server.url, KEY_ALL],
+                         capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
 async def test_audio_source_arguments_and_backpressure(server) -> None:
     with pytest.raises(ValueError, match="input_layout"):
         parlor.AudioSource(input_layout="5.1")
