@@ -89,9 +89,10 @@ const PAUSED_HELD_OUT = [
   ["Tell me", "your name.", "name"],
   ["Is it going", "to rain later?", "weather"],
 ];
-// A second held-out set, written on 2026-12-07 before the rules changed again (the verb forms
-// and "what about" / "is it going" endings that the first held-out set missed): run before and
-// after that change, never tuned against. Some end on the new endings, some on none of them.
+// A second held-out set, written on 2026-12-07 with the rules' next change (the verb forms and
+// the "what about" / "is it going" endings the first held-out set missed) and run before and
+// after it, never tuned against: two ("Are we going", "How about") end on the new endings by
+// design, the other six on none of the rules' endings.
 const PAUSED_HELD_OUT_2 = [
   ["Could you check for me", "whether it will rain today?", "weather"],
   ["I was just thinking about", "the weather this weekend.", "weather"],

@@ -403,7 +403,7 @@ const AUXILIARIES: &[&str] = &["is", "are", "am", "was", "were"];
 /// Whether a yes/no question ends on "going": the future ("Is it going … to rain later?",
 /// "Are we going … to be sunny?") cut before its verb. "How is it going?" and "Where are you
 /// going?" open with a question word, not the auxiliary, and stay whole; a lone "Are you
-/// going?" reads unfinished too, and waits for the words' pause (1 s) instead of 250 ms.
+/// going?" reads unfinished too, and is answered at the 1.2 s cap instead of at 250 ms.
 fn future_cut_off(words: &[String]) -> bool {
     let opener = words.iter().map(String::as_str).find(|w| {
         !matches!(
