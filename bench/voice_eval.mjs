@@ -11,10 +11,10 @@
 //     still said to its end.
 // Writes tests/conformance/out/voice-eval-<label>.json.
 //
-//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS] [--stt-prompt none|rules|TEXT] [--stt-boost none|rules|WORDS] [--stt-boost-by LOGITS] [--stt-beams N]
+//   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS] [--stt-prompt none|rules|TEXT] [--stt-boost none|rules|WORDS] [--stt-boost-by LOGITS] [--stt-beams N] [--turn-words on|off]
 //       [--voices espeak,espeak-f3,festival,piper,piper-fast,piper-noise] [--gap 7] [--label x]
 //       [--limit N: the first N questions, paused questions and backchannels only]
-//       [--only question,paused,held-out,held-out-2,backchannel: these lists only]
+//       [--only question,paused,held-out,held-out-2,held-out-3,backchannel: these lists only]
 //   (PARLOR_BIN=target/release/parlor for a release build; default target/debug/parlor)
 //
 // Voices: eSpeak NG (en-us, 150 wpm; en-us+f3 at 190 wpm), Festival's HTS voice cmu_us_slt
@@ -39,11 +39,12 @@ const STT_PROMPT = arg("stt-prompt", "none"); // parlor demo --stt-prompt (none,
 const STT_BOOST = arg("stt-boost", null); // parlor demo --stt-boost (none, rules or words); unset: the demo's default
 const STT_BOOST_BY = arg("stt-boost-by", null); // parlor demo --stt-boost-by (logits)
 const STT_BEAMS = arg("stt-beams", null); // parlor demo --stt-beams (hypotheses)
+const TURN_WORDS = arg("turn-words", null); // parlor demo --turn-words (on|off)
 const GAP = Number(arg("gap", 7));
 const VOICES = arg("voices", "espeak,espeak-f3,festival,piper,piper-fast,piper-noise").split(",");
 const LABEL = arg("label", ENGINES === "basic" ? "basic" : STT);
 const LIMIT = Number(arg("limit", Infinity)); // the first N of each list (a quick look)
-const ONLY = arg("only", "question,paused,held-out,held-out-2,backchannel").split(","); // which lists
+const ONLY = arg("only", "question,paused,held-out,held-out-2,held-out-3,backchannel").split(","); // which lists
 const RATE = 22_050;
 
 // The questions and the topic of the rule reply each asks for.
@@ -102,6 +103,19 @@ const PAUSED_HELD_OUT_2 = [
   ["Can you explain to me", "what your name is?", "name"],
   ["How about", "the forecast for Sunday?", "weather"],
   ["My question is", "what time it is.", "time"],
+];
+// A third held-out set, written on 2026-12-07 before the words' language model
+// (parlor_voice::text_turn, `--turn-words`) was first tried, and never tuned against: first
+// halves that end on none of the rules' endings, as new users phrase requests.
+const PAUSED_HELD_OUT_3 = [
+  ["Could you find out", "what the weather will be tomorrow?", "weather"],
+  ["I need to know", "what time it is.", "time"],
+  ["Can you give me", "the forecast for Monday?", "weather"],
+  ["Would you please let me know", "your name?", "name"],
+  ["Is there any chance", "of rain this evening?", "weather"],
+  ["Let me ask you", "what your name is.", "name"],
+  ["Could you look up", "the time in Tokyo?", "time"],
+  ["What do you think", "the weather will be like tomorrow?", "weather"],
 ];
 const PAUSES_MS = [600, 700, 800, 900];
 // Said ~1.5 s into the agent's (three-sentence, ~10 s) weather reply.
@@ -224,7 +238,7 @@ const voices = VOICES.filter((v) => {
 console.error(`voice-eval: synthesizing ${voices.length} voices × ${QUESTIONS.length} questions, ${PAUSED.length * 2} paused, ${BACKCHANNELS.length} backchannels…`);
 const lists = (name, list) => (ONLY.includes(name) ? list.slice(0, LIMIT) : []);
 for (const v of voices) for (const [text, intent] of lists("question", QUESTIONS)) add({ kind: "question", voice: v, text, intent }, SPEAK[v](text), GAP);
-for (const [set, list] of [["paused", PAUSED], ["held-out", PAUSED_HELD_OUT], ["held-out-2", PAUSED_HELD_OUT_2]]) for (const [i, [a, b, intent]] of lists(set, list).entries()) {
+for (const [set, list] of [["paused", PAUSED], ["held-out", PAUSED_HELD_OUT], ["held-out-2", PAUSED_HELD_OUT_2], ["held-out-3", PAUSED_HELD_OUT_3]]) for (const [i, [a, b, intent]] of lists(set, list).entries()) {
   const ms = PAUSES_MS[i % PAUSES_MS.length];
   // eSpeak says it as one sentence with a break; Piper says the whole sentence, cut at the
   // word boundary (the quietest 10 ms near where the first half alone ends) and the silence
@@ -249,7 +263,7 @@ writeWav(wavFile, RATE, Buffer.concat(bufs));
 mkdirSync(OUT_DIR, { recursive: true });
 const extra = ENGINES === "basic" ? ["--engines", "basic"] : ["--engines", ENGINES, "--stt", STT, "--stt-window", String(STT_WINDOW), "--stt-prompt", STT_PROMPT,
   ...(STT_BOOST === null ? [] : ["--stt-boost", STT_BOOST]), ...(STT_BOOST_BY === null ? [] : ["--stt-boost-by", STT_BOOST_BY]),
-  ...(STT_BEAMS === null ? [] : ["--stt-beams", STT_BEAMS])];
+  ...(STT_BEAMS === null ? [] : ["--stt-beams", STT_BEAMS]), ...(TURN_WORDS === null ? [] : ["--turn-words", TURN_WORDS])];
 const demo = await startDemo(`voice-eval-${LABEL}`, extra);
 const browser = await launchChromium([`--use-file-for-fake-audio-capture=${wavFile}%noloop`]);
 let human;
@@ -317,6 +331,7 @@ const questions = items.filter((x) => x.kind === "question");
 const paused = items.filter((x) => x.kind === "paused" && x.set === "paused");
 const heldOut = items.filter((x) => x.kind === "paused" && x.set === "held-out");
 const heldOut2 = items.filter((x) => x.kind === "paused" && x.set === "held-out-2");
+const heldOut3 = items.filter((x) => x.kind === "paused" && x.set === "held-out-3");
 const bcs = items.filter((x) => x.kind === "backchannel");
 if (questions.length) {
   for (const v of voices) summarize(v, questions.filter((x) => x.voice === v));
@@ -325,6 +340,7 @@ if (questions.length) {
 if (paused.length) summarize("paused (as one question)", paused);
 if (heldOut.length) summarize("paused, held out (as one question)", heldOut);
 if (heldOut2.length) summarize("paused, held out 2 (as one question)", heldOut2);
+if (heldOut3.length) summarize("paused, held out 3 (as one question)", heldOut3);
 console.log(`\n### ${LABEL} (${ENGINES} engines)\n`);
 console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model / by words read finished | replies prepared in the pause |`);
 console.log(`|---|---|---|---|---|---|---|---|---|---|---|---|`);
@@ -332,7 +348,7 @@ const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 for (const r of rows) {
   console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} / ${r.byWords} | ${r.prepared} |`);
 }
-for (const [name, set] of [["", paused], [" (held out)", heldOut], [" (held out 2)", heldOut2]]) {
+for (const [name, set] of [["", paused], [" (held out)", heldOut], [" (held out 2)", heldOut2], [" (held out 3)", heldOut3]]) {
   if (!set.length) continue;
   const into = set.filter((x) => x.answeredIntoPause);
   console.log(`\nanswered into a 600–900 ms pause${name}: ${into.length} of ${set.length} (${f(100 * into.length / set.length)} %)` +
@@ -342,4 +358,4 @@ if (bcs.length) console.log(`false interruptions (during the weather reply): ` +
   `${x.backchannel} → ${x.replyCompleted ? "reply said to its end" : "reply lost"} (holds ${x.bargeIns}, resumed ${x.resumed})`).join("; "));
 console.log(`\nper item:`);
 for (const x of items) console.log(`  ${x.kind.padEnd(11)} ${x.voice.padEnd(11)} ${JSON.stringify(x.text)} → ${JSON.stringify(x.heard)} [${x.topic ?? "no reply"}${x.topic === x.intent ? "" : " ≠ " + x.intent}] ${x.metrics ? x.metrics.eouToFirstAudioMs + " ms " + x.metrics.endedBy + (x.metrics.prepared ? " (prepared)" : "") : ""}`);
-writeFileSync(path.join(OUT_DIR, `voice-eval-${LABEL}.json`), JSON.stringify({ label: LABEL, engines: ENGINES, stt: STT, sttPrompt: STT_PROMPT, sttBoost: STT_BOOST, sttBoostBy: STT_BOOST_BY, sttBeams: STT_BEAMS, rows, items }, null, 1));
+writeFileSync(path.join(OUT_DIR, `voice-eval-${LABEL}.json`), JSON.stringify({ label: LABEL, engines: ENGINES, stt: STT, sttPrompt: STT_PROMPT, sttBoost: STT_BOOST, sttBoostBy: STT_BOOST_BY, sttBeams: STT_BEAMS, turnWords: TURN_WORDS, rows, items }, null, 1));

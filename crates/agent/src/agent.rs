@@ -32,7 +32,8 @@ use serde_json::{Value, json};
 use crate::aec::{AecOutput, EchoCanceller};
 use crate::echo::EchoGate;
 use crate::hooks::{
-    EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextToSpeech, Turn, VoiceActivity,
+    EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextEndOfTurn, TextToSpeech, Turn,
+    VoiceActivity,
 };
 use crate::text::words;
 use crate::turn::{EndReason, TurnEvent, TurnOptions, Turns, reads_finished, reads_unfinished};
@@ -123,6 +124,7 @@ struct Inner {
     peer: RoomPeer,
     activity: Arc<dyn VoiceActivity>,
     end_of_turn: Option<Arc<dyn EndOfTurn>>,
+    words_end_of_turn: Option<Arc<dyn TextEndOfTurn>>,
     stt: Arc<dyn SpeechToText>,
     llm: Arc<dyn Llm>,
     tts: Arc<dyn TextToSpeech>,
@@ -175,6 +177,7 @@ impl Agent {
                 peer,
                 activity: Arc::new(EnergyActivity::default()),
                 end_of_turn: None,
+                words_end_of_turn: None,
                 stt: Arc::new(stt),
                 llm: Arc::new(llm),
                 tts: Arc::new(tts),
@@ -204,6 +207,15 @@ impl Agent {
     /// ending turns on silence alone; pair it with [`TurnOptions::with_end_of_turn_model`].
     pub fn with_end_of_turn(mut self, model: impl EndOfTurn) -> Agent {
         self.configure().end_of_turn = Some(Arc::new(model));
+        self
+    }
+
+    /// Also ask `model` whether the words so far read unfinished, when the end-of-turn model
+    /// says a turn is complete (beside the hand-written endings; with
+    /// [`TurnOptions::transcript_veto`]). It runs on the thread that transcribes the pause,
+    /// right after it, so its time is spent before the decision where it can be.
+    pub fn with_text_end_of_turn(mut self, model: impl TextEndOfTurn) -> Agent {
+        self.configure().words_end_of_turn = Some(Arc::new(model));
         self
     }
 
@@ -521,6 +533,7 @@ async fn listen(inner: Arc<Inner>, peer_id: String, track: RemoteTrack) {
         detector,
         recognizer,
         end_of_turn,
+        words_end_of_turn: inner.words_end_of_turn.clone(),
         turns: Turns::new(16_000, inner.opts.turn),
         threshold: inner.opts.turn.threshold,
         max_utterance: (inner.opts.turn.max_utterance.as_secs_f64() * 16_000.0) as usize,
@@ -628,6 +641,8 @@ struct Listening {
     detector: Box<dyn crate::hooks::SpeechDetector>,
     recognizer: Box<dyn crate::hooks::Recognizer>,
     end_of_turn: Option<Arc<dyn EndOfTurn>>,
+    /// Reads the transcript of a pause ([`Agent::with_text_end_of_turn`]).
+    words_end_of_turn: Option<Arc<dyn TextEndOfTurn>>,
     turns: Turns,
     threshold: f32,
     max_utterance: usize,
@@ -780,13 +795,16 @@ impl Listening {
                         Ok(p) => {
                             // What Whisper made of it so far may say "not yet" where the
                             // audio model says "done" ("I was wondering", "What is your...").
-                            let veto = p >= 0.5
-                                && self.turns.options().transcript_veto
-                                && ahead
-                                    .as_mut()
-                                    .and_then(Ahead::wait)
-                                    .is_some_and(|t| reads_unfinished(&t));
-                            tracing::debug!(peer = %self.who, p, veto, silence_ms = silence.as_millis() as u64, "end of turn?");
+                            // So may a language model reading those words (`words_veto`).
+                            let (rules_veto, words_veto) = match ahead.as_mut() {
+                                Some(a) if p >= 0.5 && self.turns.options().transcript_veto => (
+                                    a.wait().is_some_and(|t| reads_unfinished(&t)),
+                                    a.words_unfinished(),
+                                ),
+                                _ => (false, false),
+                            };
+                            let veto = rules_veto || words_veto;
+                            tracing::debug!(peer = %self.who, p, veto, rules_veto, words_veto, silence_ms = silence.as_millis() as u64, "end of turn?");
                             if p >= 0.5
                                 && !veto
                                 && let Some(end) = self.turns.end_turn()
@@ -827,7 +845,12 @@ impl Listening {
                     && !ahead_busy.load(std::sync::atomic::Ordering::Acquire)
                     && let Some(job) = self.recognizer.provisional()
                 {
-                    ahead = Some(Ahead::start(job, &self.who, &ahead_busy));
+                    ahead = Some(Ahead::start(
+                        job,
+                        self.words_end_of_turn.clone(),
+                        &self.who,
+                        &ahead_busy,
+                    ));
                 }
                 if let TurnEvent::End { reason, .. } = event {
                     let decided = Instant::now();
@@ -870,9 +893,11 @@ impl Listening {
 ///
 /// [`Recognizer::provisional`]: crate::hooks::Recognizer::provisional
 struct Ahead {
-    result: std::sync::mpsc::Receiver<Result<String, HookError>>,
+    result: std::sync::mpsc::Receiver<Result<(String, bool), HookError>>,
     /// `Some` once the result is in (`None` inside: the transcription failed).
     done: Option<Option<String>>,
+    /// The text end-of-turn model read the text as unfinished.
+    unfinished: bool,
     held: Vec<i16>,
     /// Its text was told to the listening task ([`Ahead::fresh`]).
     announced: bool,
@@ -881,8 +906,10 @@ struct Ahead {
 impl Ahead {
     /// Run `job` on its own thread; `busy` is set until it returns (one at a time per
     /// listener: a job left behind by speech that resumed blocks the next one until done).
+    /// With `words`, the text is then read by the text end-of-turn model, on the same thread.
     fn start(
         job: crate::hooks::Transcription,
+        words: Option<Arc<dyn TextEndOfTurn>>,
         who: &str,
         busy: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Ahead {
@@ -890,11 +917,24 @@ impl Ahead {
         let (tx, result) = std::sync::mpsc::sync_channel(1);
         busy.store(true, Ordering::Release);
         let flag = busy.clone();
+        let peer = who.to_owned();
         let spawned = std::thread::Builder::new()
             .name("parlor-stt-ahead".into())
             .spawn(move || {
                 // The listener may have moved on (the human spoke again): nobody to tell.
-                let _ = tx.send(job());
+                let result = job().map(|text| {
+                    let unfinished = match &words {
+                        Some(model) if !text.trim().is_empty() => {
+                            model.unfinished(&text).unwrap_or_else(|e| {
+                                tracing::warn!(peer = %peer, error = %e, "text end-of-turn model");
+                                false
+                            })
+                        }
+                        _ => false,
+                    };
+                    (text, unfinished)
+                });
+                let _ = tx.send(result);
                 flag.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
@@ -905,14 +945,18 @@ impl Ahead {
         Ahead {
             result,
             done: None,
+            unfinished: false,
             held: Vec::new(),
             announced: false,
         }
     }
 
-    fn settle(&mut self, r: Result<Result<String, HookError>, ()>) {
+    fn settle(&mut self, r: Result<Result<(String, bool), HookError>, ()>) {
         self.done = Some(match r {
-            Ok(Ok(text)) => Some(text),
+            Ok(Ok((text, unfinished))) => {
+                self.unfinished = unfinished;
+                Some(text)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "recognizer (ahead of the turn's end)");
                 None
@@ -945,6 +989,12 @@ impl Ahead {
             .filter(|t| !t.trim().is_empty())?;
         self.announced = true;
         Some(text)
+    }
+
+    /// Whether the text end-of-turn model read the text as unfinished (waiting for it).
+    fn words_unfinished(&mut self) -> bool {
+        self.wait();
+        self.unfinished
     }
 
     /// The text, waiting for it if need be (`None`: the transcription failed).

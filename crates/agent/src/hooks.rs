@@ -108,6 +108,21 @@ pub trait EndOfTurn: Send + Sync + 'static {
     fn complete(&self, utterance: &[i16]) -> Result<f32, HookError>;
 }
 
+/// End-of-turn from the words: does the transcript of the utterance so far read unfinished
+/// ("Could you find out", "Can you give me")? Asked when the audio model says the turn is
+/// complete, beside the hand-written endings ([`crate::turn::reads_unfinished`]); "yes" holds
+/// the answer back for the human to go on.
+pub trait TextEndOfTurn: Send + Sync + 'static {
+    /// Whether `text` (what the human said so far) reads unfinished.
+    fn unfinished(&self, text: &str) -> Result<bool, HookError>;
+}
+
+impl<T: TextEndOfTurn + ?Sized> TextEndOfTurn for std::sync::Arc<T> {
+    fn unfinished(&self, text: &str) -> Result<bool, HookError> {
+        (**self).unfinished(text)
+    }
+}
+
 impl<T: VoiceActivity + ?Sized> VoiceActivity for std::sync::Arc<T> {
     fn detector(&self) -> Result<Box<dyn SpeechDetector>, HookError> {
         (**self).detector()

