@@ -845,12 +845,12 @@ impl Listening {
                     && !ahead_busy.load(std::sync::atomic::Ordering::Acquire)
                     && let Some(job) = self.recognizer.provisional()
                 {
-                    ahead = Some(Ahead::start(
-                        job,
-                        self.words_end_of_turn.clone(),
-                        &self.who,
-                        &ahead_busy,
-                    ));
+                    // The words' model only serves the transcript's veto.
+                    let words = self
+                        .words_end_of_turn
+                        .clone()
+                        .filter(|_| self.turns.options().transcript_veto);
+                    ahead = Some(Ahead::start(job, words, &self.who, &ahead_busy));
                 }
                 if let TurnEvent::End { reason, .. } = event {
                     let decided = Instant::now();
@@ -906,7 +906,9 @@ struct Ahead {
 impl Ahead {
     /// Run `job` on its own thread; `busy` is set until it returns (one at a time per
     /// listener: a job left behind by speech that resumed blocks the next one until done).
-    /// With `words`, the text is then read by the text end-of-turn model, on the same thread.
+    /// With `words`, the text is then read by the text end-of-turn model, on the same thread,
+    /// unless the hand-written endings already read it unfinished (its verdict would not
+    /// change the veto).
     fn start(
         job: crate::hooks::Transcription,
         words: Option<Arc<dyn TextEndOfTurn>>,
@@ -924,7 +926,7 @@ impl Ahead {
                 // The listener may have moved on (the human spoke again): nobody to tell.
                 let result = job().map(|text| {
                     let unfinished = match &words {
-                        Some(model) if !text.trim().is_empty() => {
+                        Some(model) if !text.trim().is_empty() && !reads_unfinished(&text) => {
                             model.unfinished(&text).unwrap_or_else(|e| {
                                 tracing::warn!(peer = %peer, error = %e, "text end-of-turn model");
                                 false

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
@@ -38,9 +38,10 @@ const BOS: u32 = 2;
 const EOS: u32 = 1;
 const END_OF_TURN: u32 = 106;
 
-/// The text end-of-turn model.
+/// The text end-of-turn model. A decision only reads the model (the prompt's keys and values
+/// are copied per call), so the agents of one worker share it without a lock.
 pub struct TextTurn {
-    model: Mutex<Gemma>,
+    model: Gemma,
     threshold: f32,
 }
 
@@ -63,7 +64,7 @@ impl TextTurn {
     pub fn load_file(path: &Path) -> Result<TextTurn, EngineError> {
         let model = Gemma::load(path).map_err(|e| runtime(&e))?;
         Ok(TextTurn {
-            model: Mutex::new(model),
+            model,
             threshold: DEFAULT_THRESHOLD,
         })
     }
@@ -89,8 +90,7 @@ impl TextTurn {
         if words.is_empty() {
             return Ok(1.0);
         }
-        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-        model.p_end(words).map_err(|e| runtime(&e))
+        self.model.p_end(words).map_err(|e| runtime(&e))
     }
 }
 
@@ -287,7 +287,7 @@ impl Gemma {
     }
 
     /// The probability that a sentence ends after `words` (put after the prompt).
-    fn p_end(&mut self, words: &str) -> candle_core::Result<f32> {
+    fn p_end(&self, words: &str) -> candle_core::Result<f32> {
         let tokens = self.spm.encode(&format!(" {words}"));
         if tokens.is_empty() || self.prefix_len + tokens.len() > MAX_POSITIONS {
             return Ok(1.0);
@@ -348,24 +348,18 @@ impl Gemma {
             };
             let (cos, sin) = (cos.narrow(0, start, t)?, sin.narrow(0, start, t)?);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
-            let q = layer
-                .wq
-                .forward(&h)?
-                .reshape((1, t, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = layer
-                .wk
-                .forward(&h)?
-                .reshape((1, t, 1, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = layer
-                .wv
-                .forward(&h)?
-                .reshape((1, t, 1, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            // (1, t, heads × head_dim) → (1, heads, t, head_dim).
+            let split = |w: &QMatMul, heads: usize| {
+                w.forward(&h)?
+                    .reshape((1, t, heads, self.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (
+                split(&layer.wq, self.heads)?,
+                split(&layer.wk, 1)?,
+                split(&layer.wv, 1)?,
+            );
             let q = candle_nn::ops::rms_norm(&q, &layer.q_norm, self.eps)?;
             let k = candle_nn::ops::rms_norm(&k, &layer.k_norm, self.eps)?;
             let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
@@ -425,10 +419,9 @@ fn ends_sentence(piece: &str) -> bool {
     if piece.starts_with("...") || piece.starts_with('…') {
         return false;
     }
-    piece.starts_with('\n')
-        || piece
-            .trim_start_matches([' ', '\t', '\r'])
-            .starts_with(['.', '?', '!', '\n'])
+    piece
+        .trim_start_matches([' ', '\t', '\r'])
+        .starts_with(['.', '?', '!', '\n'])
 }
 
 fn rope_table(head_dim: usize, base: f32, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
