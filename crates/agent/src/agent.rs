@@ -666,6 +666,10 @@ impl Listening {
         let mut probabilities = Vec::new();
         let mut utterance: Vec<i16> = Vec::new();
         let mut speech_end = Instant::now();
+        // Where the utterance began (its pre-roll included), and the last time the agent's
+        // voice said something: an utterance that began well after that cannot carry it.
+        let mut speech_start = Instant::now();
+        let mut voice_heard: Option<Instant> = None;
         let mut chunk = Vec::with_capacity(window);
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
@@ -681,17 +685,18 @@ impl Listening {
             sent,
         }) = audio.recv()
         {
-            // What the voice sent since the last look: the gate's and the canceller's
-            // reference.
-            if self.gate.is_some() || self.aec.is_some() {
-                for f in self.voice.frames_since(voice_seen) {
-                    voice_seen = f.at;
-                    if let Some(gate) = &mut self.gate {
-                        gate.voice(f.at.into_std(), f.level);
-                    }
-                    if let Some(aec) = &mut self.aec {
-                        aec.voice(f.at.into_std(), f.rate, &f.pcm);
-                    }
+            // What the voice sent since the last look: when it last spoke, and the gate's and
+            // the canceller's reference.
+            for f in self.voice.frames_since(voice_seen) {
+                voice_seen = f.at;
+                if f.level >= crate::echo::VOICE_ACTIVE {
+                    voice_heard = Some(f.at.into_std());
+                }
+                if let Some(gate) = &mut self.gate {
+                    gate.voice(f.at.into_std(), f.level);
+                }
+                if let Some(aec) = &mut self.aec {
+                    aec.voice(f.at.into_std(), f.rate, &f.pcm);
                 }
             }
             // The agent's own voice taken out of what the human's microphone heard.
@@ -753,6 +758,9 @@ impl Listening {
                 }
                 let mut event = self.turns.push(&chunk, p);
                 if let TurnEvent::SpeechStart { pre_roll } = &event {
+                    speech_start = arrived
+                        .checked_sub(Duration::from_secs_f64(pre_roll.len() as f64 / 16_000.0))
+                        .unwrap_or(arrived);
                     utterance.clear();
                     ahead = None;
                     utterance.extend_from_slice(pre_roll);
@@ -874,7 +882,13 @@ impl Listening {
                         reason,
                     };
                     utterance.clear();
-                    let no_echo = self.gate.as_ref().is_some_and(EchoGate::knows_no_echo);
+                    // Its words may be the agent's own voice heard back only where the voice
+                    // spoke during it (or just before: the echo's path) and the gate does not
+                    // know this microphone to be free of it. A human repeating what the agent
+                    // just said back to them ("I heard you say: …") after it finished is heard.
+                    let voice_near = voice_heard.is_some_and(|v| v + ECHO_TAIL >= speech_start);
+                    let no_echo =
+                        !voice_near || self.gate.as_ref().is_some_and(EchoGate::knows_no_echo);
                     if heard
                         .blocking_send(Listened::Final(text, timing, no_echo))
                         .is_err()
@@ -1344,6 +1358,11 @@ fn first_clause(sentence: &str) -> Option<(&str, &str)> {
 
 /// How long what the agent said counts as a possible echo.
 const ECHO_MEMORY: Duration = Duration::from_secs(20);
+
+/// How long after the agent's voice last spoke an utterance that begins may still carry it
+/// (the way back: the network both ways, the far end's jitter buffer, the room's delay; the
+/// echo measurements here found 80–400 ms).
+const ECHO_TAIL: Duration = Duration::from_secs(1);
 
 /// Whether `heard` (two words or more) repeats `said`: at least half of its word pairs occur
 /// in it, or it matches a run of one sentence's words with at most one word in three wrong

@@ -34,7 +34,7 @@ pub const MIN_CORRELATION: f32 = 0.5;
 /// How much louder than the predicted echo a window must be to count as speech.
 pub const MARGIN: f32 = 1.5;
 /// Below this level (s16 RMS) the voice is not speaking: its slots teach nothing.
-const VOICE_ACTIVE: f32 = 300.0;
+pub(crate) const VOICE_ACTIVE: f32 = 300.0;
 /// Pairs needed for an estimate (0.3 s of the voice speaking).
 pub const MIN_PAIRS: usize = 15;
 /// Pairs needed to conclude there is no echo (1 s of the voice speaking).

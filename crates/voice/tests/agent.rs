@@ -413,6 +413,46 @@ async fn a_backchannel_holds_the_reply_and_it_resumes() {
     call.end().await;
 }
 
+/// The agent repeats what it did not understand ("I heard you say: …"); once it has finished,
+/// the human says the same again. Those words are the agent's own, but its voice was silent
+/// when the human began: they are a turn, not an echo. With the echo gate off, the agent
+/// cannot know this microphone to be free of its voice, so only the timing tells them apart
+/// (before, the second turn was dropped as "own voice heard back").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_the_agent_said_repeated_after_its_voice_stopped_are_a_turn() {
+    let Some(cache) = cache(&Model::DEFAULT) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let options = AgentOptions {
+        echo_gate: false,
+        ..neural()
+    };
+    let mut call = call(&cache, "repeat-test", None, options).await;
+    let question = speech(&["I would like a cup of coffee."], 0);
+    call.voice.push(&question).await.expect("push");
+    let (first, _) = call.said_and_metrics().await;
+    let done = call
+        .next(|v| v["type"] == "transcript" && v["role"] == "agent" && v["final"] == true)
+        .await;
+    let reply = done["text"].as_str().unwrap_or("").to_lowercase();
+    assert!(
+        reply.contains("i heard you say") && reply.contains("coffee"),
+        "the agent repeats what it heard ({first:?}): {reply}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    call.voice.push(&question).await.expect("push");
+    let me = call.me.clone();
+    let next = call
+        .next(|v| v["type"] == "echo" || v["type"] == "metrics" && v["peerId"] == me.as_str())
+        .await;
+    assert_eq!(
+        next["type"], "metrics",
+        "the repeated question was answered, not taken for the agent's voice: {next}"
+    );
+    call.end().await;
+}
+
 /// The agent's own voice comes back through the human's microphone at -6 dB, 150 ms late (a
 /// laptop speaker without echo cancellation). The human types a question and says nothing:
 /// the echo never becomes a human turn, the agent never answers itself, and the reply gets to
