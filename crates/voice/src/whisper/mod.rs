@@ -268,7 +268,9 @@ impl WhisperModel {
             tokens = out.len(),
             "whisper pass"
         );
-        Ok(without_restart(self.vocab.decode(&out).trim()))
+        Ok(without_loop(&without_restart(
+            self.vocab.decode(&out).trim(),
+        )))
     }
 }
 
@@ -485,6 +487,29 @@ fn without_restart(text: &str) -> String {
     let restart = (1..n).find(|&k| (k..n).all(|i| !keys[i].is_empty() && keys[i] == keys[i - k]));
     match restart {
         Some(k) => words[..k].join(" "),
+        None => words.join(" "),
+    }
+}
+
+/// `text` without a loop at its end: where a phrase of two words or more is said twice in a
+/// row and then again, whole or cut off by the end of the pass ("what time it is time it is
+/// time it", greedy decoding going round until its token budget runs out), one telling is
+/// kept. A phrase said just twice ("thank you thank you") is left alone.
+fn without_loop(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let keys: Vec<String> = words.iter().map(|w| normalized(w)).collect();
+    let n = keys.len();
+    let looped = (0..n).find_map(|k| {
+        (2..=(n - k) / 2).find_map(|len| {
+            let phrase = &keys[k..k + len];
+            let rest = &keys[k + len..];
+            // From the second telling on, the words go round the phrase to the end.
+            let round = rest.iter().enumerate().all(|(i, w)| *w == phrase[i % len]);
+            (round && rest.len() > len && !phrase.iter().any(String::is_empty)).then_some(k + len)
+        })
+    });
+    match looped {
+        Some(end) => words[..end].join(" "),
         None => words.join(" "),
     }
 }
@@ -733,6 +758,29 @@ mod tests {
             "What is the weather like today?"
         );
         assert_eq!(without_restart(""), "");
+    }
+
+    #[test]
+    fn a_transcript_that_goes_round_a_phrase_keeps_one_telling() {
+        assert_eq!(
+            without_loop("I need to know what time it is time it is time it"),
+            "I need to know what time it is"
+        );
+        assert_eq!(
+            without_loop("Can you tell me your name please name please name"),
+            "Can you tell me your name please"
+        );
+        assert_eq!(without_loop("go on go on go on"), "go on");
+        // Said twice, or a repeat that the sentence goes on from, is speech.
+        for said in [
+            "thank you thank you",
+            "thank you thank you very much",
+            "bye bye bye",
+            "What is the weather like today?",
+            "",
+        ] {
+            assert_eq!(without_loop(said), said);
+        }
     }
 
     #[test]
