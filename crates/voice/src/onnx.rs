@@ -46,5 +46,9 @@ fn build(env: &Environment, path: &Path, threads: usize) -> ort::Result<Session>
         .with_optimization_level(GraphOptimizationLevel::Level3)?
         .with_intra_threads(threads)?
         .with_inter_threads(1)?
+        // Idle pool threads sleep instead of spinning for the next op: with several agents'
+        // engines sharing the cores, spinning only takes CPU from the others (4 answering
+        // sessions: 13.0–13.4 % of a core each against 14.5–15.8 %, the same latency).
+        .with_intra_op_spinning(false)?
         .commit_from_file(path)
 }

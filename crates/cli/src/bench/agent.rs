@@ -37,6 +37,10 @@ pub(crate) struct AgentArgs {
     /// `neural` (the demo's: each question is answered, voice-to-voice measured) or `basic`.
     #[arg(long, default_value = "listen", value_parser = ["listen", "neural", "basic"])]
     engines: String,
+    /// With `--engines neural`: whether the words' end-of-turn model (Gemma 3 270M) runs, as
+    /// `parlor worker --turn-words` (default: the worker's, on).
+    #[arg(long, value_parser = ["on", "off"])]
+    turn_words: Option<String>,
     /// Seconds measured, once every agent is in and the warm-up is over.
     #[arg(long, default_value_t = 30)]
     secs: u64,
@@ -82,11 +86,24 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         (0.2..=30.0).contains(&args.pause_secs),
         "--pause-secs must be 0.2-30"
     );
+    anyhow::ensure!(
+        args.turn_words.is_none() || args.engines == "neural",
+        "--turn-words needs --engines neural"
+    );
+    let extra: Vec<String> = match &args.turn_words {
+        Some(v) => vec!["--turn-words".into(), v.clone()],
+        None => Vec::new(),
+    };
     // Every offer is taken (the worker's capacity bounds it), however busy the worker.
     let heard = Arc::new(AtomicU64::new(0));
     let heard_w = heard.clone();
-    let fleet =
-        super::fleet::Fleet::start(KEY, &args.engines, args.sessions + 1, 1.0, move |line| {
+    let fleet = super::fleet::Fleet::start(
+        KEY,
+        &args.engines,
+        &extra,
+        args.sessions + 1,
+        1.0,
+        move |line| {
             // The utterances its agents heard (listening engines), printed with each cancel.
             if let Some(n) = line
                 .split('(')
@@ -96,8 +113,9 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             {
                 heard_w.fetch_max(n, Ordering::Relaxed);
             }
-        })
-        .await?;
+        },
+    )
+    .await?;
     let (url, pid) = (fleet.url.clone(), fleet.pid);
 
     // The question: eSpeak speech, then the pause.
@@ -237,7 +255,7 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = args.json {
         let v = json!({
-            "engines": args.engines, "sessions": args.sessions, "window_s": wall,
+            "engines": args.engines, "turn_words": args.turn_words, "sessions": args.sessions, "window_s": wall,
             "worker_cpu_s": worker_cpu, "cpu_pct_per_session": per_session,
             "sessions_per_core": 100.0 / per_session, "worker_rss_mb": rss_mb,
             "humans_cpu_s": own_cpu, "questions": asked,

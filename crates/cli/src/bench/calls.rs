@@ -106,7 +106,8 @@ pub(crate) async fn calls(args: CallsArgs) -> anyhow::Result<()> {
     );
     // The server's default load threshold: a worker busy past it gets no offers.
     let fleet =
-        super::fleet::Fleet::start(KEY, &args.engines, args.concurrency + 1, 0.8, |_| {}).await?;
+        super::fleet::Fleet::start(KEY, &args.engines, &[], args.concurrency + 1, 0.8, |_| {})
+            .await?;
     let (url, pid) = (fleet.url.clone(), fleet.pid);
 
     // The question: eSpeak speech, then 1.5 s of silence for the turn to end.

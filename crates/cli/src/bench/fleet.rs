@@ -17,13 +17,14 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    /// Start the server (API key `key`, accounts `bench`) and a worker with `engines` and
-    /// `capacity`; `load_threshold` is the server's (a loaded worker gets no offers past
+    /// Start the server (API key `key`, accounts `bench`) and a worker with `engines` (and
+    /// `extra` arguments) and `capacity`; `load_threshold` is the server's (a loaded worker gets no offers past
     /// it). Every line the worker prints goes to `on_line` (read on a thread of its own, so
     /// the worker never blocks on a full pipe). Returns once the worker has registered.
     pub(super) async fn start(
         key: &str,
         engines: &str,
+        extra: &[String],
         capacity: usize,
         load_threshold: f32,
         mut on_line: impl FnMut(&str) + Send + 'static,
@@ -65,6 +66,7 @@ grace_secs = 0
         let mut worker = command
             .arg("worker")
             .args(["--server", &url, "--engines", engines])
+            .args(extra)
             .args(["--capacity", &capacity.to_string()])
             .env("PARLOR_WORKER_SECRET", SECRET)
             .env(
