@@ -14,7 +14,7 @@
 //   node bench/voice_eval.mjs [--engines neural|basic] [--stt whisper-tiny.en|whisper-base] [--stt-window SECS] [--stt-prompt none|rules|TEXT] [--stt-boost none|rules|WORDS] [--stt-boost-by LOGITS] [--stt-beams N] [--turn-words on|off]
 //       [--voices espeak,espeak-f3,festival,piper,piper-fast,piper-noise] [--gap 7] [--label x]
 //       [--limit N: the first N questions, paused questions and backchannels only]
-//       [--only question,paused,held-out,held-out-2,held-out-3,backchannel: these lists only]
+//       [--only question,paused,held-out,held-out-2,held-out-3,held-out-4,backchannel: these lists only]
 //   (PARLOR_BIN=target/release/parlor for a release build; default target/debug/parlor)
 //
 // Voices: eSpeak NG (en-us, 150 wpm; en-us+f3 at 190 wpm), Festival's HTS voice cmu_us_slt
@@ -44,7 +44,7 @@ const GAP = Number(arg("gap", 7));
 const VOICES = arg("voices", "espeak,espeak-f3,festival,piper,piper-fast,piper-noise").split(",");
 const LABEL = arg("label", ENGINES === "basic" ? "basic" : STT);
 const LIMIT = Number(arg("limit", Infinity)); // the first N of each list (a quick look)
-const ONLY = arg("only", "question,paused,held-out,held-out-2,held-out-3,backchannel").split(","); // which lists
+const ONLY = arg("only", "question,paused,held-out,held-out-2,held-out-3,held-out-4,backchannel").split(","); // which lists
 const RATE = 22_050;
 
 // The questions and the topic of the rule reply each asks for.
@@ -116,6 +116,19 @@ const PAUSED_HELD_OUT_3 = [
   ["Let me ask you", "what your name is.", "name"],
   ["Could you look up", "the time in Tokyo?", "time"],
   ["What do you think", "the weather will be like tomorrow?", "weather"],
+];
+// A fourth held-out set, written on 2026-12-08 after run rel-9 and before any run of it, and
+// never tuned against: first halves on none of the rules' endings, to firm up the pause rate
+// on new phrasings with the words' model.
+const PAUSED_HELD_OUT_4 = [
+  ["Do you have any idea", "what time it is?", "time"],
+  ["I'm curious about", "the weather this weekend.", "weather"],
+  ["Would you be able to check", "the forecast for Friday?", "weather"],
+  ["I'd love to hear", "what your name is.", "name"],
+  ["Any chance you could say", "what time it is?", "time"],
+  ["Before I go, I want to know", "if it will rain.", "weather"],
+  ["Can you figure out", "the time in Berlin?", "time"],
+  ["Let me check with you about", "tomorrow's weather.", "weather"],
 ];
 const PAUSES_MS = [600, 700, 800, 900];
 // Said ~1.5 s into the agent's (three-sentence, ~10 s) weather reply.
@@ -238,7 +251,7 @@ const voices = VOICES.filter((v) => {
 console.error(`voice-eval: synthesizing ${voices.length} voices × ${QUESTIONS.length} questions, ${PAUSED.length * 2} paused, ${BACKCHANNELS.length} backchannels…`);
 const lists = (name, list) => (ONLY.includes(name) ? list.slice(0, LIMIT) : []);
 for (const v of voices) for (const [text, intent] of lists("question", QUESTIONS)) add({ kind: "question", voice: v, text, intent }, SPEAK[v](text), GAP);
-for (const [set, list] of [["paused", PAUSED], ["held-out", PAUSED_HELD_OUT], ["held-out-2", PAUSED_HELD_OUT_2], ["held-out-3", PAUSED_HELD_OUT_3]]) for (const [i, [a, b, intent]] of lists(set, list).entries()) {
+for (const [set, list] of [["paused", PAUSED], ["held-out", PAUSED_HELD_OUT], ["held-out-2", PAUSED_HELD_OUT_2], ["held-out-3", PAUSED_HELD_OUT_3], ["held-out-4", PAUSED_HELD_OUT_4]]) for (const [i, [a, b, intent]] of lists(set, list).entries()) {
   const ms = PAUSES_MS[i % PAUSES_MS.length];
   // eSpeak says it as one sentence with a break; Piper says the whole sentence, cut at the
   // word boundary (the quietest 10 ms near where the first half alone ends) and the silence
@@ -332,6 +345,7 @@ const paused = items.filter((x) => x.kind === "paused" && x.set === "paused");
 const heldOut = items.filter((x) => x.kind === "paused" && x.set === "held-out");
 const heldOut2 = items.filter((x) => x.kind === "paused" && x.set === "held-out-2");
 const heldOut3 = items.filter((x) => x.kind === "paused" && x.set === "held-out-3");
+const heldOut4 = items.filter((x) => x.kind === "paused" && x.set === "held-out-4");
 const bcs = items.filter((x) => x.kind === "backchannel");
 if (questions.length) {
   for (const v of voices) summarize(v, questions.filter((x) => x.voice === v));
@@ -341,6 +355,7 @@ if (paused.length) summarize("paused (as one question)", paused);
 if (heldOut.length) summarize("paused, held out (as one question)", heldOut);
 if (heldOut2.length) summarize("paused, held out 2 (as one question)", heldOut2);
 if (heldOut3.length) summarize("paused, held out 3 (as one question)", heldOut3);
+if (heldOut4.length) summarize("paused, held out 4 (as one question)", heldOut4);
 console.log(`\n### ${LABEL} (${ENGINES} engines)\n`);
 console.log(`| voice | items | WER | intent | answered | end of speech → first audio p50 / p95 (ms) | end of turn p50 | speech-to-text p50 | reply p50 | voice p50 | ended by the model / by words read finished | replies prepared in the pause |`);
 console.log(`|---|---|---|---|---|---|---|---|---|---|---|---|`);
@@ -348,7 +363,7 @@ const f = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 for (const r of rows) {
   console.log(`| ${r.name} | ${r.n} | ${f(100 * r.wer, 1)} % | ${f(100 * r.intent)} % | ${r.answered} | ${f(r.p50)} / ${f(r.p95)} | ${f(r.stages.endOfTurnMs)} | ${f(r.stages.sttMs)} | ${f(r.stages.replyMs)} | ${f(r.stages.ttsMs)} | ${r.byModel} / ${r.byWords} | ${r.prepared} |`);
 }
-for (const [name, set] of [["", paused], [" (held out)", heldOut], [" (held out 2)", heldOut2], [" (held out 3)", heldOut3]]) {
+for (const [name, set] of [["", paused], [" (held out)", heldOut], [" (held out 2)", heldOut2], [" (held out 3)", heldOut3], [" (held out 4)", heldOut4]]) {
   if (!set.length) continue;
   const into = set.filter((x) => x.answeredIntoPause);
   console.log(`\nanswered into a 600–900 ms pause${name}: ${into.length} of ${set.length} (${f(100 * into.length / set.length)} %)` +
