@@ -800,6 +800,14 @@ fn bench_agent_measures_listening_sessions_and_refuses_bad_input() {
     for (args, says) in [
         (&["--sessions", "0"][..], "--sessions must be 1-500"),
         (&["--pause-secs", "0"][..], "--pause-secs must be 0.2-30"),
+        (
+            &["--turn-words", "on"][..],
+            "--turn-words needs --engines neural",
+        ),
+        (
+            &["--engines", "neural", "--turn-words", "maybe"][..],
+            "invalid value 'maybe'",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["bench", "agent"])

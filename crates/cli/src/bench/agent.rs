@@ -255,7 +255,8 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = args.json {
         let v = json!({
-            "engines": args.engines, "turn_words": args.turn_words, "sessions": args.sessions, "window_s": wall,
+            "engines": args.engines, "turn_words": args.turn_words,
+            "sessions": args.sessions, "window_s": wall,
             "worker_cpu_s": worker_cpu, "cpu_pct_per_session": per_session,
             "sessions_per_core": 100.0 / per_session, "worker_rss_mb": rss_mb,
             "humans_cpu_s": own_cpu, "questions": asked,

@@ -17,9 +17,9 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    /// Start the server (API key `key`, accounts `bench`) and a worker with `engines` (and
-    /// `extra` arguments) and `capacity`; `load_threshold` is the server's (a loaded worker gets no offers past
-    /// it). Every line the worker prints goes to `on_line` (read on a thread of its own, so
+    /// Start the server (API key `key`, accounts `bench`) and a worker with `engines`, `extra`
+    /// arguments and `capacity`; `load_threshold` is the server's (a loaded worker gets no
+    /// offers past it). Every line the worker prints goes to `on_line` (read on a thread of its own, so
     /// the worker never blocks on a full pipe). Returns once the worker has registered.
     pub(super) async fn start(
         key: &str,
