@@ -30,7 +30,7 @@ use parlor_peer::{
 use serde_json::{Value, json};
 
 use crate::aec::{AecOutput, EchoCanceller};
-use crate::echo::EchoGate;
+use crate::echo::{EchoGate, Verdict};
 use crate::hooks::{
     EndOfTurn, Flow, HookError, Llm, Role, SpeechToText, TextEndOfTurn, TextToSpeech, Turn,
     VoiceActivity,
@@ -670,7 +670,9 @@ impl Listening {
         // voice said something: an utterance that began well after that cannot carry it.
         let mut speech_start = Instant::now();
         let mut voice_heard: Option<Instant> = None;
-        let mut chunk = Vec::with_capacity(window);
+        // Detector windows for the turn, and those held while the echo gate is unsure.
+        let mut ready: Vec<(Vec<i16>, f32, Instant)> = Vec::new();
+        let mut unsure: std::collections::VecDeque<Undecided> = std::collections::VecDeque::new();
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
         let mut cleaned: Vec<i16> = Vec::with_capacity(640);
@@ -720,24 +722,68 @@ impl Listening {
             }
             // Louder than the agent's own voice would be here (in what the microphone heard:
             // a gate on the canceller's output lets its residue through), or not speech.
-            let open = self
+            let level = rms(&raw);
+            let verdict = self
                 .gate
                 .as_mut()
-                .is_none_or(|gate| gate.microphone(sent, rms(&raw)));
-            if !open && probabilities.iter().any(|&p| p >= self.threshold) {
+                .map_or(Verdict::Speech, |gate| gate.hear(sent, level));
+            let speechy = probabilities.iter().any(|&p| p >= self.threshold);
+            if verdict != Verdict::Speech && speechy {
                 gated += 1;
                 if gated.is_multiple_of(50) {
                     let path = self.gate.as_ref().and_then(EchoGate::path);
                     tracing::debug!(peer = %self.who, gated, ?path, "own voice in this microphone: gated");
                 }
             }
+            // This frame's detector windows, in order: to the turn now, or held back while the
+            // gate is unsure of them (and behind any held before them).
+            let hold = !unsure.is_empty() || verdict == Verdict::Unsure && speechy;
             for &p in &probabilities {
-                let p = if open { p } else { 0.0 };
                 if buffered.len() < window {
                     break;
                 }
-                chunk.clear();
-                chunk.extend(buffered.drain(..window));
+                let chunk: Vec<i16> = buffered.drain(..window).collect();
+                if hold {
+                    unsure.push_back(Undecided {
+                        chunk,
+                        p,
+                        arrived,
+                        sent,
+                        level,
+                    });
+                } else {
+                    let p = if verdict == Verdict::Speech { p } else { 0.0 };
+                    ready.push((chunk, p, arrived));
+                }
+            }
+            if let Some(first) = unsure.front() {
+                // Judged again once the gate knows; or once the voice has been quiet long
+                // enough that no echo can follow (nothing more will be learned soon: their
+                // words, if the agent's, are caught by the own-words check); or, past the
+                // hold's bound, as the gate judges them now (unsure: not speech).
+                let knows = self.gate.as_ref().is_none_or(|g| !g.learning());
+                let voice_quiet = voice_heard.is_none_or(|v| sent >= v + UNSURE_VOICE_QUIET);
+                let overdue = unsure.len() >= UNSURE_WINDOWS
+                    || arrived.saturating_duration_since(first.arrived) >= UNSURE_HOLD;
+                if knows || voice_quiet || overdue {
+                    let (mut passed, total) = (0usize, unsure.len());
+                    for u in unsure.drain(..) {
+                        let again = self
+                            .gate
+                            .as_ref()
+                            .map_or(Verdict::Speech, |g| g.judge(u.sent, u.level));
+                        let speech = match again {
+                            Verdict::Speech => true,
+                            Verdict::Echo => false,
+                            Verdict::Unsure => voice_quiet && !knows,
+                        };
+                        passed += usize::from(speech);
+                        ready.push((u.chunk, if speech { u.p } else { 0.0 }, u.arrived));
+                    }
+                    tracing::debug!(peer = %self.who, total, passed, knows, voice_quiet, overdue, "windows the echo gate was unsure of: judged again");
+                }
+            }
+            for (chunk, p, arrived) in ready.drain(..) {
                 if p >= self.threshold {
                     speech_end = arrived;
                     if let Some(a) = ahead.take() {
@@ -900,6 +946,28 @@ impl Listening {
         }
     }
 }
+
+/// A detector window the echo gate was unsure of ([`Verdict::Unsure`]: still learning whether
+/// this microphone carries the agent's voice, the window no louder than the voice), held back
+/// with every window after it until the gate can judge it again.
+struct Undecided {
+    chunk: Vec<i16>,
+    p: f32,
+    arrived: Instant,
+    /// Where its RTP time puts it, and its level (what the gate judges).
+    sent: Instant,
+    level: f32,
+}
+
+/// The longest the listener holds windows the echo gate is unsure of (the gate needs ~1 s of
+/// the voice speaking to know, more while a human talks over it: their speech correlates with
+/// the voice now and then); past it they are judged as the gate judges them then.
+const UNSURE_HOLD: Duration = Duration::from_secs(3);
+/// The most windows held (the bound on [`UNSURE_HOLD`] if frames arrive in a burst; Silero's
+/// 32 ms windows: ~3.2 s).
+const UNSURE_WINDOWS: usize = 100;
+/// The voice quiet this long: no echo of it can still be on its way (the gate's longest delay).
+const UNSURE_VOICE_QUIET: Duration = Duration::from_millis(520);
 
 /// A transcription of the utterance so far running on its own thread while the listener
 /// waits to learn whether the turn is over ([`Recognizer::provisional`]). The pause's audio is

@@ -17,6 +17,12 @@
 //! through a speaker is. Once it
 //! knows there is no echo, the gain is 0 and every window passes: barge-in is as fast as
 //! without the gate. Times are passed in; slots are 20 ms.
+//!
+//! Recording and judging are apart: [`EchoGate::hear`] records a window and says what it makes
+//! of it now; a window it was [`Verdict::Unsure`] of (still learning, the window no louder than
+//! the voice: the human talking quietly over the call's first reply, or its echo) can be judged
+//! again with [`EchoGate::judge`] once the gate knows, so a human who talks over the agent's
+//! first second of speech is heard late rather than not at all.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -59,6 +65,18 @@ pub struct EchoPath {
     pub gain: f32,
     /// How well the envelopes matched at that delay.
     pub correlation: f32,
+}
+
+/// What the gate makes of a microphone window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Louder than the echo predicted for it (or no echo to predict): may be the human.
+    Speech,
+    /// No louder than the echo of the voice predicted for it: the agent's own voice.
+    Echo,
+    /// The gate is still learning whether this microphone carries the voice, and the window
+    /// is no louder than the voice around it: ask again ([`EchoGate::judge`]) once it knows.
+    Unsure,
 }
 
 /// One microphone's echo gate.
@@ -143,12 +161,25 @@ impl EchoGate {
         }
     }
 
+    /// Whether the gate is still learning: it has not yet heard enough of the voice to know
+    /// whether this microphone carries it back ([`Verdict::Unsure`] is possible).
+    pub fn learning(&self) -> bool {
+        !self.learned && self.path.is_none()
+    }
+
     /// The microphone delivered audio of `level` at `at`: whether it may be the human
-    /// speaking (louder than the echo predicted for it).
+    /// speaking (louder than the echo predicted for it). [`EchoGate::hear`] as a yes or no:
+    /// an [`Verdict::Unsure`] window is a no.
     pub fn microphone(&mut self, at: Instant, level: f32) -> bool {
+        self.hear(at, level) == Verdict::Speech
+    }
+
+    /// The microphone delivered audio of `level` at `at`: record it (the gate learns from it)
+    /// and judge it with what the gate knows now.
+    pub fn hear(&mut self, at: Instant, level: f32) -> Verdict {
         let s = self.slot(at);
         let Some(i) = self.reach(s) else {
-            return true;
+            return Verdict::Speech;
         };
         self.mic[i] = Some(self.mic[i].map_or(level, |m| m.max(level)));
         self.since_estimate += 1;
@@ -156,11 +187,34 @@ impl EchoGate {
             self.since_estimate = 0;
             self.estimate();
         }
+        self.verdict(i, level)
+    }
+
+    /// Judge again a window heard at `at` with `level` ([`EchoGate::hear`]), with what the
+    /// gate knows now: a window it was unsure of while learning is speech if the gate has
+    /// since found no echo, or if it is louder than the echo path found predicts. Records
+    /// nothing. A window older than the gate's history (~3.5 s) is judged by the state alone.
+    pub fn judge(&self, at: Instant, level: f32) -> Verdict {
+        let Some(epoch) = self.epoch else {
+            return Verdict::Speech;
+        };
+        let s = (at.saturating_duration_since(epoch).as_millis() / SLOT.as_millis()) as u64;
+        match s.checked_sub(self.first) {
+            Some(i) => self.verdict(i as usize, level),
+            None if self.learning() => Verdict::Unsure,
+            None if self.path.is_some() => Verdict::Echo,
+            None => Verdict::Speech,
+        }
+    }
+
+    /// The verdict on a window of `level` in slot `i`.
+    fn verdict(&self, i: usize, level: f32) -> Verdict {
         let voice_around = |from: usize, to: usize| {
             (from..=to)
                 .filter_map(|k| self.voice.get(k).copied())
                 .fold(0.0f32, f32::max)
         };
+        let speech = |yes: bool, no: Verdict| if yes { Verdict::Speech } else { no };
         match self.path {
             Some(path) => {
                 let d = (path.delay.as_millis() / SLOT.as_millis()) as usize;
@@ -168,11 +222,14 @@ impl EchoGate {
                     i.saturating_sub(d + 2),
                     i.saturating_sub(d.saturating_sub(2)),
                 );
-                level > MARGIN * path.gain * voice
+                speech(level > MARGIN * path.gain * voice, Verdict::Echo)
             }
             // Still learning: louder than anything the voice said in the last 500 ms.
-            None if !self.learned => level > voice_around(i.saturating_sub(MAX_DELAY_SLOTS), i),
-            None => true,
+            None if !self.learned => speech(
+                level > voice_around(i.saturating_sub(MAX_DELAY_SLOTS), i),
+                Verdict::Unsure,
+            ),
+            None => Verdict::Speech,
         }
     }
 
@@ -356,6 +413,76 @@ mod tests {
         // Only while it learns (the voice's first second of speech) is a quieter human held
         // back; from then on everything passes.
         assert!(verdicts[90..].iter().all(|v| *v), "{verdicts:?}");
+    }
+
+    /// [`run`], keeping each window's time, level and verdict ([`EchoGate::hear`]).
+    fn heard(
+        gate: &mut EchoGate,
+        t0: Instant,
+        slots: std::ops::Range<u64>,
+        gain: f32,
+        delay_slots: u64,
+        human: impl Fn(u64) -> f32,
+    ) -> Vec<(Instant, f32, Verdict)> {
+        slots
+            .map(|k| {
+                let at = t0 + SLOT * k as u32;
+                gate.voice(at, voice_level(k));
+                let echo = if k >= delay_slots {
+                    gain * voice_level(k - delay_slots)
+                } else {
+                    0.0
+                };
+                let h = human(k);
+                let level = (echo * echo + h * h).sqrt() + 20.0;
+                (at, level, gate.hear(at, level))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quiet_human_over_the_first_second_is_judged_again_once_the_gate_knows() {
+        // No echo; from the start a human quieter than the voice talks over it (a greeting
+        // interrupted): while the gate learns, their windows are unsure, not speech.
+        let t0 = Instant::now();
+        let mut gate = EchoGate::new();
+        let human = |k: u64| 1_500.0 * ((k as f32) * 0.71).cos().abs() + 300.0;
+        let windows = heard(&mut gate, t0, 0..150, 0.0, 0, human);
+        let unsure: Vec<_> = windows.iter().filter(|w| w.2 == Verdict::Unsure).collect();
+        assert!(unsure.len() > 20, "{} unsure windows", unsure.len());
+        assert!(windows.iter().all(|w| w.2 != Verdict::Echo));
+        assert!(gate.knows_no_echo() && !gate.learning());
+        // Judged again now that it knows: every one of them is the human.
+        for (at, level, _) in unsure {
+            assert_eq!(gate.judge(*at, *level), Verdict::Speech);
+        }
+    }
+
+    #[test]
+    fn an_echo_heard_while_learning_is_judged_echo_once_the_path_is_found() {
+        let t0 = Instant::now();
+        let mut gate = EchoGate::new();
+        assert!(gate.learning());
+        let windows = heard(&mut gate, t0, 0..150, 0.5, 8, |_| 0.0);
+        assert!(gate.path().is_some() && !gate.learning());
+        let loud_unsure: Vec<_> = windows
+            .iter()
+            .filter(|w| w.2 == Verdict::Unsure && w.1 > 500.0)
+            .collect();
+        assert!(loud_unsure.len() > 10, "{} unsure", loud_unsure.len());
+        let speech = loud_unsure
+            .iter()
+            .filter(|(at, level, _)| gate.judge(*at, *level) == Verdict::Speech)
+            .count();
+        assert!(
+            speech * 20 < loud_unsure.len(),
+            "{speech} of {} echo windows judged speech again",
+            loud_unsure.len()
+        );
+        // A window older than the gate's history is judged by what it knows.
+        let mut late = gate.clone();
+        run(&mut late, t0, 150..400, 0.5, 8, |_| 0.0);
+        assert_eq!(late.judge(t0, 100.0), Verdict::Echo);
     }
 
     #[test]

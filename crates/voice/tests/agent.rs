@@ -453,6 +453,62 @@ async fn words_the_agent_said_repeated_after_its_voice_stopped_are_a_turn() {
     call.end().await;
 }
 
+/// At the call's start the agent greets the human, who talks over the greeting at once, more
+/// quietly than the agent's voice (a microphone a little far away), with no echo. The echo
+/// gate has not yet heard enough of the voice to know that this microphone does not carry it
+/// back, so it cannot yet tell those words from an echo: it holds them until it knows (~1 s of
+/// the voice), then lets them through. The question is heard whole and answered (before, its
+/// first second was dropped as a possible echo and the turn began mid-sentence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_talking_quietly_over_the_greeting_is_heard_whole() {
+    let Some(cache) = cache(&Model::DEFAULT) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("PARLOR_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+    let options = AgentOptions {
+        greeting: Some(
+            "Hello! I am the Parlor demo agent. Ask me about the weather, the time, or \
+             anything else you like, and I will do my best to answer."
+                .into(),
+        ),
+        ..neural()
+    };
+    let mut call = call(&cache, "greeting-test", None, options).await;
+    call.next(|v| v["type"] == "state" && v["state"] == "speaking")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A quarter as loud (-12 dB): quieter than the agent's voice.
+    let question: Vec<u8> = speech(&["What is the weather like today?"], 0)
+        .chunks_exact(2)
+        .flat_map(|b| (i16::from_le_bytes([b[0], b[1]]) / 4).to_le_bytes())
+        .collect();
+    call.voice.push(&question).await.expect("push");
+    let (said, metrics) = call.said_and_metrics().await;
+    let heard = said.join(" ").to_lowercase();
+    assert!(
+        heard.contains("what") && heard.contains("weather"),
+        "the question heard whole: {said:?} ({metrics})"
+    );
+    // The greeting, cut short, may be told as said first.
+    let reply = call
+        .next(|v| {
+            v["type"] == "transcript"
+                && v["role"] == "agent"
+                && v["final"] == true
+                && !v["text"].as_str().unwrap_or("").starts_with("Hello")
+        })
+        .await;
+    let text = reply["text"].as_str().unwrap_or("");
+    assert!(text.contains("long walk"), "the weather's answer: {text}");
+    call.end().await;
+}
+
 /// The agent's own voice comes back through the human's microphone at -6 dB, 150 ms late (a
 /// laptop speaker without echo cancellation). The human types a question and says nothing:
 /// the echo never becomes a human turn, the agent never answers itself, and the reply gets to
