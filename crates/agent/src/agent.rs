@@ -750,6 +750,7 @@ impl Listening {
                         arrived,
                         sent,
                         level,
+                        verdict,
                     });
                 } else {
                     let p = if verdict == Verdict::Speech { p } else { 0.0 };
@@ -757,15 +758,21 @@ impl Listening {
                 }
             }
             if let Some(first) = unsure.front() {
-                // Judged again once the gate knows; or once the voice has been quiet long
-                // enough that no echo can follow (nothing more will be learned soon: their
-                // words, if the agent's, are caught by the own-words check); or, past the
-                // hold's bound, as the gate judges them now (unsure: not speech).
+                // Judged again once the gate knows, or, past the hold's bound, as the gate
+                // judges them then (unsure: not speech). Once the voice has been quiet long
+                // enough that no echo of it can follow, while the gate still cannot tell (the
+                // voice said too little to learn from), they are the human's if speech goes on
+                // after the voice (their words, if the agent's, are caught by the own-words
+                // check), and not if it stopped with the voice (its echo, or words that cannot
+                // be told from it).
                 let knows = self.gate.as_ref().is_none_or(|g| !g.learning());
                 let voice_quiet = voice_heard.is_none_or(|v| sent >= v + UNSURE_VOICE_QUIET);
                 let overdue = unsure.len() >= UNSURE_WINDOWS
                     || arrived.saturating_duration_since(first.arrived) >= UNSURE_HOLD;
-                if knows || voice_quiet || overdue {
+                let goes_on = (voice_quiet && !knows && !overdue)
+                    .then(|| speech_goes_on(&unsure, self.threshold))
+                    .flatten();
+                if knows || overdue || goes_on.is_some() {
                     let (mut passed, total) = (0usize, unsure.len());
                     for u in unsure.drain(..) {
                         let again = self
@@ -775,12 +782,12 @@ impl Listening {
                         let speech = match again {
                             Verdict::Speech => true,
                             Verdict::Echo => false,
-                            Verdict::Unsure => voice_quiet && !knows,
+                            Verdict::Unsure => goes_on == Some(true),
                         };
                         passed += usize::from(speech);
                         ready.push((u.chunk, if speech { u.p } else { 0.0 }, u.arrived));
                     }
-                    tracing::debug!(peer = %self.who, total, passed, knows, voice_quiet, overdue, "windows the echo gate was unsure of: judged again");
+                    tracing::debug!(peer = %self.who, total, passed, knows, ?goes_on, overdue, "windows the echo gate was unsure of: judged again");
                 }
             }
             for (chunk, p, arrived) in ready.drain(..) {
@@ -957,7 +964,32 @@ struct Undecided {
     /// Where its RTP time puts it, and its level (what the gate judges).
     sent: Instant,
     level: f32,
+    /// The gate's verdict when it was heard.
+    verdict: Verdict,
 }
+
+/// Whether speech goes on after the last window of speech the gate was unsure of (held in
+/// `unsure`): `Some(true)` at a window of speech it did not doubt before [`UNSURE_GAP`]
+/// windows of silence, `Some(false)` at such a silence first, `None` while neither is heard.
+fn speech_goes_on(unsure: &std::collections::VecDeque<Undecided>, threshold: f32) -> Option<bool> {
+    let last = unsure
+        .iter()
+        .rposition(|u| u.verdict == Verdict::Unsure && u.p >= threshold)?;
+    let mut quiet = 0;
+    for u in unsure.iter().skip(last + 1) {
+        if u.p >= threshold {
+            return Some(true);
+        }
+        quiet += 1;
+        if quiet >= UNSURE_GAP {
+            return Some(false);
+        }
+    }
+    None
+}
+
+/// Windows of silence (~320 ms) after which speech the gate was unsure of has stopped.
+const UNSURE_GAP: usize = 10;
 
 /// The longest the listener holds windows the echo gate is unsure of (the gate needs ~1 s of
 /// the voice speaking to know, more while a human talks over it: their speech correlates with
@@ -1593,6 +1625,41 @@ mod tests {
             "a short rest"
         );
         assert_eq!(first_clause(""), None);
+    }
+
+    #[test]
+    fn held_speech_is_the_humans_only_if_it_goes_on_after_the_voice() {
+        let t = Instant::now();
+        let window = |p: f32, verdict: Verdict| Undecided {
+            chunk: Vec::new(),
+            p,
+            arrived: t,
+            sent: t,
+            level: 0.0,
+            verdict,
+        };
+        let held = |ws: &[(f32, Verdict)]| -> std::collections::VecDeque<Undecided> {
+            ws.iter().map(|&(p, v)| window(p, v)).collect()
+        };
+        use Verdict::{Speech, Unsure};
+        // Unsure speech, a short gap, then speech the gate does not doubt: the human goes on.
+        let mut ws = vec![(0.9, Unsure); 5];
+        ws.extend([(0.1, Speech); 4]);
+        ws.push((0.8, Speech));
+        assert_eq!(speech_goes_on(&held(&ws), 0.5), Some(true));
+        // Unsure speech, then silence as long as the gap: it stopped with the voice.
+        let mut ws = vec![(0.9, Unsure); 5];
+        ws.extend(vec![(0.1, Speech); UNSURE_GAP]);
+        assert_eq!(speech_goes_on(&held(&ws), 0.5), Some(false));
+        // Unsure windows of silence after the speech do not restart the count.
+        let mut ws = vec![(0.9, Unsure); 5];
+        ws.extend(vec![(0.1, Unsure); UNSURE_GAP]);
+        assert_eq!(speech_goes_on(&held(&ws), 0.5), Some(false));
+        // Not yet known.
+        let mut ws = vec![(0.9, Unsure); 5];
+        ws.extend([(0.1, Speech); 3]);
+        assert_eq!(speech_goes_on(&held(&ws), 0.5), None);
+        assert_eq!(speech_goes_on(&held(&[(0.1, Unsure)]), 0.5), None);
     }
 
     #[test]

@@ -509,6 +509,60 @@ async fn a_human_talking_quietly_over_the_greeting_is_heard_whole() {
     call.end().await;
 }
 
+/// A greeting too short for the echo gate to learn from ("Hello!", one word: the own-words
+/// check, which needs two, cannot catch it), coming back through the human's microphone at
+/// -6 dB, 150 ms late, with nothing else said. The gate is unsure of the echo, holds it, and
+/// once the voice has been quiet and nothing followed, drops it: no turn, so the agent does
+/// not answer its own greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_of_a_one_word_greeting_is_not_a_turn() {
+    let Some(cache) = cache(&Model::DEFAULT) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("PARLOR_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+    let echo = Echo {
+        gain: 0.5,
+        delay: Duration::from_millis(150),
+    };
+    let options = AgentOptions {
+        greeting: Some("Hello!".into()),
+        ..neural()
+    };
+    let mut call = call(&cache, "short-greeting-test", Some(echo), options).await;
+    let me = call.me.clone();
+    let mut seen = Vec::new();
+    let turn = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let v = call.messages.recv().await.expect("the call is on");
+            seen.push(v.to_string());
+            let human_turn =
+                v["type"] == "transcript" && v["role"] == "human" && v["final"] == true;
+            if human_turn
+                || v["type"] == "echo"
+                || v["type"] == "metrics" && v["peerId"] == me.as_str()
+            {
+                return v;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.iter().any(|m| m.contains("Hello")),
+        "the greeting was said: {seen:?}"
+    );
+    assert!(
+        turn.is_err(),
+        "the greeting's echo became a turn: {turn:?} (messages {seen:?})"
+    );
+    call.end().await;
+}
+
 /// The agent's own voice comes back through the human's microphone at -6 dB, 150 ms late (a
 /// laptop speaker without echo cancellation). The human types a question and says nothing:
 /// the echo never becomes a human turn, the agent never answers itself, and the reply gets to
