@@ -670,8 +670,10 @@ impl Listening {
         // voice said something: an utterance that began well after that cannot carry it.
         let mut speech_start = Instant::now();
         let mut voice_heard: Option<Instant> = None;
-        // Detector windows for the turn, and those held while the echo gate is unsure.
+        // Detector windows for the turn, and those held while the echo gate is unsure; their
+        // buffers are used again (no allocation per window once warm).
         let mut ready: Vec<(Vec<i16>, f32, Instant)> = Vec::new();
+        let mut spare: Vec<Vec<i16>> = Vec::new();
         let mut unsure: std::collections::VecDeque<Undecided> = std::collections::VecDeque::new();
         let mut voice_seen = tokio::time::Instant::now();
         let mut gated = 0u64;
@@ -742,7 +744,9 @@ impl Listening {
                 if buffered.len() < window {
                     break;
                 }
-                let chunk: Vec<i16> = buffered.drain(..window).collect();
+                let mut chunk = spare.pop().unwrap_or_default();
+                chunk.clear();
+                chunk.extend(buffered.drain(..window));
                 if hold {
                     unsure.push_back(Undecided {
                         chunk,
@@ -790,7 +794,7 @@ impl Listening {
                     tracing::debug!(peer = %self.who, total, passed, knows, ?goes_on, overdue, "windows the echo gate was unsure of: judged again");
                 }
             }
-            for (chunk, p, arrived) in ready.drain(..) {
+            for (chunk, p, arrived) in ready.iter().map(|(c, p, a)| (c, *p, *a)) {
                 if p >= self.threshold {
                     speech_end = arrived;
                     if let Some(a) = ahead.take() {
@@ -809,7 +813,7 @@ impl Listening {
                         }
                     }
                 }
-                let mut event = self.turns.push(&chunk, p);
+                let mut event = self.turns.push(chunk, p);
                 if let TurnEvent::SpeechStart { pre_roll } = &event {
                     speech_start = arrived
                         .checked_sub(Duration::from_secs_f64(pre_roll.len() as f64 / 16_000.0))
@@ -833,12 +837,12 @@ impl Listening {
                     continue;
                 }
                 if utterance.len() < self.max_utterance {
-                    utterance.extend_from_slice(&chunk);
+                    utterance.extend_from_slice(chunk);
                 }
                 match &mut ahead {
                     // While the utterance so far is being transcribed, the pause is held back.
-                    Some(a) => a.held.extend_from_slice(&chunk),
-                    None => match self.recognizer.feed(&chunk) {
+                    Some(a) => a.held.extend_from_slice(chunk),
+                    None => match self.recognizer.feed(chunk) {
                         Ok(Some(text)) => {
                             if heard.blocking_send(Listened::Interim(text)).is_err() {
                                 return;
@@ -950,6 +954,7 @@ impl Listening {
                     }
                 }
             }
+            spare.extend(ready.drain(..).map(|(chunk, _, _)| chunk));
         }
     }
 }

@@ -167,13 +167,6 @@ impl EchoGate {
         !self.learned && self.path.is_none()
     }
 
-    /// The microphone delivered audio of `level` at `at`: whether it may be the human
-    /// speaking (louder than the echo predicted for it). [`EchoGate::hear`] as a yes or no:
-    /// an [`Verdict::Unsure`] window is a no.
-    pub fn microphone(&mut self, at: Instant, level: f32) -> bool {
-        self.hear(at, level) == Verdict::Speech
-    }
-
     /// The microphone delivered audio of `level` at `at`: record it (the gate learns from it)
     /// and judge it with what the gate knows now.
     pub fn hear(&mut self, at: Instant, level: f32) -> Verdict {
@@ -345,7 +338,7 @@ mod tests {
     }
 
     /// Feed `slots` of voice, and of a microphone hearing it at `gain` after `delay_slots`
-    /// plus `human` (a function of the slot); the verdicts on the microphone.
+    /// plus `human` (a function of the slot); whether each microphone window may be speech.
     fn run(
         gate: &mut EchoGate,
         t0: Instant,
@@ -354,6 +347,22 @@ mod tests {
         delay_slots: u64,
         human: impl Fn(u64) -> f32,
     ) -> Vec<bool> {
+        heard(gate, t0, slots, gain, delay_slots, human)
+            .into_iter()
+            .map(|(_, _, verdict)| verdict == Verdict::Speech)
+            .collect()
+    }
+
+    /// Feed `slots` as [`run`] does; each microphone window's time, level and verdict
+    /// ([`EchoGate::hear`]).
+    fn heard(
+        gate: &mut EchoGate,
+        t0: Instant,
+        slots: std::ops::Range<u64>,
+        gain: f32,
+        delay_slots: u64,
+        human: impl Fn(u64) -> f32,
+    ) -> Vec<(Instant, f32, Verdict)> {
         slots
             .map(|k| {
                 let at = t0 + SLOT * k as u32;
@@ -364,7 +373,8 @@ mod tests {
                     0.0
                 };
                 let h = human(k);
-                gate.microphone(at, (echo * echo + h * h).sqrt() + 20.0)
+                let level = (echo * echo + h * h).sqrt() + 20.0;
+                (at, level, gate.hear(at, level))
             })
             .collect()
     }
@@ -413,31 +423,6 @@ mod tests {
         // Only while it learns (the voice's first second of speech) is a quieter human held
         // back; from then on everything passes.
         assert!(verdicts[90..].iter().all(|v| *v), "{verdicts:?}");
-    }
-
-    /// [`run`], keeping each window's time, level and verdict ([`EchoGate::hear`]).
-    fn heard(
-        gate: &mut EchoGate,
-        t0: Instant,
-        slots: std::ops::Range<u64>,
-        gain: f32,
-        delay_slots: u64,
-        human: impl Fn(u64) -> f32,
-    ) -> Vec<(Instant, f32, Verdict)> {
-        slots
-            .map(|k| {
-                let at = t0 + SLOT * k as u32;
-                gate.voice(at, voice_level(k));
-                let echo = if k >= delay_slots {
-                    gain * voice_level(k - delay_slots)
-                } else {
-                    0.0
-                };
-                let h = human(k);
-                let level = (echo * echo + h * h).sqrt() + 20.0;
-                (at, level, gate.hear(at, level))
-            })
-            .collect()
     }
 
     #[test]
@@ -545,7 +530,7 @@ mod tests {
             } else {
                 arrived
             };
-            let open = gate.microphone(at, echo + 20.0);
+            let open = gate.hear(at, echo + 20.0) == Verdict::Speech;
             if k >= 100 && echo > 500.0 && open {
                 passed += 1;
             }
@@ -590,7 +575,7 @@ mod tests {
                 } else {
                     20.0
                 };
-                gate.microphone(at, level);
+                gate.hear(at, level);
                 ever |= gate.path().is_some();
             }
             found += usize::from(ever);

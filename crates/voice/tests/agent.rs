@@ -75,6 +75,22 @@ struct Echo {
     delay: Duration,
 }
 
+/// A laptop speaker without echo cancellation: the agent's voice back at -6 dB, 150 ms late.
+const LAPTOP_ECHO: Echo = Echo {
+    gain: 0.5,
+    delay: Duration::from_millis(150),
+};
+
+/// The agent's logs in the test's output (`PARLOR_LOG`, default `warn`).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("PARLOR_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
 /// The server, the agent on the neural engines, and a human peer with a voice (22.05 kHz
 /// speech; or, with `echo`, 48 kHz carrying the agent's own voice back), in `room`.
 /// The agent's options in these tests: turn-taking for an end-of-turn model.
@@ -465,12 +481,7 @@ async fn a_human_talking_quietly_over_the_greeting_is_heard_whole() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("PARLOR_LOG").unwrap_or_else(|_| "warn".into()),
-        ))
-        .with_test_writer()
-        .try_init();
+    logs();
     let options = AgentOptions {
         greeting: Some(
             "Hello! I am the Parlor demo agent. Ask me about the weather, the time, or \
@@ -520,21 +531,12 @@ async fn the_echo_of_a_one_word_greeting_is_not_a_turn() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("PARLOR_LOG").unwrap_or_else(|_| "warn".into()),
-        ))
-        .with_test_writer()
-        .try_init();
-    let echo = Echo {
-        gain: 0.5,
-        delay: Duration::from_millis(150),
-    };
+    logs();
     let options = AgentOptions {
         greeting: Some("Hello!".into()),
         ..neural()
     };
-    let mut call = call(&cache, "short-greeting-test", Some(echo), options).await;
+    let mut call = call(&cache, "short-greeting-test", Some(LAPTOP_ECHO), options).await;
     let me = call.me.clone();
     let mut seen = Vec::new();
     let turn = tokio::time::timeout(Duration::from_secs(5), async {
@@ -573,17 +575,8 @@ async fn the_agents_voice_through_the_humans_microphone_is_not_a_turn() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("PARLOR_LOG").unwrap_or_else(|_| "warn".into()),
-        ))
-        .with_test_writer()
-        .try_init();
-    let echo = Echo {
-        gain: 0.5,
-        delay: Duration::from_millis(150),
-    };
-    let mut call = call(&cache, "echo-test", Some(echo), neural()).await;
+    logs();
+    let mut call = call(&cache, "echo-test", Some(LAPTOP_ECHO), neural()).await;
     call.human
         .send(&serde_json::json!({"type": "text", "text": "What is the weather like today?"}))
         .await
