@@ -254,7 +254,14 @@ pub(crate) async fn run(
                     Next::Kill => return,
                 },
                 _ = ping.tick() => {
+                    // Closing (the client's close read, our reply queued in tungstenite): no
+                    // ping, which tungstenite would refuse, and the writer would return without
+                    // flushing the reply (the client saw a reset without a closing handshake).
+                    if outbox.is_closing() {
+                        continue;
+                    }
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        let _ = sink.flush().await;
                         return;
                     }
                 }
